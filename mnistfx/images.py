@@ -1,0 +1,42 @@
+"""Reading digit images from files (PNG, JPEG) as MNIST-like uint8 tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from .errors import MnistfxError
+
+
+def read_digit_images(paths, *, invert: bool = False) -> torch.Tensor:
+    """Read image files as a uint8 batch (N, 28, 28): grayscale, resized to 28×28.
+
+    Arguments:
+        paths: PNG or JPEG files, each holding one digit.
+        invert: the digits are dark on a light background (MNIST's are light on dark).
+
+    Returns:
+        A uint8 tensor (N, 28, 28).
+
+    Raises:
+        MnistfxError: a file is missing or is not an image torchvision can decode.
+    """
+    from torchvision.io import ImageReadMode, decode_image
+
+    out = []
+    for path in map(Path, paths):
+        try:
+            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        except OSError as e:
+            raise MnistfxError(f"cannot read image {path} ({e.strerror})") from None
+        try:
+            img = decode_image(data, mode=ImageReadMode.GRAY)
+        except (RuntimeError, ValueError):
+            raise MnistfxError(f"{path} is not a PNG or JPEG image torchvision can decode") from None
+        if img.shape[-2:] != (28, 28):
+            img = F.interpolate(img[None].float(), size=(28, 28), mode="bilinear", antialias=True,
+                                align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        out.append(255 - img[0] if invert else img[0])
+    return torch.stack(out)

@@ -1,0 +1,123 @@
+"""Evaluation: predictions, accuracy, per-class precision / recall / F1, confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from .models import Model
+
+EVAL_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Classification metrics on a labelled set of images.
+
+    Attributes:
+        accuracy: fraction correct, in [0, 1].
+        loss: mean cross-entropy.
+        confusion: int64 tensor (10, 10); row = true class, column = predicted class.
+        precision, recall, f1: float64 tensors (10,), per class.
+        n: number of images.
+    """
+
+    accuracy: float
+    loss: float
+    confusion: torch.Tensor
+    precision: torch.Tensor
+    recall: torch.Tensor
+    f1: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def correct(self) -> int:
+        return int(self.confusion.diagonal().sum())
+
+    def to_dict(self) -> dict:
+        """Plain Python values, for JSON."""
+        return {
+            "accuracy": self.accuracy, "loss": self.loss, "n": self.n, "correct": self.correct,
+            "precision": self.precision.tolist(), "recall": self.recall.tolist(),
+            "f1": self.f1.tolist(), "confusion": self.confusion.tolist(),
+        }
+
+
+def _check_images(images: torch.Tensor) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, not {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 (0-255) of shape (N, 28, 28), not {images.dtype}")
+    if images.shape[-2:] != (28, 28) or images.dim() not in (3, 4) or (images.dim() == 4 and images.shape[1] != 1):
+        raise ValueError(f"images must have shape (N, 28, 28) or (N, 1, 28, 28), not {tuple(images.shape)}")
+    return images
+
+
+def logits(model: Model, params: dict, images: torch.Tensor, *, batch_size: int = EVAL_BATCH,
+           forward=None) -> torch.Tensor:
+    """Logits for uint8 images, computed in fixed-size chunks (the last one padded).
+
+    Arguments:
+        model: the model.
+        params: its parameters; the images are moved to their device.
+        images: uint8 tensor (N, 28, 28) or (N, 1, 28, 28).
+        batch_size: chunk size; every chunk has this shape, so a compiled forward never recompiles.
+        forward: a function ``(params, x) -> logits`` to use instead of ``model.apply``
+            (e.g. a compiled one).
+
+    Returns:
+        float32 logits (N, 10) on the parameters' device.
+    """
+    images = _check_images(images)
+    forward = forward or model.apply
+    device = next(iter(params.values())).device
+    n = images.shape[0]
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            chunk = images[start:start + batch_size].to(device)
+            if chunk.shape[0] < batch_size:
+                chunk = F.pad(chunk.reshape(-1, 28 * 28), (0, 0, 0, batch_size - chunk.shape[0]))
+            out.append(forward(params, model.preprocess(chunk)).float())
+    return torch.cat(out)[:n] if out else torch.empty(0, 10, device=device)
+
+
+def predict(model: Model, params: dict, images: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Predicted digits (int64, shape (N,)) for uint8 images; keyword arguments as :func:`logits`."""
+    return logits(model, params, images, **kwargs).argmax(1)
+
+
+def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Tensor, **kwargs) -> Metrics:
+    """Accuracy, loss, per-class precision / recall / F1 and the confusion matrix.
+
+    Arguments:
+        model, params, images: as :func:`logits` (keyword arguments are passed on).
+        labels: int64 tensor (N,) of digits 0-9.
+
+    Returns:
+        A :class:`Metrics`.
+    """
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise ValueError("labels must be a 1-D tensor of digits 0-9")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"got {images.shape[0]} images but {labels.shape[0]} labels")
+    out = logits(model, params, images, **kwargs).cpu()
+    labels = labels.cpu().long()
+    loss = F.cross_entropy(out, labels).item() if len(labels) else float("nan")
+    return metrics_from_predictions(out.argmax(1), labels, loss=loss)
+
+
+def metrics_from_predictions(pred: torch.Tensor, labels: torch.Tensor, *, loss: float = float("nan")) -> Metrics:
+    """:class:`Metrics` from predicted and true digits (both int64, shape (N,))."""
+    confusion = torch.bincount(labels * 10 + pred, minlength=100).reshape(10, 10)
+    tp = confusion.diagonal().double()
+    precision = tp / confusion.sum(0).double().clamp(min=1)
+    recall = tp / confusion.sum(1).double().clamp(min=1)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    accuracy = (tp.sum() / max(len(labels), 1)).item()
+    return Metrics(accuracy, loss, confusion, precision, recall, f1)

@@ -1,0 +1,61 @@
+"""A pure functional Adam: ``init(params) -> state``, ``update(grads, state, params) -> (params, state)``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import torch
+
+Schedule = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """Adam (Kingma & Ba) as two pure functions; see :func:`adam`."""
+
+    lr: Union[float, Schedule]
+    betas: tuple[float, float]
+    eps: float
+
+    def init(self, params: dict[str, torch.Tensor]) -> dict:
+        """Zero moments and a step count of 0 (a float32 tensor, so compiled code never recompiles)."""
+        return {
+            "step": torch.zeros((), device=next(iter(params.values())).device),
+            "mu": {k: torch.zeros_like(p) for k, p in params.items()},
+            "nu": {k: torch.zeros_like(p) for k, p in params.items()},
+        }
+
+    def update(self, grads: dict, state: dict, params: dict) -> tuple[dict, dict]:
+        """One Adam step. Returns new ``(params, state)``; nothing is modified in place."""
+        b1, b2 = self.betas
+        step = state["step"] + 1
+        lr = self.lr(step) if callable(self.lr) else self.lr
+        # Bias corrections 1 - b**t as -expm1(t log b): exact in float32 where 1 - b**t
+        # would cancel (1 - 0.999 loses four digits), so we track torch.optim.Adam's float64.
+        step_size = lr / -torch.expm1(step * math.log(b1))
+        bc2_sqrt = torch.sqrt(-torch.expm1(step * math.log(b2)))
+        mu = {k: torch.lerp(state["mu"][k], g, 1 - b1) for k, g in grads.items()}
+        nu = {k: torch.addcmul(state["nu"][k] * b2, g, g, value=1 - b2) for k, g in grads.items()}
+        new = {k: p - step_size * mu[k] / (torch.sqrt(nu[k]) / bc2_sqrt + self.eps)
+               for k, p in params.items()}
+        return new, {"step": step, "mu": mu, "nu": nu}
+
+
+def adam(lr: Union[float, Schedule] = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+         eps: float = 1e-8) -> Optimizer:
+    """A functional Adam optimiser with the same arithmetic as ``torch.optim.Adam``.
+
+    Arguments:
+        lr: a learning rate, or a schedule: a function from the step count (a 0-d tensor,
+            1 at the first update) to a 0-d tensor learning rate.
+        betas: the decay rates of the first and second moment estimates.
+        eps: added to the denominator for numerical stability.
+
+    Returns:
+        An :class:`Optimizer` with pure ``init`` and ``update``.
+    """
+    if not callable(lr) and not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number or a schedule function, not {lr!r}")
+    return Optimizer(lr, tuple(betas), float(eps))

@@ -1,0 +1,29 @@
+"""Explicit randomness: keys are ``int`` seeds or ``torch.Generator`` objects, never the global RNG."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def as_generator(key, device=None) -> torch.Generator:
+    """A ``torch.Generator`` from ``key``: an ``int`` seed (a new generator) or a generator (as is).
+
+    Arguments:
+        key: an ``int`` seed or a ``torch.Generator``.
+        device: the device a new generator is made for (default CPU).
+    """
+    if isinstance(key, torch.Generator):
+        return key
+    if isinstance(key, bool) or not isinstance(key, int):
+        raise TypeError(f"key must be an int seed or a torch.Generator, not {type(key).__name__}")
+    g = torch.Generator(device=device if device is not None else "cpu")
+    g.manual_seed(key)
+    return g
+
+
+def fold_in(seed: int, name: str) -> int:
+    """A new 63-bit seed derived from ``seed`` and a stream name (like ``jax.random.fold_in``)."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

@@ -1,0 +1,181 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mnistfx
+from cli.main import main
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from cli.main import main; "
+            "rc = main(['--help']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "train" in done.stdout and "eval" in done.stdout
+
+
+def test_console_script_exit_code_and_message():
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mnistfx"), "train", "resnet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("error: ") and "'resnet' is not one of" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`mnistfx train` for one short epoch, eagerly, with --json."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    code = main(["train", "tuned", "--epochs", "1", "--train-size", "3200", "--no-compile",
+                 "--out", str(out), "--json", "--seed", "3"])
+    assert code == 0
+    return out
+
+
+def test_train_writes_weights_and_history(trained):
+    assert sorted(p.name for p in trained.iterdir()) == ["history.json", "weights.safetensors"]
+    history = json.loads((trained / "history.json").read_text())
+    assert history["model"] == "tuned" and history["seed"] == 3 and len(history["history"]) == 1
+    assert history["config"]["train_size"] == 3200 and history["test"]["n"] == 10000
+    assert history["test"]["accuracy"] > 0.5  # 100 steps; chance is 0.1
+
+
+def test_eval_json_and_tables(trained, capsys):
+    code, out, _ = run_cli(capsys, "eval", str(trained / "weights.safetensors"), "--json")
+    assert code == 0
+    m = json.loads(out)
+    assert m["model"] == "tuned" and m["n"] == 10000 and len(m["f1"]) == 10
+    assert sum(map(sum, m["confusion"])) == 10000 and m["accuracy"] > 0.5
+    code, out, _ = run_cli(capsys, "eval", str(trained / "weights.safetensors"))
+    assert code == 0 and "per class" in out and "confusion matrix" in out and "test accuracy" in out
+
+
+def test_eval_reads_the_notebook_checkpoint(capsys):
+    code, out, _ = run_cli(capsys, "eval", "../shared/notebook/handwritten_digit_classfier_tuned.pth", "--json")
+    assert code == 0 and json.loads(out)["correct"] == 9905
+
+
+def test_predict_reads_png_files(trained, mnist, tmp_path, capsys):
+    from torchvision.io import write_png
+
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"digit{i}.png"
+        write_png(mnist.test_images[i][None], str(path))
+        paths.append(str(path))
+    code, out, _ = run_cli(capsys, "predict", str(trained / "weights.safetensors"), *paths, "--json")
+    assert code == 0
+    rows = json.loads(out)
+    model, params, _ = mnistfx.load_model_weights(trained / "weights.safetensors")
+    expected = mnistfx.predict(model, params, mnist.test_images[:5]).tolist()
+    assert [r["digit"] for r in rows] == expected
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["train", "resnet"], ["'resnet' is not one of"]),
+    (["train", "tuned", "--epochs", "0"], ["--epochs", "0 is not in the range"]),
+    (["train", "tuned", "--batch-size", "-4"], ["--batch-size"]),
+    (["train", "tuned", "--lr", "fast"], ["--lr", "not a valid float"]),
+    (["train", "tuned", "--lr", "-1"], ["--lr", "not a positive number"]),
+    (["train", "tuned", "--device", "cuda"], ["no CUDA device is available", "--device cpu"]),
+    (["train", "tuned", "--device", "tpu"], ["device 'tpu'"]),
+    (["eval", "/nonexistent/weights.safetensors"], ["cannot read weights", "No such file"]),
+    (["predict", "../shared/notebook/handwritten_digit_classfier_tuned.pth", "/nonexistent.png"], ["cannot read image"]),
+])
+def test_bad_arguments(capsys, args, fragments):
+    code, _, err = run_cli(capsys, *args)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_out_that_is_a_file_is_refused_before_training(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("mine")
+    code, _, err = run_cli(capsys, "train", "tuned", "--out", str(target), "--no-compile")
+    assert_one_line_error(code, err, "is a file")
+    assert target.read_text() == "mine"
+
+
+def test_unwritable_out_is_refused(tmp_path, capsys):
+    if os.geteuid() == 0:  # root writes anywhere; a path under a file is unwritable for everyone
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "run"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        out = tmp_path / "ro" / "run"
+    code, _, err = run_cli(capsys, "train", "tuned", "--out", str(out), "--no-compile")
+    assert_one_line_error(code, err, "cannot write to output folder")
+
+
+@pytest.mark.parametrize("content", [b"", b"not safetensors at all", b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage}"])
+def test_files_that_are_not_weights(tmp_path, capsys, content):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(content)
+    code, _, err = run_cli(capsys, "eval", str(path))
+    assert_one_line_error(code, err, str(path))
+
+
+def test_weights_of_the_other_model(tmp_path, capsys):
+    cnn = mnistfx.get_model("cnn").init(0)
+    path = tmp_path / "mislabelled.safetensors"
+    mnistfx.save_weights(path, cnn, {"model": "tuned"})
+    code, _, err = run_cli(capsys, "eval", str(path))
+    assert_one_line_error(code, err, "fc1.weight has shape (784, 3136)", "tuned expects (512, 784)")
+    with pytest.raises(mnistfx.WeightsError, match="holds cnn weights, not tuned"):
+        mnistfx.load_model_weights(_saved(tmp_path, cnn, "cnn"), model="tuned")
+
+
+def _saved(tmp_path, params, name):
+    path = tmp_path / f"{name}.safetensors"
+    mnistfx.save_weights(path, params, {"model": name})
+    return path
+
+
+def test_weights_with_a_missing_tensor_or_wrong_dtype(tmp_path):
+    params = mnistfx.get_model("tuned").init(0)
+    with pytest.raises(mnistfx.WeightsError, match="lacks fc4.bias"):
+        mnistfx.load_model_weights(_saved(tmp_path, {k: v for k, v in params.items() if k != "fc4.bias"}, "tuned"))
+    with pytest.raises(mnistfx.WeightsError, match="torch.float16"):
+        mnistfx.load_model_weights(_saved(tmp_path, {k: v.half() for k, v in params.items()}, "tuned"))
+
+
+def test_corrupt_data_is_a_one_line_error(tmp_path, mnist, capsys):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in mnistfx.data.IDX_FILES:
+        (raw / name).write_bytes((mnist.root / "MNIST" / "raw" / name).read_bytes()[:100])
+    code, _, err = run_cli(capsys, "eval", "../shared/notebook/handwritten_digit_classfier_tuned.pth",
+                           "--data-root", str(tmp_path))
+    assert_one_line_error(code, err, "is 100 bytes, expected", "mnistfx data")
+
+
+def test_data_command_shows_and_verifies(mnist, capsys):
+    code, out, _ = run_cli(capsys, "data", "--root", str(mnist.root), "--verify")
+    assert code == 0 and "60000 training" in out and out.count("  ok  ") == 4
+
+
+def test_weights_round_trip_keeps_metadata(tmp_path):
+    params = mnistfx.get_model("tuned").init(1)
+    path = tmp_path / "w.safetensors"
+    mnistfx.save_weights(path, params, {"model": "tuned", "config": {"epochs": 3}, "test_accuracy": 0.99})
+    loaded, meta = mnistfx.load_weights(path)
+    assert meta == {"model": "tuned", "config": {"epochs": 3}, "test_accuracy": 0.99}
+    assert all(torch.equal(loaded[k], params[k]) for k in params)
+    assert not list(tmp_path.glob(".*tmp"))

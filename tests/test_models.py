@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import mnistfx
+from mnistfx.weights import NOTEBOOK_KEYS
+
+NOTEBOOK_CKPT = "../shared/notebook/handwritten_digit_classfier_tuned.pth"
+
+
+@pytest.mark.parametrize("name, count", [("tuned", 477_738), ("cnn", 2_624_669)])
+def test_parameter_counts(name, count):
+    params = mnistfx.get_model(name).init(0)
+    assert mnistfx.num_params(params) == count
+    assert list(params) == [f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3", "fc4")
+                            for kind in ("weight", "bias")]
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params.values())
+
+
+@pytest.mark.parametrize("name", mnistfx.MODELS)
+def test_init_statistics(name):
+    params = mnistfx.get_model(name).init(123)
+    for key, p in params.items():
+        layer, kind = key.split(".")
+        fan_in = math.prod(params[f"{layer}.weight"].shape[1:])
+        bound = 1 / math.sqrt(fan_in)
+        if layer.startswith("fc") and kind == "weight":  # Normal(0, 1/sqrt(fan_in))
+            assert abs(p.std().item() / bound - 1) < 0.05 + 3 / math.sqrt(p.numel()), key
+            assert abs(p.mean().item()) < 4 * bound / math.sqrt(p.numel()), key
+        elif layer.startswith("fc"):
+            assert torch.count_nonzero(p) == 0, key
+        else:  # PyTorch's default for convolutions: Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))
+            assert p.abs().max() <= bound, key
+            if p.numel() > 100:
+                assert abs(p.std().item() / (bound / math.sqrt(3)) - 1) < 0.15, key
+
+
+def test_init_is_a_function_of_the_key():
+    model = mnistfx.get_model("tuned")
+    a, b, c = model.init(7), model.init(7), model.init(8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["fc1.weight"], c["fc1.weight"])
+    g = torch.Generator().manual_seed(7)
+    assert torch.equal(model.init(g)["fc1.weight"], a["fc1.weight"])
+
+
+def _notebook_module(name):
+    """The original notebook's nn.Sequential formulation (from SPEC), for comparison."""
+    tuned = name == "tuned"
+    conv = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.Dropout2d(0.4), nn.AvgPool2d(2) if tuned else nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.Dropout2d(0.2), nn.MaxPool2d(2) if tuned else nn.Identity())
+    w = (784, 512, 128, 64, 10) if tuned else (3136, 784, 196, 49, 10)
+    lin = nn.Sequential(nn.Linear(w[0], w[1]), nn.ReLU(), nn.Dropout(0.5), nn.Linear(w[1], w[2]), nn.ReLU(),
+                        nn.Dropout(0.3), nn.Linear(w[2], w[3]), nn.ReLU(), nn.Dropout(0.15), nn.Linear(w[3], w[4]))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.Convolutional_layers, self.Linear_layers = conv, lin
+
+        def forward(self, x):
+            return self.Linear_layers(self.Convolutional_layers(x).flatten(1))
+
+    return Net().eval()
+
+
+@pytest.mark.parametrize("name", mnistfx.MODELS)
+def test_apply_matches_the_notebook_module(name, test_slice):
+    model = mnistfx.get_model(name)
+    params = model.init(3)
+    ours_to_theirs = {v: k for k, v in NOTEBOOK_KEYS.items()}
+    with torch.random.fork_rng():  # nn.Linear's own init draws from the global RNG
+        net = _notebook_module(name)
+    net.load_state_dict({f"{ours_to_theirs[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in params.items()})
+    x = model.preprocess(test_slice[0][:64])
+    with torch.no_grad():
+        torch.testing.assert_close(model.apply(params, x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_notebook_checkpoint_scores_9905_on_the_full_test_set(mnist):
+    model, params, meta = mnistfx.load_model_weights(NOTEBOOK_CKPT)
+    assert model.name == "tuned" and mnistfx.num_params(params) == 477_738
+    m = mnistfx.evaluate(model, params, mnist.test_images, mnist.test_labels)
+    assert m.correct == 9905 and m.n == 10000
+
+
+def test_dropout_is_keyed_and_drops_at_its_rate(test_slice):
+    model = mnistfx.get_model("tuned")
+    params = model.init(0)
+    x = model.preprocess(test_slice[0][:256])
+    with torch.no_grad():
+        eval_out = model.apply(params, x)
+        a = model.apply(params, x, train=True, key=5)
+        b = model.apply(params, x, train=True, key=5)
+        c = model.apply(params, x, train=True, key=6)
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, eval_out)
+    noise = model.dropout_noise(20000, key=1)
+    assert set(noise) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
+    assert abs((noise["fc1"] < 0.5).float().mean().item() - 0.5) < 0.01
+    with pytest.raises(ValueError, match="needs a key"):
+        model.apply(params, x, train=True)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'resnet': choose one of tuned, cnn"):
+        mnistfx.get_model("resnet")

@@ -1,0 +1,61 @@
+import pytest
+import torch
+from torch.func import grad
+from torch.nn import functional as F
+
+import mnistfx
+
+
+def test_adam_matches_torch_optim_adam_over_100_steps(mnist):
+    """Same start, same gradients (from real MNIST batches): the parameters agree to 1e-6."""
+    model = mnistfx.get_model("tuned")
+    params = params_start = model.init(0)
+    opt = mnistfx.adam(lr=1e-3)
+    state = opt.init(params)
+    torch_params = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    torch_opt = torch.optim.Adam(torch_params.values(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+
+    def loss_fn(p, x, y):
+        return F.cross_entropy(model.apply(p, x), y)
+
+    for i in range(100):
+        x = model.preprocess(mnist.train_images[32 * i:32 * (i + 1)])
+        y = mnist.train_labels[32 * i:32 * (i + 1)]
+        grads = grad(loss_fn)(params, x, y)
+        params, state = opt.update(grads, state, params)
+        for k, p in torch_params.items():
+            p.grad = grads[k].clone()
+        torch_opt.step()
+    assert state["step"].item() == 100
+    for k, p in params.items():
+        ref = torch_params[k].detach()
+        # 1e-6 relative to the tensor's scale: an element that crosses zero has no relative error of its own.
+        assert (p - ref).norm() <= 1e-6 * ref.norm(), k
+        torch.testing.assert_close(p, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item(), msg=k)
+        assert not torch.equal(p, params_start[k]), k
+
+
+def test_update_is_pure():
+    params = {"w": torch.ones(3)}
+    opt = mnistfx.adam(lr=0.1)
+    state = opt.init(params)
+    new, new_state = opt.update({"w": torch.full((3,), 2.0)}, state, params)
+    assert torch.equal(params["w"], torch.ones(3)) and state["step"].item() == 0
+    assert torch.allclose(new["w"], torch.full((3,), 0.9)) and new_state["step"].item() == 1
+
+
+def test_schedule_receives_the_step_count():
+    seen = []
+    opt = mnistfx.adam(lr=lambda step: seen.append(step.item()) or 0.1 * step)
+    params = {"w": torch.zeros(2)}
+    state = opt.init(params)
+    for _ in range(3):
+        params, state = opt.update({"w": torch.ones(2)}, state, params)
+    assert seen == [1.0, 2.0, 3.0]
+    assert torch.allclose(params["w"], torch.full((2,), -0.6))  # Adam steps by lr for constant grads
+
+
+@pytest.mark.parametrize("lr", [0, -1e-3, "0.1"])
+def test_bad_learning_rates_are_refused(lr):
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        mnistfx.adam(lr=lr)

@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+
+import mnistfx
+from mnistfx.train import augment_batch, make_train_step, split
+
+
+def _small(**overrides):
+    """A few hundred eager steps on a 6,400-image slice."""
+    return mnistfx.recipe("tuned", **{"epochs": 2, "train_size": 6400, "compile": False, **overrides})
+
+
+@pytest.fixture(scope="module")
+def small_run(mnist):
+    losses = []
+
+    def on_event(kind, **info):
+        if kind == "step":
+            losses.append(info["loss"])
+
+    run = mnistfx.train(_small(), data=mnist, on_event=on_event)
+    return run, losses
+
+
+def test_training_on_a_slice_learns(small_run):
+    run, losses = small_run
+    assert len(run.history) == 2 and [h["epoch"] for h in run.history] == [1, 2]
+    assert run.history[1]["train_loss"] < run.history[0]["train_loss"]
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    assert run.test.n == 10000 and run.test.accuracy > 0.90  # chance is 0.10
+    assert run.val.n == 5000 and run.val.accuracy > 0.90
+
+
+def test_same_seed_same_weights(small_run, mnist):
+    run, _ = small_run
+    again = mnistfx.train(_small(epochs=1, train_size=640), data=mnist)
+    twice = mnistfx.train(_small(epochs=1, train_size=640), data=mnist)
+    other = mnistfx.train(_small(epochs=1, train_size=640, seed=1), data=mnist)
+    assert all(torch.equal(again.params[k], twice.params[k]) for k in again.params)
+    assert not torch.equal(again.params["fc1.weight"], other.params["fc1.weight"])
+
+
+def test_validation_split_is_fixed_by_the_seed_and_disjoint():
+    train_a, val_a = split(0, 5000)
+    train_b, val_b = split(0, 5000)
+    _, val_c = split(1, 5000)
+    assert torch.equal(val_a, val_b) and not torch.equal(val_a, val_c)
+    assert len(val_a) == 5000 and len(train_a) == 55000
+    assert len(set(train_a.tolist()) | set(val_a.tolist())) == 60000
+
+
+def test_save_run_writes_weights_and_history(small_run, tmp_path):
+    run, _ = small_run
+    paths = mnistfx.save_run(run, tmp_path / "out")
+    model, params, meta = mnistfx.load_model_weights(paths["weights"])
+    assert model.name == "tuned" and meta["seed"] == 0 and meta["epochs"] == 2
+    assert meta["config"] == run.config.to_dict() and meta["test_accuracy"] == run.test.accuracy
+    assert meta["torch_version"] == torch.__version__ and meta["mnistfx_version"] == mnistfx.__version__
+    assert all(torch.equal(params[k], run.params[k]) for k in params)
+    history = json.loads(paths["history"].read_text())
+    assert history["history"] == run.history and history["test"]["accuracy"] == run.test.accuracy
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["history.json", "weights.safetensors"]
+
+
+def test_augmentation_fills_with_the_background(test_slice):
+    model = mnistfx.get_model("tuned")
+    x = test_slice[0][:512].unsqueeze(1).float() / 255
+    out = augment_batch(model, x, key=0)
+    assert out.shape == x.shape and out.min() == -1.0 and out.max() <= 1.0
+    assert (out == 0.0).float().mean() < 0.001  # no mid-grey border (test images have almost none either)
+    faithful = augment_batch(model, x, key=0, faithful_fill=True)
+    assert (faithful == 0.0).float().mean() > 0.01  # the notebook's mid-grey fill
+    assert not torch.equal(out, augment_batch(model, x, key=1))
+    assert torch.equal(out, augment_batch(model, x, key=0))
+
+
+def test_identity_warp_is_exact(test_slice):
+    x = test_slice[0][:64].unsqueeze(1).float() / 255
+    same = mnistfx.random_affine(x, key=0, degrees=0.0, translate=0.0, scale=(1.0, 1.0))
+    assert torch.equal(same, x)
+    shifted = mnistfx.random_affine(x, key=0, degrees=0.0, translate=0.1, scale=(1.0, 1.0))
+    # whole-pixel shifts only move pixels: every output value is an input value of its image, or 0
+    for a, b in zip(shifted[:8], x[:8]):
+        assert set(a.unique().tolist()) <= set(b.unique().tolist()) | {0.0}
+
+
+@pytest.fixture(scope="session")
+def compiled_step():
+    model = mnistfx.get_model("tuned")
+    step = make_train_step(model, mnistfx.adam(1e-3))
+    return model, step, torch.compile(step, fullgraph=True, dynamic=False)
+
+
+def test_compiled_step_matches_eager(compiled_step, test_slice):
+    model, eager, compiled = compiled_step
+    params = model.init(0)
+    opt_state = mnistfx.adam(1e-3).init(params)
+    x = model.preprocess(test_slice[0][:64])
+    y = test_slice[1][:64]
+    noise = model.dropout_noise(64, key=0)
+    p1, s1, l1 = eager(params, opt_state, x, y, noise)
+    p2, s2, l2 = compiled(params, opt_state, x, y, noise)
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
+    for k in p1:
+        # Adam's first step is ±lr wherever |grad| >> eps; allow 1 % of one step.
+        torch.testing.assert_close(p1[k], p2[k], rtol=1e-4, atol=1e-5)
+    assert s2["step"].item() == 1
+
+
+@pytest.mark.slow
+def test_one_epoch_of_tuned_on_the_full_training_set(mnist):
+    run = mnistfx.train(mnistfx.recipe("tuned", epochs=1), data=mnist)
+    assert run.test.accuracy >= 0.97
