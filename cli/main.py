@@ -11,6 +11,13 @@ import click
 MODELS = ("tuned", "cnn")  # mirrors mnistfx.MODELS without importing torch
 
 
+def _quiet_torch():
+    """Silence torch's 'No CUDA runtime is found' warning, logged when inductor builds on a CPU-only machine."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
@@ -56,6 +63,7 @@ def _epoch_line(e: dict) -> str:
 @click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split (recipe default: tuned 15, cnn 10).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per step (default 32).")
 @click.option("--lr", type=float, help="Adam learning rate (default 0.001).")
+@click.option("--decay", type=click.FloatRange(0, 1), help="Fraction of steps, at the end, over which the lr falls linearly to 0 (default 0.2; 0: constant).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of all randomness.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(), help="Output folder (default: runs/MODEL-seedN).")
@@ -66,7 +74,7 @@ def _epoch_line(e: dict) -> str:
 @click.option("--train-size", type=click.IntRange(min=1), help="Train on only this many images (smoke runs).")
 @click.option("--data-root", type=click.Path(), help="Data folder (default: $MNISTFX_DATA or ~/.cache/mnistfx).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (progress goes to stderr).")
-def train(model, epochs, batch_size, lr, seed, device, out, no_compile, no_augment, faithful_fill,
+def train(model, epochs, batch_size, lr, decay, seed, device, out, no_compile, no_augment, faithful_fill,
           val_size, train_size, data_root, as_json):
     """Train MODEL (tuned or cnn) with the notebook's recipe; write weights and history."""
     import math
@@ -76,13 +84,14 @@ def train(model, epochs, batch_size, lr, seed, device, out, no_compile, no_augme
     import mnistfx
     from mnistfx.train import check_config, default_out_dir, prepare_out_dir, resolve_device
 
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "val_size": val_size,
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "decay": decay, "val_size": val_size,
              "train_size": train_size, "data_root": data_root}
     cfg = mnistfx.recipe(model, seed=seed, device=device, compile=not no_compile,
                          augment=not no_augment, faithful_fill=faithful_fill,
                          **{k: v for k, v in given.items() if v is not None})
     check_config(cfg)
     resolve_device(cfg.device)
+    _quiet_torch()
     out_dir = prepare_out_dir(out or default_out_dir(cfg))
     console = _console(stderr=as_json)
     console.print("config: " + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))

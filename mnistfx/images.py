@@ -1,4 +1,4 @@
-"""Reading digit images from files (PNG, JPEG) as MNIST-like uint8 tensors."""
+"""Reading digit images from files (PNG, JPEG, ...) as MNIST-like uint8 tensors."""
 
 from __future__ import annotations
 
@@ -23,18 +23,17 @@ def read_digit_images(paths, *, invert: bool = False) -> torch.Tensor:
     Raises:
         MnistfxError: a file is missing or is not an image torchvision can decode.
     """
-    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.datasets.folder import pil_loader
+    from torchvision.transforms.functional import pil_to_tensor, rgb_to_grayscale
 
     out = []
     for path in map(Path, paths):
+        if not path.is_file():
+            raise MnistfxError(f"cannot read image {path} (No such file)")
         try:
-            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        except OSError as e:
-            raise MnistfxError(f"cannot read image {path} ({e.strerror})") from None
-        try:
-            img = decode_image(data, mode=ImageReadMode.GRAY)
-        except (RuntimeError, ValueError):
-            raise MnistfxError(f"{path} is not a PNG or JPEG image torchvision can decode") from None
+            img = rgb_to_grayscale(pil_to_tensor(pil_loader(str(path))))
+        except (OSError, ValueError, SyntaxError):  # PIL's UnidentifiedImageError is an OSError
+            raise MnistfxError(f"{path} is not an image file (PNG, JPEG, ...) that can be decoded") from None
         if img.shape[-2:] != (28, 28):
             img = F.interpolate(img[None].float(), size=(28, 28), mode="bilinear", antialias=True,
                                 align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)

@@ -74,12 +74,12 @@ def test_eval_reads_the_notebook_checkpoint(capsys):
 
 
 def test_predict_reads_png_files(trained, mnist, tmp_path, capsys):
-    from torchvision.io import write_png
+    from torchvision.transforms.functional import to_pil_image
 
     paths = []
     for i in range(5):
         path = tmp_path / f"digit{i}.png"
-        write_png(mnist.test_images[i][None], str(path))
+        to_pil_image(mnist.test_images[i]).save(path)
         paths.append(str(path))
     code, out, _ = run_cli(capsys, "predict", str(trained / "weights.safetensors"), *paths, "--json")
     assert code == 0
@@ -99,6 +99,7 @@ def test_predict_reads_png_files(trained, mnist, tmp_path, capsys):
     (["train", "tuned", "--device", "tpu"], ["device 'tpu'"]),
     (["eval", "/nonexistent/weights.safetensors"], ["cannot read weights", "No such file"]),
     (["predict", "../shared/notebook/handwritten_digit_classfier_tuned.pth", "/nonexistent.png"], ["cannot read image"]),
+    (["predict", "../shared/notebook/handwritten_digit_classfier_tuned.pth", "README.md"], ["not an image file"]),
 ])
 def test_bad_arguments(capsys, args, fragments):
     code, _, err = run_cli(capsys, *args)
