@@ -26,7 +26,7 @@ from ._io import atomic_write_bytes
 from .augment import random_affine
 from .data import MNIST, load_mnist
 from .errors import MnistfxError
-from .metrics import EVAL_BATCH, Metrics, evaluate
+from .metrics import Metrics, evaluate
 from .models import Model, get_model
 from .optim import Optimizer, adam
 from .rng import fold_in
@@ -121,7 +121,7 @@ class Run:
             "epochs": self.config.epochs,
             "val_accuracy": self.val.accuracy if self.val else None,
             "test_accuracy": self.test.accuracy if self.test else None,
-            "seconds": round(self.seconds, 2),
+            "seconds": round(self.seconds, 2), "compile_seconds": round(self.compile_seconds, 2),
             "mnistfx_version": mnistfx.__version__, "torch_version": torch.__version__,
         }
 
@@ -227,6 +227,7 @@ def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable 
         train_idx = train_idx[:config.train_size]
     train_x = data.train_images[train_idx].to(device)
     train_y = data.train_labels[train_idx].to(device)
+    val_x, val_y = data.train_images[val_idx].to(device), data.train_labels[val_idx]
 
     params = {k: v.to(device) for k, v in model.init(fold_in(seed, "init")).items()}
     batch = config.batch_size
@@ -261,22 +262,21 @@ def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable 
             x = augment_batch(model, x, key=g_aug, faithful_fill=config.faithful_fill) \
                 if config.augment else model.normalize_input(x)
             noise = model.dropout_noise(batch, key=g_drop, device=device)
-            if epoch == 1 and i == 0 and config.compile:
+            compiling = config.compile and epoch == 1 and i == 0
+            if compiling:
                 emit("compiling")
                 t_compile = time.perf_counter()
-                params, opt_state, loss = step(params, opt_state, x, train_y[idx], noise)
+            params, opt_state, loss = step(params, opt_state, x, train_y[idx], noise)
+            if compiling:
                 run.compile_seconds = time.perf_counter() - t_compile
                 t_epoch += run.compile_seconds  # img/s counts training, not compiling
-            else:
-                params, opt_state, loss = step(params, opt_state, x, train_y[idx], noise)
             loss_sum = loss_sum + loss.detach()
             if (i + 1) % report_every == 0 or i + 1 == n_steps:
                 elapsed = time.perf_counter() - t_epoch
                 emit("step", epoch=epoch, step=i + 1, loss=loss.item(),
                      img_per_s=(i + 1) * batch / max(elapsed, 1e-9))
         train_seconds = time.perf_counter() - t_epoch
-        val = evaluate(model, params, data.train_images[val_idx], data.train_labels[val_idx],
-                       forward=forward, batch_size=EVAL_BATCH)
+        val = evaluate(model, params, val_x, val_y, forward=forward)
         entry = {
             "epoch": epoch, "train_loss": (loss_sum / n_steps).item(), "val_loss": val.loss,
             "val_accuracy": val.accuracy, "seconds": round(time.perf_counter() - t_epoch, 3),

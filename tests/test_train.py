@@ -113,3 +113,31 @@ def test_compiled_step_matches_eager(compiled_step, test_slice):
 def test_one_epoch_of_tuned_on_the_full_training_set(mnist):
     run = mnistfx.train(mnistfx.recipe("tuned", epochs=1), data=mnist)
     assert run.test.accuracy >= 0.97
+
+
+def test_lr_schedule_decays_linearly_over_the_last_steps():
+    from mnistfx.train import lr_schedule
+
+    assert lr_schedule(1e-3, 100, 0) == 1e-3
+    sched = lr_schedule(1e-3, 100, 20)
+    lrs = [sched(torch.tensor(float(s))).item() for s in (1, 80, 81, 90, 100)]
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 0.55e-3, 0.05e-3])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epochs": 0}, "epochs must be a whole number"),
+    ({"batch_size": 2.5}, "batch-size must be a whole number"),
+    ({"lr": float("nan")}, "lr must be a positive number"),
+    ({"decay": 1.5}, "decay must be a fraction"),
+    ({"val_size": 60000}, "val-size must be between"),
+    ({"train_size": 64, "batch_size": 128}, "larger than the 64 training images"),
+    ({"model": "resnet"}, "unknown model 'resnet'"),
+    pytest.param({"device": "cuda"}, "no CUDA device is available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
+])
+def test_bad_configs_are_refused_before_any_work(overrides, message, mnist):
+    import dataclasses
+
+    cfg = dataclasses.replace(mnistfx.recipe("tuned"), **overrides)
+    with pytest.raises(mnistfx.MnistfxError, match=message):
+        mnistfx.train(cfg, data=mnist)
