@@ -111,10 +111,11 @@ class Model:
             A dict from parameter name to tensor.
         """
         g = as_generator(key)
+        shapes = self.shapes()
         params = {}
-        for name, shape in self.shapes().items():
+        for name, shape in shapes.items():
             layer, kind = name.split(".")
-            fan_in = math.prod(self.shapes()[f"{layer}.weight"][1:])
+            fan_in = math.prod(shapes[f"{layer}.weight"][1:])
             bound = 1.0 / math.sqrt(fan_in)
             t = torch.empty(shape)
             if layer.startswith("conv"):

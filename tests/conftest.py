@@ -1,5 +1,7 @@
 """Shared fixtures: the real MNIST (fetched once into one shared data folder) and small slices."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,3 +26,20 @@ def _global_rng_untouched():
     before = torch.get_rng_state()
     yield
     assert torch.equal(before, torch.get_rng_state()), "the global RNG state changed"
+
+
+@pytest.fixture(scope="session")
+def notebook_ckpt():
+    """The original notebook's published `tuned` checkpoint, in shared/ beside the repository."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "notebook" / "handwritten_digit_classfier_tuned.pth"
+    if not path.is_file():
+        pytest.skip(f"the notebook checkpoint is not at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tuned_weights(tmp_path_factory):
+    """A freshly initialised `tuned` weights file."""
+    path = tmp_path_factory.mktemp("weights") / "tuned.safetensors"
+    mnistfx.save_weights(path, mnistfx.get_model("tuned").init(0), {"model": "tuned"})
+    return path

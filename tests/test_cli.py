@@ -68,8 +68,8 @@ def test_eval_json_and_tables(trained, capsys):
     assert code == 0 and "per class" in out and "confusion matrix" in out and "test accuracy" in out
 
 
-def test_eval_reads_the_notebook_checkpoint(capsys):
-    code, out, _ = run_cli(capsys, "eval", "../shared/notebook/handwritten_digit_classfier_tuned.pth", "--json")
+def test_eval_reads_the_notebook_checkpoint(capsys, notebook_ckpt):
+    code, out, _ = run_cli(capsys, "eval", str(notebook_ckpt), "--json")
     assert code == 0 and json.loads(out)["correct"] == 9905
 
 
@@ -98,11 +98,11 @@ def test_predict_reads_png_files(trained, mnist, tmp_path, capsys):
     (["train", "tuned", "--device", "cuda"], ["no CUDA device is available", "--device cpu"]),
     (["train", "tuned", "--device", "tpu"], ["device 'tpu'"]),
     (["eval", "/nonexistent/weights.safetensors"], ["cannot read weights", "No such file"]),
-    (["predict", "../shared/notebook/handwritten_digit_classfier_tuned.pth", "/nonexistent.png"], ["cannot read image"]),
-    (["predict", "../shared/notebook/handwritten_digit_classfier_tuned.pth", "README.md"], ["not an image file"]),
+    (["predict", "WEIGHTS", "/nonexistent.png"], ["cannot read image"]),
+    (["predict", "WEIGHTS", __file__], ["not an image file"]),
 ])
-def test_bad_arguments(capsys, args, fragments):
-    code, _, err = run_cli(capsys, *args)
+def test_bad_arguments(capsys, tuned_weights, args, fragments):
+    code, _, err = run_cli(capsys, *[str(tuned_weights) if a == "WEIGHTS" else a for a in args])
     assert_one_line_error(code, err, *fragments)
 
 
@@ -157,13 +157,12 @@ def test_weights_with_a_missing_tensor_or_wrong_dtype(tmp_path):
         mnistfx.load_model_weights(_saved(tmp_path, {k: v.half() for k, v in params.items()}, "tuned"))
 
 
-def test_corrupt_data_is_a_one_line_error(tmp_path, mnist, capsys):
+def test_corrupt_data_is_a_one_line_error(tmp_path, mnist, capsys, tuned_weights):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in mnistfx.data.IDX_FILES:
         (raw / name).write_bytes((mnist.root / "MNIST" / "raw" / name).read_bytes()[:100])
-    code, _, err = run_cli(capsys, "eval", "../shared/notebook/handwritten_digit_classfier_tuned.pth",
-                           "--data-root", str(tmp_path))
+    code, _, err = run_cli(capsys, "eval", str(tuned_weights), "--data-root", str(tmp_path))
     assert_one_line_error(code, err, "is 100 bytes, expected", "mnistfx data")
 
 
@@ -180,3 +179,9 @@ def test_weights_round_trip_keeps_metadata(tmp_path):
     assert meta == {"model": "tuned", "config": {"epochs": 3}, "test_accuracy": 0.99}
     assert all(torch.equal(loaded[k], params[k]) for k in params)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_cli_model_names_match_the_library():
+    from cli import main as cli_main
+
+    assert cli_main.MODELS == mnistfx.MODELS

@@ -7,9 +7,6 @@ from torch import nn
 import mnistfx
 from mnistfx.weights import NOTEBOOK_KEYS
 
-NOTEBOOK_CKPT = "../shared/notebook/handwritten_digit_classfier_tuned.pth"
-
-
 @pytest.mark.parametrize("name, count", [("tuned", 477_738), ("cnn", 2_624_669)])
 def test_parameter_counts(name, count):
     params = mnistfx.get_model(name).init(0)
@@ -80,8 +77,8 @@ def test_apply_matches_the_notebook_module(name, test_slice):
         torch.testing.assert_close(model.apply(params, x), net(x), rtol=1e-5, atol=1e-5)
 
 
-def test_notebook_checkpoint_scores_9905_on_the_full_test_set(mnist):
-    model, params, meta = mnistfx.load_model_weights(NOTEBOOK_CKPT)
+def test_notebook_checkpoint_scores_9905_on_the_full_test_set(mnist, notebook_ckpt):
+    model, params, meta = mnistfx.load_model_weights(notebook_ckpt)
     assert model.name == "tuned" and mnistfx.num_params(params) == 477_738
     m = mnistfx.evaluate(model, params, mnist.test_images, mnist.test_labels)
     assert m.correct == 9905 and m.n == 10000
