@@ -60,20 +60,22 @@ def _check_images(images: torch.Tensor) -> torch.Tensor:
 
 def logits(model: Model, params: dict, images: torch.Tensor, *, batch_size: int = EVAL_BATCH,
            forward=None) -> torch.Tensor:
-    """Logits for uint8 images, computed in fixed-size chunks (the last one padded).
+    """Logits for uint8 images, computed in chunks of ``batch_size``.
 
     Arguments:
         model: the model.
         params: its parameters; the images are moved to their device.
         images: uint8 tensor (N, 28, 28) or (N, 1, 28, 28).
-        batch_size: chunk size; every chunk has this shape, so a compiled forward never recompiles.
+        batch_size: chunk size.
         forward: a function ``(params, x) -> logits`` to use instead of ``model.apply``
-            (e.g. a compiled one).
+            (e.g. a compiled one); its last chunk is padded to ``batch_size`` so that it
+            sees one shape only and never recompiles.
 
     Returns:
         float32 logits (N, 10) on the parameters' device.
     """
     images = _check_images(images)
+    pad = forward is not None  # a compiled forward must see one shape; eager needs no padding
     forward = forward or model.apply
     device = next(iter(params.values())).device
     n = images.shape[0]
@@ -81,7 +83,7 @@ def logits(model: Model, params: dict, images: torch.Tensor, *, batch_size: int 
     with torch.no_grad():
         for start in range(0, n, batch_size):
             chunk = images[start:start + batch_size].to(device)
-            if chunk.shape[0] < batch_size:
+            if pad and chunk.shape[0] < batch_size:
                 chunk = F.pad(chunk.reshape(-1, 28 * 28), (0, 0, 0, batch_size - chunk.shape[0]))
             out.append(forward(params, model.preprocess(chunk)).float())
     return torch.cat(out)[:n] if out else torch.empty(0, 10, device=device)

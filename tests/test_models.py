@@ -104,3 +104,22 @@ def test_dropout_is_keyed_and_drops_at_its_rate(test_slice):
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'resnet': choose one of tuned, cnn"):
         mnistfx.get_model("resnet")
+
+
+def test_padded_chunks_give_the_same_logits(test_slice):
+    model = mnistfx.get_model("tuned")
+    params = model.init(0)
+    images = test_slice[0][:250]
+    plain = mnistfx.logits(model, params, images, batch_size=100)
+    padded = mnistfx.logits(model, params, images, batch_size=100, forward=lambda p, x: model.apply(p, x))
+    assert plain.shape == padded.shape == (250, 10)
+    torch.testing.assert_close(plain, padded)
+
+
+def test_bad_images_are_a_clear_error():
+    model = mnistfx.get_model("tuned")
+    params = model.init(0)
+    with pytest.raises(TypeError, match="must be uint8"):
+        mnistfx.predict(model, params, torch.zeros(2, 28, 28))
+    with pytest.raises(ValueError, match=r"shape \(N, 28, 28\)"):
+        mnistfx.predict(model, params, torch.zeros(2, 32, 32, dtype=torch.uint8))
