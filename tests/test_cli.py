@@ -181,7 +181,8 @@ def test_weights_round_trip_keeps_metadata(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_cli_model_names_match_the_library():
+def test_cli_model_and_recipe_names_match_the_library():
     from cli import main as cli_main
 
     assert cli_main.MODELS == mnistfx.MODELS
+    assert cli_main.RECIPES == tuple(mnistfx.RECIPES)

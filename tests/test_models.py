@@ -2,10 +2,10 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import mnistfx
-from mnistfx.weights import NOTEBOOK_KEYS
+from mnistfx.notebook import NotebookNet, to_notebook_state_dict
+
 
 @pytest.mark.parametrize("name, count", [("tuned", 477_738), ("cnn", 2_624_669)])
 def test_parameter_counts(name, count):
@@ -43,35 +43,13 @@ def test_init_is_a_function_of_the_key():
     assert torch.equal(model.init(g)["fc1.weight"], a["fc1.weight"])
 
 
-def _notebook_module(name):
-    """The original notebook's nn.Sequential formulation (from SPEC), for comparison."""
-    tuned = name == "tuned"
-    conv = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.Dropout2d(0.4), nn.AvgPool2d(2) if tuned else nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.Dropout2d(0.2), nn.MaxPool2d(2) if tuned else nn.Identity())
-    w = (784, 512, 128, 64, 10) if tuned else (3136, 784, 196, 49, 10)
-    lin = nn.Sequential(nn.Linear(w[0], w[1]), nn.ReLU(), nn.Dropout(0.5), nn.Linear(w[1], w[2]), nn.ReLU(),
-                        nn.Dropout(0.3), nn.Linear(w[2], w[3]), nn.ReLU(), nn.Dropout(0.15), nn.Linear(w[3], w[4]))
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.Convolutional_layers, self.Linear_layers = conv, lin
-
-        def forward(self, x):
-            return self.Linear_layers(self.Convolutional_layers(x).flatten(1))
-
-    return Net().eval()
-
-
 @pytest.mark.parametrize("name", mnistfx.MODELS)
 def test_apply_matches_the_notebook_module(name, test_slice):
     model = mnistfx.get_model(name)
     params = model.init(3)
-    ours_to_theirs = {v: k for k, v in NOTEBOOK_KEYS.items()}
     with torch.random.fork_rng():  # nn.Linear's own init draws from the global RNG
-        net = _notebook_module(name)
-    net.load_state_dict({f"{ours_to_theirs[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in params.items()})
+        net = NotebookNet(name).eval()
+    net.load_state_dict(to_notebook_state_dict(params))
     x = model.preprocess(test_slice[0][:64])
     with torch.no_grad():
         torch.testing.assert_close(model.apply(params, x), net(x), rtol=1e-5, atol=1e-5)

@@ -124,11 +124,64 @@ def test_lr_schedule_decays_linearly_over_the_last_steps():
     assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 0.55e-3, 0.05e-3])
 
 
+def test_one_cycle_schedule_warms_up_then_decays():
+    from mnistfx.train import lr_schedule
+
+    sched = lr_schedule(5e-3, 100, 80, 20)  # the fast recipe's shape: 20 % up, 80 % down
+    lrs = [sched(torch.tensor(float(s))).item() for s in (0, 10, 20, 21, 60, 100)]
+    assert lrs == pytest.approx([0.2e-3, 2.6e-3, 5e-3, 5e-3, 2.5625e-3, 0.0625e-3])
+
+
+def test_recipes_by_name():
+    fast = mnistfx.recipe("tuned", "fast", seed=3)
+    assert (fast.batch_size, fast.precision, fast.recipe, fast.seed) == (256, "bf16", "fast", 3)
+    assert fast.warmup + fast.decay == 1 and fast.clean_epochs == 1 and fast.label_smoothing > 0
+    assert mnistfx.recipe("tuned") == mnistfx.RECIPES["default"]["tuned"]
+    with pytest.raises(mnistfx.MnistfxError, match="no 'fast' recipe for cnn: use one of default"):
+        mnistfx.recipe("cnn", "fast")
+    with pytest.raises(mnistfx.MnistfxError, match="unknown recipe 'slow'"):
+        mnistfx.recipe("tuned", "slow")
+
+
+def test_clean_epochs_train_without_augmentation(mnist):
+    # With every epoch clean, the augmenting run is the unaugmented one, bit for bit.
+    clean = mnistfx.train(_small(epochs=1, train_size=640, clean_epochs=1), data=mnist)
+    plain = mnistfx.train(_small(epochs=1, train_size=640, augment=False), data=mnist)
+    augmented = mnistfx.train(_small(epochs=1, train_size=640), data=mnist)
+    assert all(torch.equal(clean.params[k], plain.params[k]) for k in clean.params)
+    assert not torch.equal(clean.params["fc1.weight"], augmented.params["fc1.weight"])
+
+
+def test_bf16_learns_as_well_as_fp32(mnist):
+    bf16 = mnistfx.train(_small(precision="bf16", label_smoothing=0.1), data=mnist)
+    fp32 = mnistfx.train(_small(label_smoothing=0.1), data=mnist)
+    assert bf16.test.accuracy > 0.88 and abs(bf16.test.accuracy - fp32.test.accuracy) < 0.01
+    # With smoothing the loss cannot fall below the smoothed target's entropy (about 0.5 for 0.1).
+    assert min(h["train_loss"] for h in bf16.history) > 0.5
+
+
+def test_bf16_step_tracks_the_fp32_step(test_slice):
+    model, opt = mnistfx.get_model("tuned"), mnistfx.adam(1e-3)
+    params = model.init(0)
+    x, y = model.preprocess(test_slice[0][:256]), test_slice[1][:256]
+    noise = model.dropout_noise(256, key=0)
+    _, _, l32 = make_train_step(model, opt)(params, opt.init(params), x, y, noise)
+    _, _, l16 = make_train_step(model, opt, precision="bf16")(params, opt.init(params), x, y, noise)
+    assert l16.dtype == torch.float32 and abs(l16.item() - l32.item()) < 0.02 * l32.item()
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        make_train_step(model, opt, precision="fp16")
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"epochs": 0}, "epochs must be a whole number"),
     ({"batch_size": 2.5}, "batch-size must be a whole number"),
     ({"lr": float("nan")}, "lr must be a positive number"),
     ({"decay": 1.5}, "decay must be a fraction"),
+    ({"warmup": -0.1}, "warmup must be a fraction"),
+    ({"warmup": 0.5, "decay": 0.6}, "make their sum at most 1"),
+    ({"label_smoothing": 2}, "label-smoothing must be a fraction"),
+    ({"clean_epochs": 16}, "clean-epochs must be a whole number from 0 to epochs"),
+    ({"precision": "fp16"}, "precision must be one of fp32, bf16"),
     ({"val_size": 60000}, "val-size must be between"),
     ({"train_size": 64, "batch_size": 128}, "larger than the 64 training images"),
     ({"model": "resnet"}, "unknown model 'resnet'"),

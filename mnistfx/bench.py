@@ -1,0 +1,158 @@
+"""Throughput of the train step and of inference, eager and compiled, at several batch sizes.
+
+The train step is measured as :func:`mnistfx.train` runs it: a batch gathered from the
+uint8 training images resident on the device, augmented, its dropout noise drawn, then the
+step (forward, loss, gradients, Adam). Inference is preprocessing and the eval forward under
+``torch.inference_mode``. Each timed block starts after warm-up steps and a device
+synchronisation; on CUDA it is timed with CUDA events. Eager and compiled blocks alternate, so
+a noisy machine affects both alike, and the median block is reported. Compile time (the first
+compiled call) is reported apart and never counted in throughput.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from .data import MNIST, load_mnist
+from .errors import MnistfxError
+from .models import get_model
+from .optim import adam
+from .train import PRECISIONS, batch_inputs, make_train_step, resolve_device
+
+KINDS = ("train", "infer")
+
+
+class _Timer:
+    """Seconds between ``start()`` and ``stop()``, with the device's work finished at both ends."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.begin = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+
+    def start(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.begin.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.cuda:
+            self.end.record()
+            self.end.synchronize()
+            return self.begin.elapsed_time(self.end) / 1000.0
+        return time.perf_counter() - self.t0
+
+
+def _workload(kind: str, model, images, labels, batch: int, device, precision: str) -> tuple[Callable, Callable]:
+    """``(make, run)``: ``make(compiled)`` builds a fresh state, ``run(state, i)`` does step ``i``
+    and returns a tensor whose value depends on it."""
+    n = images.shape[0]
+    g_idx = torch.Generator(device=device).manual_seed(0)
+    order = torch.randperm(n, generator=g_idx, device=device)
+
+    def indices(i):
+        start = (i * batch) % (n - batch + 1)
+        return order[start:start + batch]
+
+    if kind == "train":
+        def make(compiled):
+            opt = adam(1e-3)
+            step = make_train_step(model, opt, precision=precision)
+            step = torch.compile(step, fullgraph=True, dynamic=False) if compiled else step
+            params = {k: v.to(device) for k, v in model.init(0).items()}
+            gens = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
+            return {"step": step, "params": params, "opt_state": opt.init(params), "gens": gens}
+
+        def run(state, i):
+            idx = indices(i)
+            x, noise = batch_inputs(model, images, idx, aug_key=state["gens"][0], drop_key=state["gens"][1])
+            state["params"], state["opt_state"], loss = state["step"](
+                state["params"], state["opt_state"], x, labels[idx], noise)
+            return loss
+    else:
+        def make(compiled):
+            def forward(params, x8):
+                return model.apply(params, model.preprocess(x8))
+            forward = torch.compile(forward, fullgraph=True, dynamic=False) if compiled else forward
+            return {"forward": forward, "params": {k: v.to(device) for k, v in model.init(0).items()}}
+
+        def run(state, i):
+            with torch.inference_mode():
+                return state["forward"](state["params"], images[indices(i)])
+    return make, run
+
+
+def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=(32, 256), kinds=KINDS,
+              precision: str = "fp32", seconds: float = 1.0, repeats: int = 3, data: MNIST | None = None,
+              on_result: Callable | None = None) -> list[dict]:
+    """Measure images per second, eager and compiled, for each kind and batch size.
+
+    Arguments:
+        model: one of :data:`mnistfx.MODELS`.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        batch_sizes: the batch sizes to measure.
+        kinds: ``"train"`` (the whole train step with its batch preparation) and/or ``"infer"``.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast of the training forward pass;
+            inference is always float32, as :func:`mnistfx.evaluate` runs it).
+        seconds: about how long each timed block runs.
+        repeats: timed blocks per mode; the median is reported.
+        data: MNIST already loaded (default: :func:`load_mnist`).
+        on_result: called with each result as it is measured.
+
+    Returns:
+        One dict per (kind, batch size): ``kind``, ``batch_size``, ``eager`` and ``compiled``
+        (img/s), ``speedup`` (compiled / eager) and ``compile_seconds``.
+    """
+    get_model(model)  # a clear error for an unknown name
+    if precision not in PRECISIONS:
+        raise MnistfxError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 60000
+                              for b in batch_sizes):
+        raise MnistfxError(f"batch sizes must be whole numbers from 1 to 60000, not {list(batch_sizes)!r}")
+    if not kinds or set(kinds) - set(KINDS):
+        raise MnistfxError(f"kinds must be some of {', '.join(KINDS)}, not {list(kinds)!r}")
+    if not (seconds > 0 and isinstance(repeats, int) and repeats >= 1):
+        raise MnistfxError("seconds must be positive and repeats a whole number ≥ 1")
+    dev = resolve_device(device)
+    m = get_model(model)
+    data = data or load_mnist()
+    images, labels = data.train_images.to(dev), data.train_labels.to(dev)
+    timer = _Timer(dev)
+    results = []
+    for kind in kinds:
+        for batch in batch_sizes:
+            make, run = _workload(kind, m, images, labels, batch, dev, precision)
+            states = {"eager": make(False), "compiled": make(True)}
+            t0 = time.perf_counter()  # host time: compiling is CPU work even for CUDA
+            run(states["compiled"], 0).sum().item()
+            compile_seconds = time.perf_counter() - t0
+            steps = {}
+            for mode, state in states.items():  # warm up, then size the blocks to `seconds`
+                for i in range(3):
+                    run(state, i)
+                timer.start()
+                for i in range(5):
+                    run(state, i)
+                steps[mode] = max(5, round(5 * seconds / max(timer.stop(), 1e-9)))
+            rates = {mode: [] for mode in states}
+            for _ in range(repeats):
+                for mode, state in states.items():
+                    timer.start()
+                    for i in range(steps[mode]):
+                        out = run(state, i)
+                    out.sum().item()
+                    rates[mode].append(steps[mode] * batch / timer.stop())
+            eager, compiled = statistics.median(rates["eager"]), statistics.median(rates["compiled"])
+            result = {"kind": kind, "batch_size": batch, "eager": round(eager, 1), "compiled": round(compiled, 1),
+                      "speedup": round(compiled / eager, 3), "compile_seconds": round(compile_seconds, 2)}
+            results.append(result)
+            if on_result:
+                on_result(result)
+    return results
