@@ -23,6 +23,9 @@ train: data
 test: data
 	$(BIN)/python -m pytest -q
 
+bench: data
+	$(BIN)/mnistfx bench
+
 test-all: data
 	$(BIN)/python -m pytest -q -m ''
 
