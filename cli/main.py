@@ -12,6 +12,7 @@ import click
 
 MODELS = ("tuned", "cnn")  # mirrors mnistfx.MODELS without importing torch
 RECIPES = ("default", "fast")  # mirrors mnistfx.RECIPES
+PRECISIONS = ("fp32", "bf16")  # mirrors mnistfx.train.PRECISIONS
 
 
 def _setup_torch():
@@ -74,14 +75,14 @@ def _epoch_line(e: dict) -> str:
 @click.option("--recipe", "recipe_name", type=click.Choice(RECIPES), default="default", show_default=True,
               help="default: the notebook's recipe (15 epochs for tuned); fast: tuned to 99.1 % in under a minute. "
                    "The options below override single values.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split (default: tuned 15, cnn 10).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Images per step (default 32).")
-@click.option("--lr", type=float, help="Adam's (peak) learning rate (default 0.001).")
-@click.option("--warmup", type=click.FloatRange(0, 1), help="Fraction of steps, at the start, over which the lr rises from lr/25 (default 0).")
-@click.option("--decay", type=click.FloatRange(0, 1), help="Fraction of steps, at the end, over which the lr falls linearly to 0 (default 0.2; 0: constant).")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1), help="Cross-entropy label smoothing (default 0).")
-@click.option("--clean-epochs", type=click.IntRange(min=0), help="Train the last N epochs without augmentation (default 0).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="bf16: autocast the training forward pass (default fp32).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training split (default recipe: tuned 15, cnn 10; fast: 12).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per step (default recipe: 32; fast: 256).")
+@click.option("--lr", type=float, help="Adam's (peak) learning rate (default recipe: 0.001; fast: 0.005).")
+@click.option("--warmup", type=click.FloatRange(0, 1), help="Fraction of steps, at the start, over which the lr rises from lr/25 (default recipe: 0; fast: 0.2).")
+@click.option("--decay", type=click.FloatRange(0, 1), help="Fraction of steps, at the end, over which the lr falls linearly to 0 (default recipe: 0.2; fast: 0.8; 0: constant).")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1), help="Cross-entropy label smoothing (default recipe: 0; fast: 0.1).")
+@click.option("--clean-epochs", type=click.IntRange(min=0), help="Train the last N epochs without augmentation (default recipe: 0; fast: 1).")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="bf16: autocast the training forward pass (default recipe: fp32; fast: bf16).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of all randomness.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(), help="Output folder (default: runs/MODEL-seedN, runs/MODEL-RECIPE-seedN).")
@@ -218,7 +219,7 @@ def predict(weights, images, invert, as_json):
               help="Batch size to measure (repeatable; default: 32, 256 and 512).")
 @click.option("--kind", "kinds", type=click.Choice(["train", "infer"]), multiple=True,
               help="What to measure (repeatable; default: both).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="bf16: autocast the training forward pass.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="About how long each timed block runs.")
@@ -229,7 +230,7 @@ def predict(weights, images, invert, as_json):
 def bench(device, model, batch_sizes, kinds, precision, seconds, repeats, data_root, as_json):
     """Images per second of the train step and of inference, eager and compiled."""
     import mnistfx
-    from mnistfx.bench import benchmark
+    from mnistfx.bench import BATCH_SIZES, KINDS, benchmark
     from mnistfx.train import resolve_device
 
     dev = resolve_device(device)
@@ -251,8 +252,8 @@ def bench(device, model, batch_sizes, kinds, precision, seconds, repeats, data_r
                           f"{r['speedup']:.2f}×", f"{r['compile_seconds']:.1f}")
             status.update(f"measured {r['kind']} at batch {r['batch_size']}…")
 
-        results = benchmark(model, device=device, batch_sizes=batch_sizes or (32, 256, 512),
-                            kinds=kinds or ("train", "infer"), precision=precision, seconds=seconds,
+        results = benchmark(model, device=device, batch_sizes=batch_sizes or BATCH_SIZES,
+                            kinds=kinds or KINDS, precision=precision, seconds=seconds,
                             repeats=repeats, data=ds, on_result=on_result)
     if as_json:
         click.echo(json.dumps({**info, "results": results}))

@@ -11,6 +11,8 @@ compiled call) is reported apart and never counted in throughput.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import statistics
 import time
 from typing import Callable
@@ -24,6 +26,7 @@ from .optim import adam
 from .train import PRECISIONS, batch_inputs, make_train_step, resolve_device
 
 KINDS = ("train", "infer")
+BATCH_SIZES = (32, 256, 512)
 
 
 class _Timer:
@@ -56,6 +59,7 @@ def _workload(kind: str, model, images, labels, batch: int, device, precision: s
     n = images.shape[0]
     g_idx = torch.Generator(device=device).manual_seed(0)
     order = torch.randperm(n, generator=g_idx, device=device)
+    init = {k: v.to(device) for k, v in model.init(0).items()}
 
     def indices(i):
         start = (i * batch) % (n - batch + 1)
@@ -66,9 +70,8 @@ def _workload(kind: str, model, images, labels, batch: int, device, precision: s
             opt = adam(1e-3)
             step = make_train_step(model, opt, precision=precision)
             step = torch.compile(step, fullgraph=True, dynamic=False) if compiled else step
-            params = {k: v.to(device) for k, v in model.init(0).items()}
             gens = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
-            return {"step": step, "params": params, "opt_state": opt.init(params), "gens": gens}
+            return {"step": step, "params": init, "opt_state": opt.init(init), "gens": gens}
 
         def run(state, i):
             idx = indices(i)
@@ -81,15 +84,14 @@ def _workload(kind: str, model, images, labels, batch: int, device, precision: s
             def forward(params, x8):
                 return model.apply(params, model.preprocess(x8))
             forward = torch.compile(forward, fullgraph=True, dynamic=False) if compiled else forward
-            return {"forward": forward, "params": {k: v.to(device) for k, v in model.init(0).items()}}
+            return {"forward": forward, "params": init}
 
         def run(state, i):
-            with torch.inference_mode():
-                return state["forward"](state["params"], images[indices(i)])
+            return state["forward"](state["params"], images[indices(i)])
     return make, run
 
 
-def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=(32, 256), kinds=KINDS,
+def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=BATCH_SIZES, kinds=KINDS,
               precision: str = "fp32", seconds: float = 1.0, repeats: int = 3, data: MNIST | None = None,
               on_result: Callable | None = None) -> list[dict]:
     """Measure images per second, eager and compiled, for each kind and batch size.
@@ -110,7 +112,7 @@ def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=(32, 256
         One dict per (kind, batch size): ``kind``, ``batch_size``, ``eager`` and ``compiled``
         (img/s), ``speedup`` (compiled / eager) and ``compile_seconds``.
     """
-    get_model(model)  # a clear error for an unknown name
+    m = get_model(model)
     if precision not in PRECISIONS:
         raise MnistfxError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 60000
@@ -118,41 +120,55 @@ def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=(32, 256
         raise MnistfxError(f"batch sizes must be whole numbers from 1 to 60000, not {list(batch_sizes)!r}")
     if not kinds or set(kinds) - set(KINDS):
         raise MnistfxError(f"kinds must be some of {', '.join(KINDS)}, not {list(kinds)!r}")
-    if not (seconds > 0 and isinstance(repeats, int) and repeats >= 1):
-        raise MnistfxError("seconds must be positive and repeats a whole number ≥ 1")
+    if not (isinstance(seconds, (int, float)) and 0 < seconds and math.isfinite(seconds)
+            and isinstance(repeats, int) and repeats >= 1):
+        raise MnistfxError(f"seconds must be a positive number and repeats a whole number ≥ 1, not {seconds!r}, {repeats!r}")
     dev = resolve_device(device)
-    m = get_model(model)
     data = data or load_mnist()
+    # CUDA events and synchronize() act on the current device: make it the one measured.
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        return _measure(m, data, dev, batch_sizes, kinds, precision, seconds, repeats, on_result)
+
+
+def _measure(m, data, dev, batch_sizes, kinds, precision, seconds, repeats, on_result) -> list[dict]:
     images, labels = data.train_images.to(dev), data.train_labels.to(dev)
-    timer = _Timer(dev)
     results = []
     for kind in kinds:
         for batch in batch_sizes:
-            make, run = _workload(kind, m, images, labels, batch, dev, precision)
-            states = {"eager": make(False), "compiled": make(True)}
-            t0 = time.perf_counter()  # host time: compiling is CPU work even for CUDA
-            run(states["compiled"], 0).sum().item()
-            compile_seconds = time.perf_counter() - t0
-            steps = {}
-            for mode, state in states.items():  # warm up, then size the blocks to `seconds`
-                for i in range(3):
-                    run(state, i)
-                timer.start()
-                for i in range(5):
-                    run(state, i)
-                steps[mode] = max(5, round(5 * seconds / max(timer.stop(), 1e-9)))
-            rates = {mode: [] for mode in states}
-            for _ in range(repeats):
-                for mode, state in states.items():
-                    timer.start()
-                    for i in range(steps[mode]):
-                        out = run(state, i)
-                    out.sum().item()
-                    rates[mode].append(steps[mode] * batch / timer.stop())
-            eager, compiled = statistics.median(rates["eager"]), statistics.median(rates["compiled"])
-            result = {"kind": kind, "batch_size": batch, "eager": round(eager, 1), "compiled": round(compiled, 1),
-                      "speedup": round(compiled / eager, 3), "compile_seconds": round(compile_seconds, 2)}
+            with torch.inference_mode(kind == "infer"):
+                result = {"kind": kind, "batch_size": batch,
+                          **_compare(*_workload(kind, m, images, labels, batch, dev, precision), dev, batch,
+                                     seconds, repeats)}
             results.append(result)
             if on_result:
                 on_result(result)
     return results
+
+
+def _compare(make, run, dev, batch, seconds, repeats) -> dict:
+    """Eager against compiled for one workload: img/s of each, and the compile time."""
+    timer = _Timer(dev)
+    states = {"eager": make(False), "compiled": make(True)}
+    t0 = time.perf_counter()  # host time: compiling is CPU work even for CUDA
+    run(states["compiled"], 0).sum().item()
+    compile_seconds = time.perf_counter() - t0
+    steps = {}
+    for mode, state in states.items():  # warm up, then size the blocks to `seconds`
+        for i in range(3):
+            run(state, i)
+        timer.start()
+        for i in range(5):
+            out = run(state, i)
+        out.sum().item()
+        steps[mode] = max(5, round(5 * seconds / max(timer.stop(), 1e-9)))
+    rates = {mode: [] for mode in states}
+    for _ in range(repeats):
+        for mode, state in states.items():
+            timer.start()
+            for i in range(steps[mode]):
+                out = run(state, i)
+            out.sum().item()
+            rates[mode].append(steps[mode] * batch / timer.stop())
+    eager, compiled = statistics.median(rates["eager"]), statistics.median(rates["compiled"])
+    return {"eager": round(eager, 1), "compiled": round(compiled, 1), "speedup": round(compiled / eager, 3),
+            "compile_seconds": round(compile_seconds, 2)}

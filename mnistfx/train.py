@@ -105,7 +105,7 @@ RECIPES = {
     },
     "fast": {
         "tuned": TrainConfig(model="tuned", epochs=12, batch_size=256, lr=5e-3, warmup=0.2, decay=0.8,
-                             label_smoothing=0.1, clean_epochs=1, precision="bf16", recipe="fast"),
+                             label_smoothing=0.1, clean_epochs=1, precision="bf16"),
     },
 }
 PRECISIONS = ("fp32", "bf16")
@@ -121,7 +121,7 @@ def recipe(model: str, name: str = "default", /, **overrides) -> TrainConfig:
     if model not in RECIPES[name]:
         have = [r for r in RECIPES if model in RECIPES[r]]
         raise MnistfxError(f"there is no {name!r} recipe for {model}: use one of {', '.join(have)}")
-    return dataclasses.replace(RECIPES[name][model], **overrides)
+    return dataclasses.replace(RECIPES[name][model], **{"recipe": name, **overrides})
 
 
 @dataclass
@@ -242,6 +242,9 @@ def resolve_device(name: str) -> torch.device:
         raise MnistfxError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MnistfxError(f"device {name!r} asked for, but no CUDA device is available here: use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise MnistfxError(f"device {name!r} asked for, but there are only {torch.cuda.device_count()} CUDA "
+                           f"devices: use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device.type not in ("cpu", "cuda"):
         raise MnistfxError(f"device {name!r} is not supported: use cpu, cuda or cuda:N")
     return device

@@ -8,6 +8,7 @@ import torch
 
 import mnistfx
 from cli.main import main
+from mnistfx.train import PRECISIONS
 
 
 def run_cli(capsys, *args):
@@ -186,3 +187,4 @@ def test_cli_model_and_recipe_names_match_the_library():
 
     assert cli_main.MODELS == mnistfx.MODELS
     assert cli_main.RECIPES == tuple(mnistfx.RECIPES)
+    assert cli_main.PRECISIONS == PRECISIONS
