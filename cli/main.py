@@ -71,7 +71,7 @@ def _epoch_line(e: dict) -> str:
 
 
 @cli.command()
-@click.argument("model", type=click.Choice(MODELS), metavar="MODEL")
+@click.argument("model", type=click.Choice(MODELS), metavar="MODEL", required=False)
 @click.option("--recipe", "recipe_name", type=click.Choice(RECIPES), default="default", show_default=True,
               help="default: the notebook's recipe (15 epochs for tuned); fast: tuned to 99.1 % in under a minute. "
                    "The options below override single values.")
@@ -92,31 +92,48 @@ def _epoch_line(e: dict) -> str:
 @click.option("--val-size", type=click.IntRange(min=1), help="Training images held out for validation (default 5000).")
 @click.option("--train-size", type=click.IntRange(min=1), help="Train on only this many images (smoke runs).")
 @click.option("--data-root", type=click.Path(), help="Data folder (default: $MNISTFX_DATA or ~/.cache/mnistfx).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1),
+              help="Also write the checkpoint every N steps (it is always written after each epoch).")
+@click.option("--resume", "resume_dir", type=click.Path(),
+              help="Continue the interrupted run in this folder, with its own settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (progress goes to stderr).")
 def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoothing, clean_epochs, precision,
-          seed, device, out, no_compile, no_augment, faithful_fill, val_size, train_size, data_root, as_json):
-    """Train MODEL (tuned or cnn) with a recipe; write weights and history."""
+          seed, device, out, no_compile, no_augment, faithful_fill, val_size, train_size, data_root,
+          checkpoint_every, resume_dir, as_json):
+    """Train MODEL (tuned or cnn) with a recipe; write weights, history and a checkpoint.
+
+    The checkpoint (checkpoint.safetensors in the output folder) is written after every epoch;
+    `mnistfx train --resume FOLDER` continues an interrupted run from it, bit for bit.
+    """
     import math
 
+    if resume_dir is not None:
+        _refuse_settings_with_resume(click.get_current_context())
+    elif model is None:
+        raise click.UsageError("Missing argument 'MODEL': name a model (tuned or cnn), or pass --resume FOLDER.")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise click.BadParameter(f"{lr} is not a positive number", param_hint="'--lr'")
     import mnistfx
     from mnistfx.train import check_config, default_out_dir, prepare_out_dir, resolve_device
 
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup": warmup, "decay": decay,
-             "label_smoothing": label_smoothing, "clean_epochs": clean_epochs, "precision": precision,
-             "val_size": val_size, "train_size": train_size, "data_root": data_root}
-    cfg = mnistfx.recipe(model, recipe_name, seed=seed, device=device, compile=not no_compile,
-                         augment=not no_augment, faithful_fill=faithful_fill,
-                         **{k: v for k, v in given.items() if v is not None})
+    if resume_dir is not None:
+        cfg = mnistfx.load_checkpoint(resume_dir).config
+        if model is not None and model != cfg.model:
+            raise click.UsageError(f"{resume_dir} is a run of {cfg.model}, not {model}: drop MODEL or name {cfg.model}")
+        out = resume_dir
+    else:
+        cfg = _train_config(mnistfx, model, recipe_name, seed, device, no_compile, no_augment, faithful_fill, {
+            "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup": warmup, "decay": decay,
+            "label_smoothing": label_smoothing, "clean_epochs": clean_epochs, "precision": precision,
+            "val_size": val_size, "train_size": train_size, "data_root": data_root})
     check_config(cfg)
     resolve_device(cfg.device)
     _setup_torch()
     out_dir = prepare_out_dir(out or default_out_dir(cfg))
     console = _console(stderr=as_json)
-    console.print("config: " + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
+    console.print(("resuming: " if resume_dir else "config: ") + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
     with console.status("loading MNIST…"):
-        ds = mnistfx.load_mnist(cfg.data_root)
+        ds = mnistfx.load_mnist(data_root or cfg.data_root)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -128,7 +145,8 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
     def on_event(kind, **info):
         if kind == "start":
             state["total"], state["epochs"] = info["steps_per_epoch"], info["epochs"]
-            progress.update(state["task"], total=state["total"], description=f"epoch 1/{state['epochs']}")
+            progress.update(state["task"], total=state["total"], completed=info["step"],
+                            description=f"epoch {info['epoch']}/{state['epochs']}")
         elif kind == "compiling":
             progress.update(state["task"], description="compiling… (first step)")
         elif kind == "step":
@@ -143,7 +161,11 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
 
     with progress:
         state["task"] = progress.add_task("starting…", total=None, loss="-", speed="")
-        run = mnistfx.train(cfg, data=ds, on_event=on_event)
+        if resume_dir is not None:
+            run = mnistfx.resume(out_dir, data=ds, on_event=on_event, checkpoint_every=checkpoint_every or 0)
+        else:
+            run = mnistfx.train(cfg, data=ds, on_event=on_event, checkpoint_dir=out_dir,
+                                checkpoint_every=checkpoint_every or 0)
     paths = mnistfx.save_run(run, out_dir)
     if as_json:
         click.echo(json.dumps({**run.metadata(), "history": run.history, "test": run.test.to_dict(),
@@ -153,6 +175,25 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
                   f"val {100 * run.val.accuracy:.2f}%, {run.seconds:.0f}s "
                   f"(compile {run.compile_seconds:.0f}s)")
     console.print(f"wrote {paths['weights']} and {paths['history']}")
+
+
+_RESUME_KEEPS = {"model", "resume_dir", "checkpoint_every", "as_json", "data_root"}
+
+
+def _refuse_settings_with_resume(ctx):
+    """--resume continues a run as it was configured: any other setting given is a mistake."""
+    from click.core import ParameterSource
+
+    for p in ctx.command.params:
+        if p.name not in _RESUME_KEEPS and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"--resume continues a run with the settings it was started with: drop {p.opts[0]}")
+
+
+def _train_config(mnistfx, model, recipe_name, seed, device, no_compile, no_augment, faithful_fill, given):
+    """The TrainConfig of the recipe with the options the user gave."""
+    return mnistfx.recipe(model, recipe_name, seed=seed, device=device, compile=not no_compile,
+                          augment=not no_augment, faithful_fill=faithful_fill,
+                          **{k: v for k, v in given.items() if v is not None})
 
 
 @cli.command(name="eval")

@@ -26,13 +26,14 @@ from torch.nn import functional as F
 
 from ._io import atomic_write_bytes
 from .augment import random_affine
+from .checkpoint import CHECKPOINT_FILE, GENERATORS, Checkpoint, load_checkpoint, save_checkpoint
 from .data import MNIST, load_mnist
 from .errors import MnistfxError
 from .metrics import Metrics, evaluate
 from .models import MODELS, Model, get_model
 from .optim import Optimizer, adam
 from .rng import fold_in
-from .weights import save_weights
+from .weights import check_params, save_weights
 
 
 @dataclass(frozen=True)
@@ -288,21 +289,50 @@ def split(seed: int, val_size: int, n: int = 60000) -> tuple[torch.Tensor, torch
     return perm[val_size:], perm[:val_size]
 
 
-def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable | None = None) -> Run:
+def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable | None = None,
+          checkpoint_dir=None, checkpoint_every: int = 0) -> Run:
     """Train a model from scratch as ``config`` says, then evaluate it on the full test set.
 
     Arguments:
         config: the run's :class:`TrainConfig`.
         data: MNIST already loaded (default: :func:`load_mnist` on ``config.data_root``).
         on_event: called as ``on_event(kind, **info)`` for progress: ``"start"`` (steps per
-            epoch), ``"compiling"``, ``"step"`` (every few steps: epoch, step, loss, img/s),
-            ``"epoch"`` (the history entry) and ``"test"``.
+            epoch, and the epoch and step it starts from), ``"compiling"``, ``"step"`` (every
+            few steps: epoch, step, loss, img/s), ``"checkpoint"``, ``"epoch"`` (the history
+            entry) and ``"test"``.
+        checkpoint_dir: if given, a checkpoint (``checkpoint.safetensors``) is written there
+            atomically after every epoch, from which :func:`resume` continues the run.
+        checkpoint_every: also write it every this many steps (0: only after epochs).
 
     Returns:
         A :class:`Run` with the parameters, per-epoch history and validation / test metrics.
     """
+    return _train(config, data, on_event, checkpoint_dir, checkpoint_every, None)
+
+
+def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = None,
+           checkpoint_every: int = 0) -> Run:
+    """Continue the run whose checkpoint is in ``run_dir``, as :func:`train` would have gone on.
+
+    The result is bit-identical to the uninterrupted run's on the same device. Checkpoints
+    keep being written to ``run_dir``; arguments as for :func:`train`.
+    """
+    ckpt = load_checkpoint(run_dir)
+    path = Path(run_dir) / CHECKPOINT_FILE
+    model = get_model(ckpt.config.model)
+    check_params(model, ckpt.params, source=f"checkpoint {path}")
+    for part in ("mu", "nu"):
+        check_params(model, ckpt.opt_state[part], source=f"checkpoint {path} (Adam {part})")
+    return _train(ckpt.config, data, on_event, run_dir, checkpoint_every, ckpt)
+
+
+def _train(config, data, on_event, checkpoint_dir, checkpoint_every, start: Checkpoint | None) -> Run:
     t_start = time.perf_counter()
     check_config(config)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise MnistfxError(f"checkpoint-every must be a whole number ≥ 0, not {checkpoint_every!r}")
+    if checkpoint_dir is not None:
+        prepare_out_dir(checkpoint_dir)
     emit = on_event or (lambda kind, **info: None)
     device = resolve_device(config.device)
     model = get_model(config.model)
@@ -316,58 +346,85 @@ def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable 
     train_y = data.train_labels[train_idx].to(device)
     val_x, val_y = data.train_images[val_idx].to(device), data.train_labels[val_idx]
 
-    params = {k: v.to(device) for k, v in model.init(fold_in(seed, "init")).items()}
     batch = config.batch_size
     n_steps = train_x.shape[0] // batch
     total = config.epochs * n_steps
     opt = adam(lr_schedule(config.lr, total, round(config.decay * total), round(config.warmup * total)))
-    opt_state = opt.init(params)
     step = make_train_step(model, opt, label_smoothing=config.label_smoothing, precision=config.precision)
     if config.compile:
         step = torch.compile(step, fullgraph=True, dynamic=False)
+    generators = {name: torch.Generator(device=device).manual_seed(fold_in(seed, name)) for name in GENERATORS}
+    g_shuffle, g_aug, g_drop = (generators[name] for name in GENERATORS)
 
-    def generator(name):
-        return torch.Generator(device=device).manual_seed(fold_in(seed, name))
+    run = Run(config, {})
+    if start is None:
+        params = {k: v.to(device) for k, v in model.init(fold_in(seed, "init")).items()}
+        opt_state = opt.init(params)
+        first_epoch, first_step = 1, 0
+    else:
+        params = {k: v.to(device) for k, v in start.params.items()}
+        opt_state = {"step": start.opt_state["step"].to(device),
+                     **{part: {k: v.to(device) for k, v in start.opt_state[part].items()} for part in ("mu", "nu")}}
+        for name, g in generators.items():
+            g.set_state(start.rng[name])
+        run.history, run.compile_seconds = list(start.history), start.compile_seconds
+        first_epoch, first_step = (start.epoch + 1, 0) if start.step >= n_steps else (start.epoch, start.step)
 
-    g_shuffle, g_aug, g_drop = generator("shuffle"), generator("augment"), generator("dropout")
+    def save(epoch, done, perm, loss_sum):
+        if checkpoint_dir is None:
+            return
+        save_checkpoint(Path(checkpoint_dir) / CHECKPOINT_FILE, Checkpoint(
+            config, epoch, done, params, opt_state, {k: g.get_state() for k, g in generators.items()},
+            perm if done < n_steps else None, loss_sum, run.history, run.compile_seconds))
+        emit("checkpoint", epoch=epoch, step=done)
+
     report_every = max(1, n_steps // 100)
-    run = Run(config, params)
-    emit("start", steps_per_epoch=n_steps, epochs=config.epochs, device=str(device))
+    compiling = config.compile
+    emit("start", steps_per_epoch=n_steps, epochs=config.epochs, device=str(device),
+         epoch=first_epoch, step=first_step)
 
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
         t_epoch = time.perf_counter()
-        perm = torch.randperm(train_x.shape[0], generator=g_shuffle, device=device)
-        loss_sum = torch.zeros((), device=device)
+        begin = first_step if epoch == first_epoch else 0
+        if begin:
+            perm, loss_sum = start.perm.to(device), start.loss_sum.to(device)
+        else:
+            perm = torch.randperm(train_x.shape[0], generator=g_shuffle, device=device)
+            loss_sum = torch.zeros((), device=device)
         augment = config.augment and epoch <= config.epochs - config.clean_epochs
-        for i in range(n_steps):
+        for i in range(begin, n_steps):
             idx = perm[i * batch:(i + 1) * batch]
             x, noise = batch_inputs(model, train_x, idx, aug_key=g_aug, drop_key=g_drop,
                                     augment=augment, faithful_fill=config.faithful_fill)
-            compiling = config.compile and epoch == 1 and i == 0
             if compiling:
                 emit("compiling")
                 t_compile = time.perf_counter()
             params, opt_state, loss = step(params, opt_state, x, train_y[idx], noise)
             if compiling:
+                compiling = False
                 run.compile_seconds = time.perf_counter() - t_compile
                 t_epoch += run.compile_seconds  # img/s counts training, not compiling
             loss_sum = loss_sum + loss.detach()
             if (i + 1) % report_every == 0 or i + 1 == n_steps:
                 elapsed = time.perf_counter() - t_epoch
                 emit("step", epoch=epoch, step=i + 1, loss=loss.item(),
-                     img_per_s=(i + 1) * batch / max(elapsed, 1e-9))
+                     img_per_s=(i + 1 - begin) * batch / max(elapsed, 1e-9))
+            if checkpoint_every and ((epoch - 1) * n_steps + i + 1) % checkpoint_every == 0 and i + 1 < n_steps:
+                save(epoch, i + 1, perm, loss_sum)
         train_seconds = time.perf_counter() - t_epoch
         val = evaluate(model, params, val_x, val_y)
         entry = {
             "epoch": epoch, "train_loss": (loss_sum / n_steps).item(), "val_loss": val.loss,
             "val_accuracy": val.accuracy, "seconds": round(time.perf_counter() - t_epoch, 3),
-            "img_per_s": round(n_steps * batch / train_seconds, 1),
+            "img_per_s": round((n_steps - begin) * batch / train_seconds, 1),
         }
         run.history.append(entry)
         run.val = val
         emit("epoch", **entry)
+        save(epoch, n_steps, None, loss_sum)
 
     run.params = params
+    run.val = run.val or evaluate(model, params, val_x, val_y)
     run.test = evaluate(model, params, data.test_images, data.test_labels)
     run.seconds = time.perf_counter() - t_start
     emit("test", accuracy=run.test.accuracy, loss=run.test.loss)
@@ -380,8 +437,15 @@ def default_out_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}{recipe_part}-seed{config.seed}"
 
 
+RUN_FILES = ("weights.safetensors", "history.json", CHECKPOINT_FILE)
+
+
 def prepare_out_dir(path) -> Path:
-    """Create ``path`` (with parents) and check it is writable, before any training starts."""
+    """Create ``path`` (with parents) and check it is writable, before any training starts.
+
+    Temp files that a killed save left beside a run's files are removed (the files themselves
+    are always whole: every save writes a temp file and renames it).
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MnistfxError(f"output path {path} is a file: pass --out with a folder")
@@ -390,6 +454,9 @@ def prepare_out_dir(path) -> Path:
         probe = path / ".mnistfx-write-test"
         probe.write_bytes(b"")
         probe.unlink()
+        for name in RUN_FILES:
+            for stale in path.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
     except OSError as e:
         raise MnistfxError(f"cannot write to output folder {path} ({e.strerror}): pass --out with a writable folder") from None
     return path
@@ -402,7 +469,7 @@ def save_run(run: Run, out_dir) -> dict[str, Path]:
         The paths written, by kind.
     """
     out = prepare_out_dir(out_dir)
-    weights, history = out / "weights.safetensors", out / "history.json"
+    weights, history = (out / name for name in RUN_FILES[:2])
     meta = run.metadata()
     save_weights(weights, run.params, meta)
     summary = {**meta, "history": run.history,

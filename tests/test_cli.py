@@ -52,7 +52,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_writes_weights_and_history(trained):
-    assert sorted(p.name for p in trained.iterdir()) == ["history.json", "weights.safetensors"]
+    assert sorted(p.name for p in trained.iterdir()) == ["checkpoint.safetensors", "history.json", "weights.safetensors"]
     history = json.loads((trained / "history.json").read_text())
     assert history["model"] == "tuned" and history["seed"] == 3 and len(history["history"]) == 1
     assert history["config"]["train_size"] == 3200 and history["test"]["n"] == 10000

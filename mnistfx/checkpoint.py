@@ -1,0 +1,121 @@
+"""Training checkpoints: everything a run needs to continue exactly where it stopped.
+
+A checkpoint is one safetensors file (no pickle) holding the parameters, the optimiser
+state, the states of the run's random generators, the current epoch's shuffled order and
+its running loss, with the config, position (epoch, step) and history as JSON metadata. It
+is written atomically, so a kill during a save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import MnistfxError, WeightsError
+from .weights import load_weights, save_weights
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+FORMAT = "mnistfx-checkpoint/1"
+GENERATORS = ("shuffle", "augment", "dropout")
+
+
+@dataclass
+class Checkpoint:
+    """A run's state between two steps.
+
+    Attributes:
+        config: the run's :class:`~mnistfx.TrainConfig`.
+        epoch: the epoch in progress (from 1).
+        step: steps of that epoch done; ``steps_per_epoch`` when it is finished (validated and
+            in ``history``).
+        params: the parameters.
+        opt_state: the optimiser state (``step``, ``mu``, ``nu``).
+        rng: the state of each generator in :data:`GENERATORS`, as uint8 tensors.
+        perm: the epoch's order of training images (while the epoch is unfinished).
+        loss_sum: the sum of the epoch's step losses so far.
+        history: the finished epochs' history entries.
+        compile_seconds: the time the first step of the run took to compile.
+    """
+
+    config: object
+    epoch: int
+    step: int
+    params: dict
+    opt_state: dict
+    rng: dict
+    perm: torch.Tensor | None
+    loss_sum: torch.Tensor
+    history: list
+    compile_seconds: float = 0.0
+
+
+def save_checkpoint(path, ckpt: Checkpoint) -> None:
+    """Write ``ckpt`` to ``path`` atomically."""
+    tensors = {f"params/{k}": v for k, v in ckpt.params.items()}
+    tensors["opt/step"] = ckpt.opt_state["step"]
+    for part in ("mu", "nu"):
+        tensors.update({f"opt/{part}/{k}": v for k, v in ckpt.opt_state[part].items()})
+    tensors.update({f"rng/{k}": v for k, v in ckpt.rng.items()})
+    tensors["loss_sum"] = ckpt.loss_sum
+    if ckpt.perm is not None:
+        tensors["perm"] = ckpt.perm
+    meta = {"format": FORMAT, "config": ckpt.config.to_dict(), "epoch": ckpt.epoch, "step": ckpt.step,
+            "history": ckpt.history, "compile_seconds": ckpt.compile_seconds,
+            "torch_version": torch.__version__}
+    save_weights(path, tensors, meta)
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
+
+    Arguments:
+        path: the checkpoint file, or the run folder that holds ``checkpoint.safetensors``.
+
+    Raises:
+        MnistfxError: there is no checkpoint there.
+        WeightsError: the file is damaged or not an mnistfx checkpoint.
+    """
+    from .train import TrainConfig, check_config  # train imports this module
+
+    path = Path(path)
+    if path.is_dir() or not path.exists():
+        if not (path / CHECKPOINT_FILE).is_file():
+            raise MnistfxError(f"no checkpoint in {path}: resume takes the folder of a run that "
+                               f"`mnistfx train` wrote (it holds {CHECKPOINT_FILE})")
+        path = path / CHECKPOINT_FILE
+    try:
+        tensors, meta = load_weights(path)
+    except WeightsError as e:
+        reason = str(e).split(": pass")[0]
+        raise WeightsError(f"cannot resume from {path}: {reason}; start the run again without --resume") from None
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{path} is not an mnistfx training checkpoint: pass the folder of a run "
+                           "that `mnistfx train` wrote")
+    try:
+        config = TrainConfig(**meta["config"])
+        check_config(config)
+        epoch, step, history = int(meta["epoch"]), int(meta["step"]), list(meta["history"])
+        ckpt = Checkpoint(
+            config=config, epoch=epoch, step=step,
+            params=_take(tensors, "params/"),
+            opt_state={"step": tensors.pop("opt/step"), "mu": _take(tensors, "opt/mu/"),
+                       "nu": _take(tensors, "opt/nu/")},
+            rng={k: tensors.pop(f"rng/{k}") for k in GENERATORS},
+            perm=tensors.pop("perm", None), loss_sum=tensors.pop("loss_sum"), history=history,
+            compile_seconds=float(meta.get("compile_seconds", 0.0)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"checkpoint {path} is incomplete or damaged ({type(e).__name__}: {e}): "
+                           "start the run again without --resume") from None
+    if tensors:
+        raise WeightsError(f"checkpoint {path} has an unexpected tensor {next(iter(tensors))}: "
+                           "start the run again without --resume")
+    return ckpt
+
+
+def _take(tensors: dict, prefix: str) -> dict:
+    """Remove and return the tensors whose names start with ``prefix``, without it."""
+    keys = [k for k in tensors if k.startswith(prefix)]
+    return {k[len(prefix):]: tensors.pop(k) for k in keys}
+

@@ -1,0 +1,120 @@
+"""Determinism across processes, checkpoints, resume after SIGKILL, atomic writes under a kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mnistfx
+from mnistfx.checkpoint import CHECKPOINT_FILE
+from test_cli import assert_one_line_error, run_cli
+
+MNISTFX = os.path.join(os.path.dirname(sys.executable), "mnistfx")
+
+
+def _same_bits(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+                                        and a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_same_seed_same_bits_in_two_processes(tmp_path, compiled):
+    args = ["train", "tuned", "--epochs", "1", "--train-size", "1280", "--batch-size", "64", "--seed", "7",
+            "--val-size", "1000", *([] if compiled else ["--no-compile"])]
+    for name in ("a", "b"):
+        done = subprocess.run([MNISTFX, *args, "--out", str(tmp_path / name)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    a, b = (load_file(tmp_path / name / "weights.safetensors") for name in ("a", "b"))
+    assert _same_bits(a, b)
+    assert _same_bits(load_file(tmp_path / "a" / CHECKPOINT_FILE), load_file(tmp_path / "b" / CHECKPOINT_FILE))
+
+
+def _small(**overrides):
+    return mnistfx.recipe("tuned", **{"epochs": 2, "train_size": 3200, "compile": False, "seed": 4, **overrides})
+
+
+def test_resume_from_mid_epoch_and_epoch_end_is_bit_equal(mnist, tmp_path):
+    import shutil
+
+    def keep(kind, **info):  # copy the run folder as it is at two checkpoints
+        if kind == "checkpoint" and (info["epoch"], info["step"]) in {(1, 40), (1, 100)}:
+            shutil.copytree(tmp_path / "run", tmp_path / f"at-{info['step']}")
+
+    full = mnistfx.train(_small(), data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=20, on_event=keep)
+    mid = mnistfx.load_checkpoint(tmp_path / "at-40")
+    assert (mid.epoch, mid.step, len(mid.history), mid.perm is not None) == (1, 40, 0, True)
+    end = mnistfx.load_checkpoint(tmp_path / "at-100")
+    assert (end.epoch, end.step, len(end.history), end.perm is None) == (1, 100, 1, True)
+    for name in ("at-40", "at-100"):
+        again = mnistfx.resume(tmp_path / name, data=mnist)
+        assert _same_bits(again.params, full.params)
+        assert [h["train_loss"] for h in again.history] == [h["train_loss"] for h in full.history]
+        assert again.test.accuracy == full.test.accuracy
+    last = mnistfx.load_checkpoint(tmp_path / "run")
+    assert (last.epoch, last.step) == (2, 100) and _same_bits(last.params, full.params)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(mnist, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([MNISTFX, "train", "tuned", "--epochs", "2", "--train-size", "6400", "--no-compile",
+                             "--checkpoint-every", "25", "--seed", "5", "--out", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run_dir / CHECKPOINT_FILE).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = mnistfx.load_checkpoint(run_dir)
+    assert ckpt.epoch == 1 and 0 < ckpt.step < 200  # killed mid-epoch
+    assert not (run_dir / "weights.safetensors").exists()
+
+    done = subprocess.run([MNISTFX, "train", "--resume", str(run_dir)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    uninterrupted = mnistfx.train(ckpt.config, data=mnist)
+    assert _same_bits(load_file(run_dir / "weights.safetensors"), uninterrupted.params)
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(["weights.safetensors", "history.json", CHECKPOINT_FILE])
+
+
+_WRITER = """
+import sys
+from mnistfx._io import atomic_write_bytes
+for i in range(1, 1000):
+    atomic_write_bytes(sys.argv[1], bytes([i % 256]) * (8 << 20))
+    print(i, flush=True)
+"""
+
+
+def test_a_kill_during_a_save_leaves_the_previous_file_whole(tmp_path):
+    target = tmp_path / "file.bin"
+    target.write_bytes(bytes([0]) * (8 << 20))
+    for delay in (0.05, 0.13, 0.21, 0.34):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], stdout=subprocess.PIPE)
+        proc.stdout.readline()  # at least one save done; the kill lands during a later one
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        data = target.read_bytes()
+        assert len(data) == 8 << 20 and data.count(data[:1]) == len(data)  # one whole version
+
+
+def test_resume_errors_are_one_line(tmp_path, capsys, mnist):
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path))
+    assert_one_line_error(code, err, "no checkpoint in", "folder of a run")
+    code, _, err = run_cli(capsys, "train")
+    assert_one_line_error(code, err, "Missing argument 'MODEL'", "--resume")
+    mnistfx.train(_small(epochs=1, train_size=320), data=mnist, checkpoint_dir=tmp_path)
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path), "--epochs", "3")
+    assert_one_line_error(code, err, "drop --epochs")
+    code, _, err = run_cli(capsys, "train", "cnn", "--resume", str(tmp_path))
+    assert_one_line_error(code, err, "is a run of tuned, not cnn")
+    ckpt = tmp_path / CHECKPOINT_FILE
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path))
+    assert_one_line_error(code, err, "cannot resume from", "not a safetensors file", "without --resume")
