@@ -27,6 +27,9 @@ def random_affine(x: torch.Tensor, *, key, degrees: float = 15.0, translate: flo
     Returns:
         The warped images, same shape and dtype.
     """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4:
+        what = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"random_affine takes float images of shape (N, C, H, W), not a {what}")
     n, _, h, w = x.shape
     u = torch.rand(n, 4, generator=as_generator(key, x.device), device=x.device, dtype=torch.float32)
     angle = (2 * u[:, 0] - 1) * math.radians(degrees)

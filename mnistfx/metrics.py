@@ -84,7 +84,7 @@ def logits(model: Model, params: dict, images: torch.Tensor, *, batch_size: int 
         for start in range(0, n, batch_size):
             chunk = images[start:start + batch_size].to(device)
             if pad and chunk.shape[0] < batch_size:
-                chunk = F.pad(chunk.reshape(-1, 28 * 28), (0, 0, 0, batch_size - chunk.shape[0]))
+                chunk = torch.cat([chunk, chunk.new_zeros((batch_size - chunk.shape[0], *chunk.shape[1:]))])
             out.append(forward(params, model.preprocess(chunk)).float())
     return torch.cat(out)[:n] if out else torch.empty(0, 10, device=device)
 

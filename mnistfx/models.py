@@ -140,11 +140,39 @@ class Model:
         Returns:
             Logits of shape (N, 10).
         """
+        self._check_params(params)
+        _check_batch(x)
         if train and noise is None:
             if key is None:
                 raise ValueError("apply(train=True) needs a key for dropout (an int seed or a torch.Generator)")
             noise = self.dropout_noise(x.shape[0], key=key, device=x.device)
+        if train:
+            self._check_noise(noise, x.shape[0])
         return functional_call(self.skeleton, params, (x, noise if train else None))
+
+    def _check_params(self, params) -> None:
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict of tensors (from {self.name}.init), not {type(params).__name__}")
+        for name, shape in self.shapes().items():
+            p = params.get(name)
+            if not isinstance(p, torch.Tensor):
+                raise ValueError(f"params lacks {name}: expected {self.name}'s parameters, as {self.name}.init gives")
+            if tuple(p.shape) != shape:
+                raise ValueError(f"params[{name!r}] has shape {tuple(p.shape)}, {self.name} expects {shape}")
+        if len(params) != len(self.shapes()):
+            extra = sorted(set(params) - set(self.shapes()))[0]
+            raise ValueError(f"params has an unexpected entry {extra!r}: expected {self.name}'s parameters only")
+
+    def _check_noise(self, noise, n: int) -> None:
+        widths = self._noise_widths()
+        if not isinstance(noise, dict) or set(noise) != set(widths):
+            raise ValueError(f"noise must be a dict with keys {', '.join(widths)} (from {self.name}.dropout_noise)")
+        for k, w in widths.items():
+            if tuple(noise[k].shape) != (n, w):
+                raise ValueError(f"noise[{k!r}] has shape {tuple(noise[k].shape)}, expected {(n, w)} for {n} images")
+
+    def _noise_widths(self) -> dict[str, int]:
+        return {"conv1": 8, "conv2": 16, **dict(zip(self.skeleton.fcs, self.arch.fc[1:-1]))}
 
     def dropout_noise(self, n: int, *, key, device=None) -> dict[str, torch.Tensor]:
         """Uniform [0, 1) noise for every dropout layer of a batch of ``n`` images.
@@ -154,17 +182,33 @@ class Model:
             key: an ``int`` seed or a ``torch.Generator`` on ``device``.
             device: where the noise is made.
         """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a whole number of images ≥ 0, not {n!r}")
         g = as_generator(key, device)
-        widths = {"conv1": 8, "conv2": 16, **dict(zip(self.skeleton.fcs, self.arch.fc[1:-1]))}
-        return {k: torch.rand(n, w, generator=g, device=device) for k, w in widths.items()}
+        return {k: torch.rand(n, w, generator=g, device=device) for k, w in self._noise_widths().items()}
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 28, 28) or (N, 1, 28, 28) -> float (N, 1, 28, 28) as the model expects."""
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+            what = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+            raise TypeError(f"preprocess takes uint8 images (0-255), not {what}: for images already in [0, 1] "
+                            "use normalize_input")
+        if images.shape[-2:] != (28, 28) or images.dim() not in (3, 4) or (images.dim() == 4 and images.shape[1] != 1):
+            raise ValueError(f"images must have shape (N, 28, 28) or (N, 1, 28, 28), not {tuple(images.shape)}")
         return self.normalize_input(images.reshape(-1, 1, 28, 28).float() / 255.0)
 
     def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
         """Images scaled to [0, 1] -> the model's input (mean 0.5, std 0.5 normalisation if it uses one)."""
         return (x - 0.5) / 0.5 if self.normalize else x
+
+
+def _check_batch(x) -> None:
+    """A model input must be a float tensor (N, 1, 28, 28)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"x must be a float tensor (N, 1, 28, 28), not {what}: make it with Model.preprocess")
+    if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"x must have shape (N, 1, 28, 28), not {tuple(x.shape)}: make it with Model.preprocess")
 
 
 def get_model(name: str) -> Model:

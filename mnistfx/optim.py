@@ -21,6 +21,8 @@ class Optimizer:
 
     def init(self, params: dict[str, torch.Tensor]) -> dict:
         """Zero moments and a step count of 0 (a float32 tensor, so compiled code never recompiles)."""
+        if not isinstance(params, dict) or not params or not all(isinstance(p, torch.Tensor) for p in params.values()):
+            raise TypeError("params must be a non-empty dict of tensors")
         return {
             "step": torch.zeros((), device=next(iter(params.values())).device),
             "mu": {k: torch.zeros_like(p) for k, p in params.items()},
@@ -29,6 +31,9 @@ class Optimizer:
 
     def update(self, grads: dict, state: dict, params: dict) -> tuple[dict, dict]:
         """One Adam step. Returns new ``(params, state)``; nothing is modified in place."""
+        if not isinstance(grads, dict) or grads.keys() != params.keys() or state.get("mu", {}).keys() != params.keys():
+            raise ValueError("grads, params and the state's moments must have the same names: make the state "
+                             "with init(params) and the grads from those params")
         b1, b2 = self.betas
         step = state["step"] + 1
         lr = self.lr(step) if callable(self.lr) else self.lr
@@ -58,4 +63,8 @@ def adam(lr: Union[float, Schedule] = 1e-3, betas: tuple[float, float] = (0.9, 0
     """
     if not callable(lr) and not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number or a schedule function, not {lr!r}")
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), not {betas!r}")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps must be a positive number, not {eps!r}")
     return Optimizer(lr, tuple(betas), float(eps))

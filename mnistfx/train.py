@@ -230,6 +230,9 @@ def batch_inputs(model: Model, images: torch.Tensor, idx: torch.Tensor, *, aug_k
     Returns:
         ``(x, noise)`` for the train step.
     """
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.shape[1:] != (28, 28):
+        what = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a uint8 tensor (N, 28, 28), not {what}")
     x = images[idx].unsqueeze(1).float() / 255.0
     x = augment_batch(model, x, key=aug_key, faithful_fill=faithful_fill) if augment else model.normalize_input(x)
     return x, model.dropout_noise(x.shape[0], key=drop_key, device=images.device)
@@ -328,6 +331,8 @@ def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = No
 
 def _train(config, data, on_event, checkpoint_dir, checkpoint_every, start: Checkpoint | None) -> Run:
     t_start = time.perf_counter()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig (see mnistfx.recipe), not {type(config).__name__}")
     check_config(config)
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise MnistfxError(f"checkpoint-every must be a whole number ≥ 0, not {checkpoint_every!r}")

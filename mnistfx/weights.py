@@ -31,6 +31,9 @@ def save_weights(path, params: dict[str, torch.Tensor], metadata: dict | None = 
         metadata: JSON-serialisable values (model name, config, seed, accuracies, versions);
             each is stored as a JSON string under its key.
     """
+    if not isinstance(params, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in params.items()):
+        raise TypeError("params must be a dict from names (str) to tensors")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
     meta = {str(k): json.dumps(v) for k, v in (metadata or {}).items()}
     atomic_write_bytes(path, st_save(tensors, metadata=meta))

@@ -266,3 +266,40 @@ def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
     with pytest.raises(mnistfx.DataError, match="refused to load global io.open") as e:
         d._restricted_loads(pickle.dumps((_Canary(str(canary)),), protocol=2))
     assert "\n" not in str(e.value) and not canary.exists()
+
+
+_TUNED = mnistfx.get_model("tuned")
+_PARAMS = _TUNED.init(0)
+_X = torch.zeros(2, 1, 28, 28)
+_U8 = torch.zeros(2, 28, 28, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: _TUNED.apply(_PARAMS, torch.zeros(2, 28, 28)), ValueError, r"x must have shape \(N, 1, 28, 28\), not \(2, 28, 28\)"),
+    (lambda: _TUNED.apply(_PARAMS, _U8.unsqueeze(1)), TypeError, "x must be a float tensor .* not torch.uint8"),
+    (lambda: _TUNED.apply(_PARAMS, [[0.0]]), TypeError, "x must be a float tensor .* not list"),
+    (lambda: _TUNED.apply({k: v for k, v in _PARAMS.items() if k != "fc2.bias"}, _X), ValueError, "params lacks fc2.bias"),
+    (lambda: _TUNED.apply(mnistfx.get_model("cnn").init(0), _X), ValueError, r"params\['fc1.weight'\] has shape \(784, 3136\), tuned expects \(512, 784\)"),
+    (lambda: _TUNED.apply({**_PARAMS, "fc9.bias": _PARAMS["fc4.bias"]}, _X), ValueError, "unexpected entry 'fc9.bias'"),
+    (lambda: _TUNED.apply(list(_PARAMS.values()), _X), TypeError, "params must be a dict of tensors"),
+    (lambda: _TUNED.apply(_PARAMS, _X, train=True, noise=_TUNED.dropout_noise(3, key=0)), ValueError, r"noise\['conv1'\] has shape \(3, 8\), expected \(2, 8\)"),
+    (lambda: _TUNED.apply(_PARAMS, _X, train=True), ValueError, "needs a key for dropout"),
+    (lambda: _TUNED.dropout_noise(-1, key=0), ValueError, "n must be a whole number"),
+    (lambda: _TUNED.init("seed"), TypeError, "key must be an int seed or a torch.Generator"),
+    (lambda: _TUNED.preprocess(_X.squeeze(1)), TypeError, "preprocess takes uint8 images .* not torch.float32"),
+    (lambda: _TUNED.preprocess(torch.zeros(2, 32, 32, dtype=torch.uint8)), ValueError, r"not \(2, 32, 32\)"),
+    (lambda: mnistfx.evaluate(_TUNED, _PARAMS, _U8, torch.zeros(3, dtype=torch.long)), ValueError, "got 2 images but 3 labels"),
+    (lambda: mnistfx.predict(_TUNED, _PARAMS, _X), TypeError, "images must be uint8"),
+    (lambda: mnistfx.random_affine(_U8, key=0), ValueError, "random_affine takes float images of shape"),
+    (lambda: mnistfx.adam(1e-3).update({"w": _X}, mnistfx.adam(1e-3).init(_PARAMS), _PARAMS), ValueError, "must have the same names"),
+    (lambda: mnistfx.adam(betas=(0.9, 1.5)), ValueError, "betas must be two numbers in"),
+    (lambda: mnistfx.adam(1e-3).init({}), TypeError, "non-empty dict of tensors"),
+    (lambda: mnistfx.fold_in("0", "init"), TypeError, "fold_in takes an int seed"),
+    (lambda: mnistfx.batch_inputs(_TUNED, _X.squeeze(1), torch.arange(2), aug_key=0, drop_key=1), ValueError, "images must be a uint8 tensor"),
+    (lambda: mnistfx.save_weights("/nonexistent/w.safetensors", [1, 2]), TypeError, "params must be a dict"),
+    (lambda: mnistfx.train({"model": "tuned"}), TypeError, "config must be a TrainConfig"),
+    (lambda: mnistfx.get_model("resnet"), ValueError, "unknown model 'resnet'"),
+])
+def test_library_functions_check_their_inputs(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
