@@ -1,5 +1,6 @@
-"""Determinism across processes, checkpoints, resume after SIGKILL, atomic writes under a kill."""
+"""Determinism across processes, checkpoints, resume after SIGKILL, saves and fetches under a kill."""
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 
 import mnistfx
 from mnistfx.checkpoint import CHECKPOINT_FILE
+from mnistfx.data import IDX_FILES
 from test_cli import assert_one_line_error, run_cli
 
 MNISTFX = os.path.join(os.path.dirname(sys.executable), "mnistfx")
@@ -118,3 +120,21 @@ def test_resume_errors_are_one_line(tmp_path, capsys, mnist):
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path))
     assert_one_line_error(code, err, "cannot resume from", "not a safetensors file", "without --resume")
+
+
+def test_a_fetch_killed_midway_leaves_no_invalid_data(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    for delay in (0.5, 1.5, 2.5):  # kills at different points of download, decode and writing
+        proc = subprocess.Popen([MNISTFX, "data", "--root", str(tmp_path), "--source", "registry", "--force"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for path in raw.iterdir() if raw.is_dir() else []:
+            if path.name in IDX_FILES:  # a file under its real name is always whole and right
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == IDX_FILES[path.name][0]
+            else:  # anything else is a temp file no reader opens
+                assert path.name.startswith(".") and path.name.endswith(".tmp")
+    done = subprocess.run([MNISTFX, "data", "--root", str(tmp_path), "--verify"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in raw.iterdir()) == sorted(IDX_FILES)  # stale temp files are gone
