@@ -87,6 +87,8 @@ def _epoch_line(e: dict) -> str:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--out", type=click.Path(), help="Output folder (default: runs/MODEL-seedN, runs/MODEL-RECIPE-seedN).")
 @click.option("--no-compile", is_flag=True, help="Run the same step eagerly instead of torch.compile.")
+@click.option("--steps-per-call", type=click.IntRange(1, 8),
+              help="Steps per call of the compiled function (default recipe: tuned 2, cnn 1; fast: 1).")
 @click.option("--no-augment", is_flag=True, help="Train on the images as they are.")
 @click.option("--faithful-fill", is_flag=True, help="Augment as the notebook did (affine fill mid-grey for tuned).")
 @click.option("--val-size", type=click.IntRange(min=1), help="Training images held out for validation (default 5000).")
@@ -98,7 +100,7 @@ def _epoch_line(e: dict) -> str:
               help="Continue the interrupted run in this folder, with its own settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (progress goes to stderr).")
 def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoothing, clean_epochs, precision,
-          seed, device, out, no_compile, no_augment, faithful_fill, val_size, train_size, data_root,
+          seed, device, out, no_compile, steps_per_call, no_augment, faithful_fill, val_size, train_size, data_root,
           checkpoint_every, resume_dir, as_json):
     """Train MODEL (tuned or cnn) with a recipe; write weights, history and a checkpoint.
 
@@ -125,7 +127,7 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
         cfg = _train_config(mnistfx, model, recipe_name, seed, device, no_compile, no_augment, faithful_fill, {
             "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup": warmup, "decay": decay,
             "label_smoothing": label_smoothing, "clean_epochs": clean_epochs, "precision": precision,
-            "val_size": val_size, "train_size": train_size, "data_root": data_root})
+            "val_size": val_size, "train_size": train_size, "data_root": data_root, "steps_per_call": steps_per_call})
     check_config(cfg)
     resolve_device(cfg.device)
     _setup_torch()

@@ -62,6 +62,23 @@ def test_resume_from_mid_epoch_and_epoch_end_is_bit_equal(mnist, tmp_path):
     assert (last.epoch, last.step) == (2, 100) and _same_bits(last.params, full.params)
 
 
+def test_compiled_resume_with_two_steps_per_call_is_bit_equal(mnist, tmp_path):
+    # The default recipe's compiled path: two steps per call, checkpoints only between calls.
+    import shutil
+
+    config = mnistfx.recipe("tuned", epochs=2, train_size=1280, batch_size=64, val_size=1000, seed=7)
+    assert config.compile and config.steps_per_call == 2
+
+    def keep(kind, **info):
+        if kind == "checkpoint" and (info["epoch"], info["step"]) == (1, 6):
+            shutil.copytree(tmp_path / "run", tmp_path / "mid")
+
+    full = mnistfx.train(config, data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=5, on_event=keep)
+    mid = mnistfx.load_checkpoint(tmp_path / "mid")
+    assert (mid.epoch, mid.step) == (1, 6)  # the first call boundary at or after step 5
+    assert _same_bits(mnistfx.resume(tmp_path / "mid", data=mnist).params, full.params)
+
+
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(mnist, tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([MNISTFX, "train", "tuned", "--epochs", "2", "--train-size", "6400", "--no-compile",
