@@ -382,12 +382,12 @@ def _train(config, data, on_event, checkpoint_dir, checkpoint_every, start: Chec
     val_x, val_y = data.train_images[val_idx].to(device), data.train_labels[val_idx]
 
     batch = config.batch_size
-    k = config.steps_per_call if config.compile else 1  # eager: the same numbers either way
-    n_steps = train_x.shape[0] // batch // k * k
+    per_call = config.steps_per_call if config.compile else 1  # eager: the same numbers either way
+    n_steps = train_x.shape[0] // batch // per_call * per_call
     total = config.epochs * n_steps
     opt = adam(lr_schedule(config.lr, total, round(config.decay * total), round(config.warmup * total)))
     step = make_multi_step(make_train_step(model, opt, label_smoothing=config.label_smoothing,
-                                           precision=config.precision), k)
+                                           precision=config.precision), per_call)
     if config.compile:
         step = torch.compile(step, fullgraph=True, dynamic=False)
     generators = {name: torch.Generator(device=device).manual_seed(fold_in(seed, name)) for name in GENERATORS}
@@ -429,8 +429,8 @@ def _train(config, data, on_event, checkpoint_dir, checkpoint_every, start: Chec
             perm = torch.randperm(train_x.shape[0], generator=g_shuffle, device=device)
             loss_sum = torch.zeros((), device=device)
         augment = config.augment and epoch <= config.epochs - config.clean_epochs
-        for i in range(begin, n_steps, k):
-            end = i + k  # this call does steps i+1 .. end of the epoch, from one gather and warp
+        for i in range(begin, n_steps, per_call):
+            end = i + per_call  # this call does steps i+1 .. end of the epoch, from one gather and warp
             idx = perm[i * batch:end * batch]
             x, noise = batch_inputs(model, train_x, idx, aug_key=g_aug, drop_key=g_drop, augment=augment,
                                     faithful_fill=config.faithful_fill)
@@ -448,7 +448,7 @@ def _train(config, data, on_event, checkpoint_dir, checkpoint_every, start: Chec
                 emit("step", epoch=epoch, step=end, loss=loss.item(),
                      img_per_s=(end - begin) * batch / max(elapsed, 1e-9))
             done = (epoch - 1) * n_steps + end
-            if checkpoint_every and done // checkpoint_every > (done - k) // checkpoint_every and end < n_steps:
+            if checkpoint_every and done // checkpoint_every > (done - per_call) // checkpoint_every and end < n_steps:
                 save(epoch, end, perm, loss_sum)
         train_seconds = time.perf_counter() - t_epoch
         val = evaluate(model, params, val_x, val_y)
