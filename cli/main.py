@@ -116,22 +116,24 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise click.BadParameter(f"{lr} is not a positive number", param_hint="'--lr'")
     import mnistfx
-    from mnistfx.train import check_config, default_out_dir, prepare_out_dir, resolve_device
+    from mnistfx.train import check_config, default_out_dir, prepare_out_dir, resolve_device, run_folder
 
     if resume_dir is not None:
-        cfg = mnistfx.load_checkpoint(resume_dir).config
+        out = run_folder(resume_dir)
+        cfg = mnistfx.load_checkpoint(out).config
         if model is not None and model != cfg.model:
             raise click.UsageError(f"{resume_dir} is a run of {cfg.model}, not {model}: drop MODEL or name {cfg.model}")
-        out = resume_dir
     else:
         cfg = _train_config(mnistfx, model, recipe_name, seed, device, no_compile, no_augment, faithful_fill, {
             "epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup": warmup, "decay": decay,
             "label_smoothing": label_smoothing, "clean_epochs": clean_epochs, "precision": precision,
             "val_size": val_size, "train_size": train_size, "data_root": data_root, "steps_per_call": steps_per_call})
-    check_config(cfg)
-    resolve_device(cfg.device)
+        check_config(cfg)
+        resolve_device(cfg.device)
+        out = out or default_out_dir(cfg)
+        _refuse_to_overwrite_an_unfinished_run(mnistfx, out)
     _setup_torch()
-    out_dir = prepare_out_dir(out or default_out_dir(cfg))
+    out_dir = prepare_out_dir(out)
     console = _console(stderr=as_json)
     console.print(("resuming: " if resume_dir else "config: ") + " ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
     with console.status("loading MNIST…"):
@@ -189,6 +191,22 @@ def _refuse_settings_with_resume(ctx):
     for p in ctx.command.params:
         if p.name not in _RESUME_KEEPS and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE:
             raise click.UsageError(f"--resume continues a run with the settings it was started with: drop {p.opts[0]}")
+
+
+def _refuse_to_overwrite_an_unfinished_run(mnistfx, out):
+    """A new run must not overwrite the checkpoint of an interrupted one: that progress would be lost."""
+    from mnistfx.checkpoint import CHECKPOINT_FILE
+
+    path = Path(out) / CHECKPOINT_FILE
+    if not path.is_file():
+        return
+    try:
+        ckpt = mnistfx.load_checkpoint(path)
+    except mnistfx.MnistfxError:
+        return  # damaged: nothing to continue from
+    if ckpt.epoch < ckpt.config.epochs or ckpt.perm is not None:
+        raise click.UsageError(f"{out} holds an unfinished run (epoch {ckpt.epoch} of {ckpt.config.epochs}): continue "
+                               f"it with --resume {out}, or pass another --out (or delete {path})")
 
 
 def _train_config(mnistfx, model, recipe_name, seed, device, no_compile, no_augment, faithful_fill, given):

@@ -2,7 +2,10 @@
 
 import os
 import tempfile
+import time
 from pathlib import Path
+
+STALE_SECONDS = 3600  # a save takes seconds: a temp file this old belongs to a killed writer
 
 
 def _umask() -> int:
@@ -33,3 +36,16 @@ def atomic_write_bytes(path, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def remove_stale_temps(folder, names) -> None:
+    """Remove temp files that killed saves of ``names`` left in ``folder`` (only old ones, so
+    that a save still running in another process keeps its file); errors are ignored."""
+    cutoff = time.time() - STALE_SECONDS
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+            except OSError:
+                pass

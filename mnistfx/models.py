@@ -153,14 +153,15 @@ class Model:
     def _check_params(self, params) -> None:
         if not isinstance(params, dict):
             raise TypeError(f"params must be a dict of tensors (from {self.name}.init), not {type(params).__name__}")
-        for name, shape in self.shapes().items():
+        expected = self.shapes()
+        for name, shape in expected.items():
             p = params.get(name)
             if not isinstance(p, torch.Tensor):
                 raise ValueError(f"params lacks {name}: expected {self.name}'s parameters, as {self.name}.init gives")
             if tuple(p.shape) != shape:
                 raise ValueError(f"params[{name!r}] has shape {tuple(p.shape)}, {self.name} expects {shape}")
-        if len(params) != len(self.shapes()):
-            extra = sorted(set(params) - set(self.shapes()))[0]
+        if len(params) != len(expected):
+            extra = sorted(set(params) - set(expected))[0]
             raise ValueError(f"params has an unexpected entry {extra!r}: expected {self.name}'s parameters only")
 
     def _check_noise(self, noise, n: int) -> None:
@@ -182,19 +183,19 @@ class Model:
             key: an ``int`` seed or a ``torch.Generator`` on ``device``.
             device: where the noise is made.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not hasattr(n, "__index__") or n < 0:
             raise ValueError(f"n must be a whole number of images ≥ 0, not {n!r}")
         g = as_generator(key, device)
         return {k: torch.rand(n, w, generator=g, device=device) for k, w in self._noise_widths().items()}
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (N, 28, 28) or (N, 1, 28, 28) -> float (N, 1, 28, 28) as the model expects."""
+        """uint8 images (N, 28, 28), (N, 1, 28, 28) or (N, 784) -> float (N, 1, 28, 28) as the model expects."""
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
             what = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
             raise TypeError(f"preprocess takes uint8 images (0-255), not {what}: for images already in [0, 1] "
                             "use normalize_input")
-        if images.shape[-2:] != (28, 28) or images.dim() not in (3, 4) or (images.dim() == 4 and images.shape[1] != 1):
-            raise ValueError(f"images must have shape (N, 28, 28) or (N, 1, 28, 28), not {tuple(images.shape)}")
+        if images.dim() < 2 or images[0].numel() != 784:
+            raise ValueError(f"images must have shape (N, 28, 28), (N, 1, 28, 28) or (N, 784), not {tuple(images.shape)}")
         return self.normalize_input(images.reshape(-1, 1, 28, 28).float() / 255.0)
 
     def normalize_input(self, x: torch.Tensor) -> torch.Tensor:

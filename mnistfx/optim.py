@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -63,8 +64,8 @@ def adam(lr: Union[float, Schedule] = 1e-3, betas: tuple[float, float] = (0.9, 0
     """
     if not callable(lr) and not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number or a schedule function, not {lr!r}")
-    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+    if len(betas) != 2 or not all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1), not {betas!r}")
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise ValueError(f"eps must be a positive number, not {eps!r}")
+    if not (isinstance(eps, numbers.Real) and eps >= 0):
+        raise ValueError(f"eps must be a number ≥ 0, not {eps!r}")
     return Optimizer(lr, tuple(betas), float(eps))

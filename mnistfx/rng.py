@@ -25,7 +25,8 @@ def as_generator(key, device=None) -> torch.Generator:
 
 def fold_in(seed: int, name: str) -> int:
     """A new 63-bit seed derived from ``seed`` and a stream name (like ``jax.random.fold_in``)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not isinstance(name, str):
+    if isinstance(seed, bool) or not hasattr(seed, "__index__") or not isinstance(name, str):
         raise TypeError(f"fold_in takes an int seed and a str name, not {type(seed).__name__} and {type(name).__name__}")
+    seed = int(seed)
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1

@@ -24,11 +24,11 @@ import torch
 from torch.func import grad_and_value
 from torch.nn import functional as F
 
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, remove_stale_temps
 from .augment import random_affine
 from .checkpoint import CHECKPOINT_FILE, GENERATORS, Checkpoint, load_checkpoint, save_checkpoint
 from .data import MNIST, load_mnist
-from .errors import MnistfxError
+from .errors import MnistfxError, WeightsError
 from .metrics import Metrics, evaluate
 from .models import MODELS, Model, get_model
 from .optim import Optimizer, adam
@@ -347,16 +347,40 @@ def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = No
            checkpoint_every: int = 0) -> Run:
     """Continue the run whose checkpoint is in ``run_dir``, as :func:`train` would have gone on.
 
-    The result is bit-identical to the uninterrupted run's on the same device. Checkpoints
-    keep being written to ``run_dir``; arguments as for :func:`train`.
+    On the CPU the result is bit-identical to the uninterrupted run's. Checkpoints keep being
+    written to ``run_dir``; arguments as for :func:`train`.
     """
+    run_dir = run_folder(run_dir)
     ckpt = load_checkpoint(run_dir)
-    path = Path(run_dir) / CHECKPOINT_FILE
+    path = run_dir / CHECKPOINT_FILE
+    try:
+        resolve_device(ckpt.config.device)
+    except MnistfxError:
+        raise MnistfxError(f"{run_dir} was trained on {ckpt.config.device}, which is not available here: resume it "
+                           "where that device is (its checkpoint holds that device's random state)") from None
     model = get_model(ckpt.config.model)
     check_params(model, ckpt.params, source=f"checkpoint {path}")
     for part in ("mu", "nu"):
         check_params(model, ckpt.opt_state[part], source=f"checkpoint {path} (Adam {part})")
     return _train(ckpt.config, data, on_event, run_dir, checkpoint_every, ckpt)
+
+
+def _check_position(ckpt: Checkpoint, n_steps: int, per_call: int, n_train: int) -> None:
+    """Refuse a checkpoint whose position cannot be a point of this run (a damaged file)."""
+    mid_epoch = ckpt.step < n_steps
+    ok = (1 <= ckpt.epoch <= ckpt.config.epochs and 0 <= ckpt.step <= n_steps and ckpt.step % per_call == 0
+          and len(ckpt.history) == ckpt.epoch - mid_epoch
+          and (not mid_epoch or (ckpt.perm is not None and ckpt.perm.dtype == torch.int64
+                                 and tuple(ckpt.perm.shape) == (n_train,))))
+    if not ok:
+        raise WeightsError(f"the checkpoint's position (epoch {ckpt.epoch}, step {ckpt.step}) does not fit its "
+                           "run: the file is damaged; start the run again without --resume")
+
+
+def run_folder(path) -> Path:
+    """The run folder ``path`` names: itself, or the folder of a checkpoint file given instead."""
+    path = Path(path)
+    return path.parent if path.is_file() else path
 
 
 def _train(config, data, on_event, checkpoint_dir, checkpoint_every, start: Checkpoint | None) -> Run:
@@ -399,11 +423,16 @@ def _train(config, data, on_event, checkpoint_dir, checkpoint_every, start: Chec
         opt_state = opt.init(params)
         first_epoch, first_step = 1, 0
     else:
+        _check_position(start, n_steps, per_call, train_x.shape[0])
         params = {k: v.to(device) for k, v in start.params.items()}
         opt_state = {"step": start.opt_state["step"].to(device),
                      **{part: {k: v.to(device) for k, v in start.opt_state[part].items()} for part in ("mu", "nu")}}
-        for name, g in generators.items():
-            g.set_state(start.rng[name])
+        try:
+            for name, g in generators.items():
+                g.set_state(start.rng[name])
+        except RuntimeError:
+            raise WeightsError("the checkpoint's random-generator state does not fit this device: resume the run "
+                               "on the device it was trained on") from None
         run.history, run.compile_seconds = list(start.history), start.compile_seconds
         first_epoch, first_step = (start.epoch + 1, 0) if start.step >= n_steps else (start.epoch, start.step)
 
@@ -482,8 +511,8 @@ RUN_FILES = ("weights.safetensors", "history.json", CHECKPOINT_FILE)
 def prepare_out_dir(path) -> Path:
     """Create ``path`` (with parents) and check it is writable, before any training starts.
 
-    Temp files that a killed save left beside a run's files are removed (the files themselves
-    are always whole: every save writes a temp file and renames it).
+    Old temp files that a killed save left beside a run's files are removed (the files
+    themselves are always whole: every save writes a temp file and renames it).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -493,11 +522,9 @@ def prepare_out_dir(path) -> Path:
         probe = path / ".mnistfx-write-test"
         probe.write_bytes(b"")
         probe.unlink()
-        for name in RUN_FILES:
-            for stale in path.glob(f".{name}.*.tmp"):
-                stale.unlink(missing_ok=True)
     except OSError as e:
         raise MnistfxError(f"cannot write to output folder {path} ({e.strerror}): pass --out with a writable folder") from None
+    remove_stale_temps(path, RUN_FILES)
     return path
 
 

