@@ -23,7 +23,7 @@ from .data import MNIST, load_mnist
 from .errors import MnistfxError
 from .models import get_model
 from .optim import adam
-from .train import PRECISIONS, batch_inputs, make_train_step, resolve_device
+from .train import PRECISIONS, batch_inputs, compile_step, make_train_step, resolve_device
 
 KINDS = ("train", "infer")
 BATCH_SIZES = (32, 256, 512)
@@ -69,7 +69,7 @@ def _workload(kind: str, model, images, labels, batch: int, device, precision: s
         def make(compiled):
             opt = adam(1e-3)
             step = make_train_step(model, opt, precision=precision)
-            step = torch.compile(step, fullgraph=True, dynamic=False) if compiled else step
+            step = compile_step(step, device) if compiled else step
             gens = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
             return {"step": step, "params": init, "opt_state": opt.init(init), "gens": gens}
 
@@ -83,7 +83,7 @@ def _workload(kind: str, model, images, labels, batch: int, device, precision: s
         def make(compiled):
             def forward(params, x8):
                 return model.apply(params, model.preprocess(x8))
-            forward = torch.compile(forward, fullgraph=True, dynamic=False) if compiled else forward
+            forward = compile_step(forward, device) if compiled else forward
             return {"forward": forward, "params": init}
 
         def run(state, i):

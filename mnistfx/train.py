@@ -117,6 +117,12 @@ RECIPES = {
 }
 PRECISIONS = ("fp32", "bf16")
 MAX_STEPS_PER_CALL = 8
+# On the CPU, inductor's C++ wrapper launches the kernels from C++ instead of Python, and the
+# runtime size and alignment asserts only repeat what dynamo's guards already check (shapes are
+# static). Measured in one process: +6 % img/s for the train step at batch 32, no change at 256,
+# no longer cold compile. CUDA keeps inductor's defaults (this combination is untested there).
+CPU_COMPILE_OPTIONS = {"cpp_wrapper": True, "size_asserts": False, "alignment_asserts": False,
+                       "scalar_asserts": False}
 
 
 def recipe(model: str, name: str = "default", /, **overrides) -> TrainConfig:
@@ -188,6 +194,12 @@ def make_train_step(model: Model, opt: Optimizer, *, label_smoothing: float = 0.
         return params, opt_state, loss
 
     return step
+
+
+def compile_step(fn: Callable, device) -> Callable:
+    """``fn`` as one ``torch.compile``d graph with static shapes, compiled for ``device``."""
+    options = CPU_COMPILE_OPTIONS if torch.device(device).type == "cpu" else None
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
 
 
 def make_multi_step(step: Callable, k: int) -> Callable:
@@ -413,7 +425,7 @@ def _train(config, data, on_event, checkpoint_dir, checkpoint_every, start: Chec
     step = make_multi_step(make_train_step(model, opt, label_smoothing=config.label_smoothing,
                                            precision=config.precision), per_call)
     if config.compile:
-        step = torch.compile(step, fullgraph=True, dynamic=False)
+        step = compile_step(step, device)
     generators = {name: torch.Generator(device=device).manual_seed(fold_in(seed, name)) for name in GENERATORS}
     g_shuffle, g_aug, g_drop = (generators[name] for name in GENERATORS)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mnistfx
-from mnistfx.train import augment_batch, make_train_step, split
+from mnistfx.train import augment_batch, compile_step, make_train_step, split
 
 
 def _small(**overrides):
@@ -90,7 +90,7 @@ def test_identity_warp_is_exact(test_slice):
 def compiled_step():
     model = mnistfx.get_model("tuned")
     step = make_train_step(model, mnistfx.adam(1e-3))
-    return model, step, torch.compile(step, fullgraph=True, dynamic=False)
+    return model, step, compile_step(step, "cpu")
 
 
 def test_compiled_step_matches_eager(compiled_step, test_slice):
