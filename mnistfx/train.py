@@ -120,7 +120,7 @@ MAX_STEPS_PER_CALL = 8
 # On the CPU, inductor's C++ wrapper launches the kernels from C++ instead of Python, and the
 # runtime size and alignment asserts only repeat what dynamo's guards already check (shapes are
 # static). Measured in one process: +6 % img/s for the train step at batch 32, no change at 256,
-# no longer cold compile. CUDA keeps inductor's defaults (this combination is untested there).
+# and a cold compile no slower. CUDA keeps inductor's defaults (this combination is untested there).
 CPU_COMPILE_OPTIONS = {"cpp_wrapper": True, "size_asserts": False, "alignment_asserts": False,
                        "scalar_asserts": False}
 
