@@ -1,29 +1,76 @@
 """mnistfx: handwritten-digit recognition (MNIST) in PyTorch, written as pure functions.
 
-The public API is what this file imports; everything else is internal.
+The public API is the names below, each importable as ``mnistfx.NAME``; everything else is
+internal. Names are loaded on first use, so ``import mnistfx`` (and the ``mnistfx`` command's
+help) does not import torch.
 """
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING
 
-from .augment import random_affine
-from .bench import benchmark
-from .checkpoint import Checkpoint, load_checkpoint
-from .data import MNIST, default_root, fetch_mnist, load_mnist, verify_mnist
-from .images import read_digit_images
-from .errors import DataError, MnistfxError, WeightsError
-from .metrics import Metrics, evaluate, logits, predict
-from .models import MODELS, Model, get_model, num_params
-from .optim import Optimizer, adam
-from .rng import as_generator, fold_in
-from .train import RECIPES, Run, TrainConfig, batch_inputs, make_train_step, recipe, resume, save_run, train
-from .weights import import_notebook_checkpoint, load_model_weights, load_weights, save_weights
+from .constants import VERSION as __version__
 
-__all__ = [
-    "MNIST", "MODELS", "RECIPES", "Checkpoint", "DataError", "Metrics", "MnistfxError", "Model", "Optimizer",
-    "Run", "TrainConfig", "WeightsError", "adam", "as_generator", "batch_inputs", "benchmark",
-    "default_root", "evaluate",
-    "fetch_mnist", "fold_in", "get_model", "import_notebook_checkpoint", "load_checkpoint", "load_mnist",
-    "load_model_weights", "load_weights", "logits", "make_train_step", "num_params", "predict",
-    "read_digit_images",
-    "random_affine", "recipe", "resume", "save_run", "save_weights", "train", "verify_mnist",
-]
+# Public name -> the module that holds it.
+_PUBLIC = {
+    # the data set
+    "MNIST": "data", "load_mnist": "data", "verify_mnist": "data", "fetch_mnist": "fetch",
+    "default_root": "idx",
+    # models and their parts
+    "MODELS": "constants", "Model": "models", "get_model": "models", "check_params": "models",
+    "num_params": "models", "random_affine": "augment", "as_generator": "rng", "fold_in": "rng",
+    # optimisation
+    "Optimizer": "optim", "adam": "optim", "lr_schedule": "optim",
+    "make_train_step": "step", "make_multi_step": "step", "compile_step": "step", "batch_inputs": "step",
+    # runs
+    "TrainConfig": "config", "RECIPES": "config", "recipe": "config",
+    "train": "training", "resume": "training", "train_val_split": "training",
+    "Run": "runs", "save_run": "runs", "default_run_dir": "runs", "prepare_run_dir": "runs",
+    "run_folder": "runs", "check_no_unfinished_run": "runs",
+    "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    # evaluation, weights, images
+    "Metrics": "metrics", "evaluate": "metrics", "logits": "metrics", "predict": "metrics",
+    "save_weights": "weights", "load_weights": "weights", "load_model_weights": "weights",
+    "import_notebook_checkpoint": "weights", "read_digit_images": "images",
+    # where it runs, and how fast
+    "resolve_device": "runtime", "use_compile_cache": "runtime", "environment": "runtime",
+    "benchmark": "bench",
+    # errors
+    "MnistfxError": "errors", "ConfigError": "errors", "DataError": "errors", "WeightsError": "errors",
+    "UnfinishedRunError": "errors",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'mnistfx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from .augment import random_affine
+    from .bench import benchmark
+    from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from .config import RECIPES, TrainConfig, recipe
+    from .constants import MODELS
+    from .data import MNIST, load_mnist, verify_mnist
+    from .errors import ConfigError, DataError, MnistfxError, UnfinishedRunError, WeightsError
+    from .fetch import fetch_mnist
+    from .idx import default_root
+    from .images import read_digit_images
+    from .metrics import Metrics, evaluate, logits, predict
+    from .models import Model, check_params, get_model, num_params
+    from .optim import Optimizer, adam, lr_schedule
+    from .rng import as_generator, fold_in
+    from .runs import Run, check_no_unfinished_run, default_run_dir, prepare_run_dir, run_folder, save_run
+    from .runtime import environment, resolve_device, use_compile_cache
+    from .step import batch_inputs, compile_step, make_multi_step, make_train_step
+    from .training import resume, train, train_val_split
+    from .weights import import_notebook_checkpoint, load_model_weights, load_weights, save_weights

@@ -12,21 +12,20 @@ compiled call) is reported apart and never counted in throughput.
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
 import time
 from typing import Callable
 
 import torch
 
+from ._checks import check_choice, check_positive, check_whole, is_whole
+from .constants import BENCH_BATCH_SIZES, BENCH_KINDS, MNIST_TRAIN_SIZE, PRECISIONS
 from .data import MNIST, load_mnist
-from .errors import MnistfxError
+from .errors import ConfigError
 from .models import get_model
 from .optim import adam
-from .train import PRECISIONS, batch_inputs, compile_step, make_train_step, resolve_device
-
-KINDS = ("train", "infer")
-BATCH_SIZES = (32, 256, 512)
+from .runtime import resolve_device
+from .step import batch_inputs, compile_step, make_train_step
 
 
 class _Timer:
@@ -91,7 +90,7 @@ def _workload(kind: str, model, images, labels, batch: int, device, precision: s
     return make, run
 
 
-def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=BATCH_SIZES, kinds=KINDS,
+def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=BENCH_BATCH_SIZES, kinds=BENCH_KINDS,
               precision: str = "fp32", seconds: float = 1.0, repeats: int = 3, data: MNIST | None = None,
               on_result: Callable | None = None) -> list[dict]:
     """Measure images per second, eager and compiled, for each kind and batch size.
@@ -113,16 +112,13 @@ def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=BATCH_SI
         (img/s), ``speedup`` (compiled / eager) and ``compile_seconds``.
     """
     m = get_model(model)
-    if precision not in PRECISIONS:
-        raise MnistfxError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 60000
-                              for b in batch_sizes):
-        raise MnistfxError(f"batch sizes must be whole numbers from 1 to 60000, not {list(batch_sizes)!r}")
-    if not kinds or set(kinds) - set(KINDS):
-        raise MnistfxError(f"kinds must be some of {', '.join(KINDS)}, not {list(kinds)!r}")
-    if not (isinstance(seconds, (int, float)) and 0 < seconds and math.isfinite(seconds)
-            and isinstance(repeats, int) and repeats >= 1):
-        raise MnistfxError(f"seconds must be a positive number and repeats a whole number ≥ 1, not {seconds!r}, {repeats!r}")
+    check_choice("precision", precision, PRECISIONS)
+    if not batch_sizes or any(not is_whole(b) or not 1 <= b <= MNIST_TRAIN_SIZE for b in batch_sizes):
+        raise ConfigError(f"batch sizes must be whole numbers from 1 to {MNIST_TRAIN_SIZE}, not {list(batch_sizes)!r}")
+    if not kinds or set(kinds) - set(BENCH_KINDS):
+        raise ConfigError(f"kinds must be some of {', '.join(BENCH_KINDS)}, not {list(kinds)!r}")
+    check_positive("seconds", seconds)
+    check_whole("repeats", repeats, 1)
     dev = resolve_device(device)
     data = data or load_mnist()
     # CUDA events and synchronize() act on the current device: make it the one measured.

@@ -3,7 +3,8 @@
 A checkpoint is one safetensors file (no pickle) holding the parameters, the optimiser
 state, the states of the run's random generators, the current epoch's shuffled order and
 its running loss, with the config, position (epoch, step) and history as JSON metadata. It
-is written atomically, so a kill during a save leaves the previous checkpoint intact.
+is written atomically, so a kill during a save leaves the previous checkpoint intact, and it
+is checked whole when read: a position that cannot belong to its run is refused.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from pathlib import Path
 
 import torch
 
+from .config import TrainConfig
 from .errors import MnistfxError, WeightsError
+from .models import check_params, get_model
 from .weights import load_weights, save_weights
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = "mnistfx-checkpoint/1"
 GENERATORS = ("shuffle", "augment", "dropout")
+_RESTART = "start the run again without --resume"
 
 
 @dataclass
@@ -28,8 +32,8 @@ class Checkpoint:
     Attributes:
         config: the run's :class:`~mnistfx.TrainConfig`.
         epoch: the epoch in progress (from 1).
-        step: steps of that epoch done; ``steps_per_epoch`` when it is finished (validated and
-            in ``history``).
+        step: steps of that epoch done; ``config.steps_per_epoch`` when it is finished
+            (validated and in ``history``).
         params: the parameters.
         opt_state: the optimiser state (``step``, ``mu``, ``nu``).
         rng: the state of each generator in :data:`GENERATORS`, as uint8 tensors.
@@ -39,7 +43,7 @@ class Checkpoint:
         compile_seconds: the time the first step of the run took to compile.
     """
 
-    config: object
+    config: TrainConfig
     epoch: int
     step: int
     params: dict
@@ -49,6 +53,11 @@ class Checkpoint:
     loss_sum: torch.Tensor
     history: list
     compile_seconds: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run's last epoch is done (nothing is left to resume)."""
+        return self.epoch >= self.config.epochs and self.step >= self.config.steps_per_epoch
 
 
 def save_checkpoint(path, ckpt: Checkpoint) -> None:
@@ -67,55 +76,73 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
     save_weights(path, tensors, meta)
 
 
-def load_checkpoint(path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
-
-    Arguments:
-        path: the checkpoint file, or the run folder that holds ``checkpoint.safetensors``.
-
-    Raises:
-        MnistfxError: there is no checkpoint there.
-        WeightsError: the file is damaged or not an mnistfx checkpoint.
-    """
-    from .train import TrainConfig, check_config  # train imports this module
-
+def checkpoint_file(path) -> Path:
+    """The checkpoint file ``path`` names: itself, or ``checkpoint.safetensors`` in the folder it names."""
     path = Path(path)
     if path.is_dir() or not path.exists():
         if not (path / CHECKPOINT_FILE).is_file():
             raise MnistfxError(f"no checkpoint in {path}: resume takes the folder of a run that "
                                f"`mnistfx train` wrote (it holds {CHECKPOINT_FILE})")
         path = path / CHECKPOINT_FILE
+    return path
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read and check a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
+
+    Arguments:
+        path: the checkpoint file, or the run folder that holds ``checkpoint.safetensors``.
+
+    Raises:
+        MnistfxError: there is no checkpoint there.
+        WeightsError: the file is damaged, not an mnistfx checkpoint, or its tensors or
+            position do not fit its run.
+    """
+    path = checkpoint_file(path)
     try:
         tensors, meta = load_weights(path)
     except WeightsError as e:
         reason = str(e).split(": pass")[0]
-        raise WeightsError(f"cannot resume from {path}: {reason}; start the run again without --resume") from None
+        raise WeightsError(f"cannot resume from {path}: {reason}; {_RESTART}") from None
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path} is not an mnistfx training checkpoint: pass the folder of a run "
                            "that `mnistfx train` wrote")
     try:
-        config = TrainConfig(**meta["config"])
-        check_config(config)
-        epoch, step, history = int(meta["epoch"]), int(meta["step"]), list(meta["history"])
         ckpt = Checkpoint(
-            config=config, epoch=epoch, step=step,
+            config=TrainConfig.from_dict(meta["config"]), epoch=int(meta["epoch"]), step=int(meta["step"]),
             params=_take(tensors, "params/"),
             opt_state={"step": tensors.pop("opt/step"), "mu": _take(tensors, "opt/mu/"),
                        "nu": _take(tensors, "opt/nu/")},
             rng={k: tensors.pop(f"rng/{k}") for k in GENERATORS},
-            perm=tensors.pop("perm", None), loss_sum=tensors.pop("loss_sum"), history=history,
+            perm=tensors.pop("perm", None), loss_sum=tensors.pop("loss_sum"), history=list(meta["history"]),
             compile_seconds=float(meta.get("compile_seconds", 0.0)))
     except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"checkpoint {path} is incomplete or damaged ({type(e).__name__}: {e}): "
-                           "start the run again without --resume") from None
+        raise WeightsError(f"checkpoint {path} is incomplete or damaged ({type(e).__name__}: {e}): {_RESTART}") from None
     if tensors:
-        raise WeightsError(f"checkpoint {path} has an unexpected tensor {next(iter(tensors))}: "
-                           "start the run again without --resume")
+        raise WeightsError(f"checkpoint {path} has an unexpected tensor {next(iter(tensors))}: {_RESTART}")
+    model = get_model(ckpt.config.model)
+    check_params(model, ckpt.params, source=f"checkpoint {path}", dtype=torch.float32)
+    for part in ("mu", "nu"):
+        check_params(model, ckpt.opt_state[part], source=f"checkpoint {path} (Adam {part})", dtype=torch.float32)
+    _check_position(ckpt)
     return ckpt
+
+
+def _check_position(ckpt: Checkpoint) -> None:
+    """Refuse a checkpoint whose position cannot be a point of its run (a damaged file)."""
+    cfg = ckpt.config
+    n_steps = cfg.steps_per_epoch
+    mid_epoch = ckpt.step < n_steps
+    ok = (1 <= ckpt.epoch <= cfg.epochs and 0 <= ckpt.step <= n_steps and ckpt.step % cfg.group == 0
+          and len(ckpt.history) == ckpt.epoch - mid_epoch
+          and (not mid_epoch or (ckpt.perm is not None and ckpt.perm.dtype == torch.int64
+                                 and tuple(ckpt.perm.shape) == (cfg.n_train,))))
+    if not ok:
+        raise WeightsError(f"the checkpoint's position (epoch {ckpt.epoch}, step {ckpt.step}) does not fit its "
+                           f"run: the file is damaged; {_RESTART}")
 
 
 def _take(tensors: dict, prefix: str) -> dict:
     """Remove and return the tensors whose names start with ``prefix``, without it."""
     keys = [k for k in tensors if k.startswith(prefix)]
     return {k[len(prefix):]: tensors.pop(k) for k in keys}
-

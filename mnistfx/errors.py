@@ -1,13 +1,25 @@
-"""Errors that mean the user has something to fix (the CLI prints them as one line)."""
+"""Errors that mean the user has something to fix (the CLI prints them as one line).
+
+Importable without torch. Errors about values are also ``ValueError``\\ s, so library code that
+catches ``ValueError`` keeps working.
+"""
 
 
 class MnistfxError(Exception):
     """A problem the user can fix; its message says what was wrong and what to do."""
 
 
+class ConfigError(MnistfxError, ValueError):
+    """A setting no run can use (a config field, an argument, a model or recipe name)."""
+
+
 class DataError(MnistfxError):
     """MNIST is missing, corrupt, or could not be fetched."""
 
 
-class WeightsError(MnistfxError):
-    """A weights file is unreadable, not safetensors, or does not fit the model."""
+class WeightsError(MnistfxError, ValueError):
+    """Weights or a checkpoint are unreadable, not safetensors, or do not fit the model."""
+
+
+class UnfinishedRunError(MnistfxError):
+    """A new run would overwrite the checkpoint of an interrupted one."""

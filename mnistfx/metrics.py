@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from .models import Model
+from .models import Model, check_images
 
 EVAL_BATCH = 1000
 
@@ -48,16 +48,6 @@ class Metrics:
         }
 
 
-def _check_images(images: torch.Tensor) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, not {type(images).__name__}")
-    if images.dtype != torch.uint8:
-        raise TypeError(f"images must be uint8 (0-255) of shape (N, 28, 28), not {images.dtype}")
-    if images.shape[-2:] != (28, 28) or images.dim() not in (3, 4) or (images.dim() == 4 and images.shape[1] != 1):
-        raise ValueError(f"images must have shape (N, 28, 28) or (N, 1, 28, 28), not {tuple(images.shape)}")
-    return images
-
-
 def logits(model: Model, params: dict, images: torch.Tensor, *, batch_size: int = EVAL_BATCH,
            forward=None) -> torch.Tensor:
     """Logits for uint8 images, computed in chunks of ``batch_size``.
@@ -65,7 +55,7 @@ def logits(model: Model, params: dict, images: torch.Tensor, *, batch_size: int 
     Arguments:
         model: the model.
         params: its parameters; the images are moved to their device.
-        images: uint8 tensor (N, 28, 28) or (N, 1, 28, 28).
+        images: uint8 tensor (N, 28, 28), (N, 1, 28, 28) or (N, 784).
         batch_size: chunk size.
         forward: a function ``(params, x) -> logits`` to use instead of ``model.apply``
             (e.g. a compiled one); its last chunk is padded to ``batch_size`` so that it
@@ -74,7 +64,7 @@ def logits(model: Model, params: dict, images: torch.Tensor, *, batch_size: int 
     Returns:
         float32 logits (N, 10) on the parameters' device.
     """
-    images = _check_images(images)
+    images = check_images(images)
     pad = forward is not None  # a compiled forward must see one shape; eager needs no padding
     forward = forward or model.apply
     device = next(iter(params.values())).device

@@ -20,6 +20,9 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from ._checks import check_whole
+from .constants import MODELS
+from .errors import ConfigError, WeightsError
 from .rng import as_generator
 
 
@@ -38,8 +41,7 @@ class _Arch:
 ARCHS = {
     "tuned": _Arch("avg", "max", (784, 512, 128, 64, 10), (0.4, 0.2), (0.5, 0.3, 0.15), True),
     "cnn": _Arch("max", None, (3136, 784, 196, 49, 10), (0.4, 0.2), (0.6, 0.3, 0.15), False),
-}
-MODELS = tuple(ARCHS)
+}  # keyed by constants.MODELS (a test checks they agree)
 
 
 class _Skeleton(nn.Module):
@@ -140,7 +142,7 @@ class Model:
         Returns:
             Logits of shape (N, 10).
         """
-        self._check_params(params)
+        check_params(self, params)
         _check_batch(x)
         if train and noise is None:
             if key is None:
@@ -149,20 +151,6 @@ class Model:
         if train:
             self._check_noise(noise, x.shape[0])
         return functional_call(self.skeleton, params, (x, noise if train else None))
-
-    def _check_params(self, params) -> None:
-        if not isinstance(params, dict):
-            raise TypeError(f"params must be a dict of tensors (from {self.name}.init), not {type(params).__name__}")
-        expected = self.shapes()
-        for name, shape in expected.items():
-            p = params.get(name)
-            if not isinstance(p, torch.Tensor):
-                raise ValueError(f"params lacks {name}: expected {self.name}'s parameters, as {self.name}.init gives")
-            if tuple(p.shape) != shape:
-                raise ValueError(f"params[{name!r}] has shape {tuple(p.shape)}, {self.name} expects {shape}")
-        if len(params) != len(expected):
-            extra = sorted(set(params) - set(expected))[0]
-            raise ValueError(f"params has an unexpected entry {extra!r}: expected {self.name}'s parameters only")
 
     def _check_noise(self, noise, n: int) -> None:
         widths = self._noise_widths()
@@ -183,20 +171,13 @@ class Model:
             key: an ``int`` seed or a ``torch.Generator`` on ``device``.
             device: where the noise is made.
         """
-        if isinstance(n, bool) or not hasattr(n, "__index__") or n < 0:
-            raise ValueError(f"n must be a whole number of images ≥ 0, not {n!r}")
+        check_whole("n", n, 0, error=ValueError)
         g = as_generator(key, device)
         return {k: torch.rand(n, w, generator=g, device=device) for k, w in self._noise_widths().items()}
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 28, 28), (N, 1, 28, 28) or (N, 784) -> float (N, 1, 28, 28) as the model expects."""
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-            what = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
-            raise TypeError(f"preprocess takes uint8 images (0-255), not {what}: for images already in [0, 1] "
-                            "use normalize_input")
-        if images.dim() < 2 or images[0].numel() != 784:
-            raise ValueError(f"images must have shape (N, 28, 28), (N, 1, 28, 28) or (N, 784), not {tuple(images.shape)}")
-        return self.normalize_input(images.reshape(-1, 1, 28, 28).float() / 255.0)
+        return self.normalize_input(check_images(images).reshape(-1, 1, 28, 28).float() / 255.0)
 
     def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
         """Images scaled to [0, 1] -> the model's input (mean 0.5, std 0.5 normalisation if it uses one)."""
@@ -215,8 +196,56 @@ def _check_batch(x) -> None:
 def get_model(name: str) -> Model:
     """The model called ``name`` (one of :data:`MODELS`)."""
     if name not in ARCHS:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
     return Model(name, ARCHS[name], _Skeleton(ARCHS[name]))
+
+
+def check_params(model: Model, params, *, source: str = "params", dtype: torch.dtype | None = None) -> None:
+    """Raise unless ``params`` holds exactly ``model``'s parameter names and shapes.
+
+    Arguments:
+        model: the model the parameters are for.
+        params: the parameter dict to check.
+        source: what to call the parameters in the message (e.g. the file they came from).
+        dtype: if given, every tensor must have it too.
+
+    Raises:
+        TypeError: ``params`` is not a dict of tensors.
+        WeightsError: a name is missing or unexpected, or a shape (or dtype) is wrong.
+    """
+    if not isinstance(params, dict) or not all(isinstance(v, torch.Tensor) for v in params.values()):
+        raise TypeError(f"params must be a dict of tensors (from {model.name}.init), not {type(params).__name__}")
+    expected = model.shapes()
+    missing = [k for k in expected if k not in params]
+    extra = [k for k in params if k not in expected]
+    if missing or extra:
+        what = f"lacks {missing[0]}" if missing else f"has an unexpected tensor {extra[0]}"
+        raise WeightsError(f"{source} {what}: these are not {model.name} weights")
+    for k, shape in expected.items():
+        if tuple(params[k].shape) != shape:
+            raise WeightsError(f"{source}: {k} has shape {tuple(params[k].shape)}, {model.name} expects "
+                               f"{shape}: these are weights of another model")
+        if dtype is not None and params[k].dtype != dtype:
+            raise WeightsError(f"{source}: {k} is {params[k].dtype}, expected {dtype}")
+
+
+_IMAGE_SHAPES = ((28, 28), (1, 28, 28), (784,))
+
+
+def check_images(images) -> torch.Tensor:
+    """``images`` if it is a uint8 batch of shape (N, 28, 28), (N, 1, 28, 28) or (N, 784).
+
+    Raises:
+        TypeError: not a uint8 tensor.
+        ValueError: another shape.
+    """
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        what = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TypeError(f"images must be uint8 (0-255), not {what}: for float images in [0, 1] use "
+                        "Model.normalize_input")
+    if tuple(images.shape[1:]) not in _IMAGE_SHAPES:
+        raise ValueError(f"images must have shape (N, 28, 28), (N, 1, 28, 28) or (N, 784), not {tuple(images.shape)}")
+    return images
 
 
 def num_params(params: dict[str, torch.Tensor]) -> int:

@@ -1,4 +1,8 @@
-"""A pure functional Adam: ``init(params) -> state``, ``update(grads, state, params) -> (params, state)``."""
+"""Pure optimisers and learning-rate schedules.
+
+An optimiser is ``init(params) -> state`` and ``update(grads, state, params) -> (params, state)``;
+a schedule is a function from the step count (a 0-d tensor) to the learning rate.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from dataclasses import dataclass
 from typing import Callable, Union
 
 import torch
+
+from ._checks import check_positive
 
 Schedule = Callable[[torch.Tensor], torch.Tensor]
 
@@ -62,10 +68,39 @@ def adam(lr: Union[float, Schedule] = 1e-3, betas: tuple[float, float] = (0.9, 0
     Returns:
         An :class:`Optimizer` with pure ``init`` and ``update``.
     """
-    if not callable(lr) and not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number or a schedule function, not {lr!r}")
+    if not callable(lr):
+        check_positive("lr", lr)
     if len(betas) != 2 or not all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1), not {betas!r}")
     if not (isinstance(eps, numbers.Real) and eps >= 0):
         raise ValueError(f"eps must be a number ≥ 0, not {eps!r}")
     return Optimizer(lr, tuple(betas), float(eps))
+
+
+def lr_schedule(lr: float, total_steps: int, decay_steps: int, warmup_steps: int = 0):
+    """The learning rate for each step: a constant ``lr``, or a schedule (a function of the step count).
+
+    Over the first ``warmup_steps`` it rises linearly from ``lr / 25`` to ``lr``; over the last
+    ``decay_steps`` it falls linearly to 0; in between it is ``lr``. The schedule computes with
+    tensors, so inside a compiled step a new step count never recompiles.
+
+    Arguments:
+        lr: the peak learning rate.
+        total_steps: the number of steps of the whole run.
+        decay_steps, warmup_steps: the lengths of the decay and the warm-up (0: none).
+
+    Returns:
+        ``lr`` itself when there is neither warm-up nor decay, else a schedule for :func:`adam`.
+    """
+    if decay_steps <= 0 and warmup_steps <= 0:
+        return lr
+
+    def schedule(step):
+        rate = lr
+        if warmup_steps > 0:
+            rate = rate * (0.04 + 0.96 * torch.clamp(step / warmup_steps, max=1.0))
+        if decay_steps > 0:
+            rate = rate * torch.clamp((total_steps - step + 1) / decay_steps, max=1.0)
+        return rate
+
+    return schedule

@@ -6,6 +6,8 @@ import hashlib
 
 import torch
 
+from ._checks import is_whole
+
 
 def as_generator(key, device=None) -> torch.Generator:
     """A ``torch.Generator`` from ``key``: an ``int`` seed (a new generator) or a generator (as is).
@@ -16,16 +18,16 @@ def as_generator(key, device=None) -> torch.Generator:
     """
     if isinstance(key, torch.Generator):
         return key
-    if isinstance(key, bool) or not isinstance(key, int):
+    if not is_whole(key):
         raise TypeError(f"key must be an int seed or a torch.Generator, not {type(key).__name__}")
     g = torch.Generator(device=device if device is not None else "cpu")
-    g.manual_seed(key)
+    g.manual_seed(int(key))
     return g
 
 
 def fold_in(seed: int, name: str) -> int:
     """A new 63-bit seed derived from ``seed`` and a stream name (like ``jax.random.fold_in``)."""
-    if isinstance(seed, bool) or not hasattr(seed, "__index__") or not isinstance(name, str):
+    if not is_whole(seed) or not isinstance(name, str):
         raise TypeError(f"fold_in takes an int seed and a str name, not {type(seed).__name__} and {type(name).__name__}")
     seed = int(seed)
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()

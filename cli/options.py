@@ -1,0 +1,39 @@
+"""What several commands share: their common options, the console, and help built from the
+library's own recipes and limits (all importable without torch)."""
+
+from __future__ import annotations
+
+import click
+
+from mnistfx.config import RECIPES
+
+DATA_ROOT_HELP = "Data folder (default: $MNISTFX_DATA or ~/.cache/mnistfx)."
+
+data_root_option = click.option("--data-root", type=click.Path(), help=DATA_ROOT_HELP)
+device_option = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+
+
+def json_option(help: str):
+    """The ``--json`` flag (parameter ``as_json``) with a command's own help."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def console(stderr: bool = False):
+    """A rich console for plain output (no highlighting, lines not wrapped)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def recipe_values(field: str) -> str:
+    """A config field's value in each recipe, for help texts: ``default recipe: tuned 15, cnn 10; fast: 12``."""
+    def show(value):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    parts = []
+    for name, configs in RECIPES.items():
+        values = {model: show(getattr(cfg, field)) for model, cfg in configs.items()}
+        shown = (next(iter(values.values())) if len(set(values.values())) == 1
+                 else ", ".join(f"{model} {value}" for model, value in values.items()))
+        parts.append(f"{name} recipe: {shown}" if name == "default" else f"{name}: {shown}")
+    return "; ".join(parts)

@@ -1,0 +1,179 @@
+"""A run's configuration: :class:`TrainConfig`, checked where it is made, and the named recipes.
+
+Importable without torch, so the command line can show the recipes' values in its help.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ._checks import check_choice, check_fraction, check_positive, check_whole, is_whole
+from .constants import MAX_STEPS_PER_CALL, MNIST_TRAIN_SIZE, MODELS, PRECISIONS
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; stored with the weights it produces.
+
+    Every field is checked when the config is made (also by ``dataclasses.replace``): a value
+    no run can use raises :class:`~mnistfx.ConfigError`. Whether the model exists and the device
+    is available is checked when training starts.
+
+    Attributes:
+        model: the model's name (``"tuned"``, ``"cnn"``).
+        epochs: passes over the training split.
+        batch_size: images per step (the last partial batch of each epoch is dropped).
+        lr: Adam's (peak) learning rate.
+        warmup: the fraction of steps, at the start, over which the learning rate rises
+            linearly from ``lr / 25`` to ``lr`` (0: none).
+        decay: the fraction of steps, at the end, over which the learning rate falls
+            linearly to 0 (0: constant, as the notebook). ``warmup=0.2, decay=0.8`` is a
+            one-cycle schedule.
+        label_smoothing: cross-entropy label smoothing (0: none).
+        augment: random rotation ±15°, shift ±10 %, scale 0.9-1.1 on every training batch.
+        clean_epochs: the last this many epochs train on unaugmented images.
+        faithful_fill: warp as the notebook did, rotation then normalise then affine, so
+            the affine's fill is mid-grey for ``tuned``; default: one warp, background fill.
+        precision: ``"fp32"``, or ``"bf16"`` to run the training forward pass under bf16
+            autocast (weights, gradients and Adam stay float32; evaluation is float32).
+        val_size: training images held out for validation (chosen by the seed).
+        train_size: use only this many of the remaining training images (default: all).
+        seed: the root of all randomness: split, init, shuffling, augmentation, dropout.
+        compile: compile the train step with ``torch.compile``.
+        steps_per_call: compiled runs do this many steps per call of the compiled function
+            (its per-call overhead, about 0.5 ms on a 2-core CPU, is then paid once per group);
+            each epoch's step count is rounded down to a multiple of it.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        data_root: the MNIST folder (default: ``$MNISTFX_DATA`` or the user cache).
+        recipe: the name of the recipe the config started from (informational).
+    """
+
+    model: str = "tuned"
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: float = 0.0
+    decay: float = 0.0
+    label_smoothing: float = 0.0
+    augment: bool = True
+    clean_epochs: int = 0
+    faithful_fill: bool = False
+    precision: str = "fp32"
+    val_size: int = 5000
+    train_size: int | None = None
+    seed: int = 0
+    compile: bool = True
+    steps_per_call: int = 1
+    device: str = "cpu"
+    data_root: str | None = None
+    recipe: str = "default"
+
+    def __post_init__(self):
+        for name in ("model", "device", "recipe"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a name (str), not {getattr(self, name)!r}")
+        for name in ("augment", "faithful_fill", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise ConfigError(f"data_root must be a folder name (str) or None, not {self.data_root!r}")
+        if not is_whole(self.seed):
+            raise ConfigError(f"seed must be a whole number, not {self.seed!r}")
+        for name in ("epochs", "batch_size"):
+            check_whole(name.replace("_", "-"), getattr(self, name), 1)
+        check_whole("clean-epochs", self.clean_epochs, 0, self.epochs, hi_name=f"epochs ({self.epochs})")
+        for name in ("warmup", "decay", "label_smoothing"):
+            check_fraction(name.replace("_", "-"), getattr(self, name))
+        if self.warmup + self.decay > 1:
+            raise ConfigError(f"warmup ({self.warmup}) and decay ({self.decay}) together exceed all the steps: "
+                              "make their sum at most 1")
+        check_choice("precision", self.precision, PRECISIONS)
+        check_positive("lr", self.lr)
+        if not is_whole(self.val_size) or not 0 < self.val_size < MNIST_TRAIN_SIZE:
+            raise ConfigError(f"val-size must be between 1 and {MNIST_TRAIN_SIZE - 1}, not {self.val_size!r}")
+        most = MNIST_TRAIN_SIZE - self.val_size
+        if self.train_size is not None and (not is_whole(self.train_size) or not 0 < self.train_size <= most):
+            raise ConfigError(f"train-size must be between 1 and {most}, not {self.train_size!r}")
+        if self.batch_size > self.n_train:
+            raise ConfigError(f"batch-size {self.batch_size} is larger than the {self.n_train} training images")
+        check_whole("steps-per-call", self.steps_per_call, 1, MAX_STEPS_PER_CALL,
+                    why=" (compiling more steps at once takes minutes)")
+        if self.compile and self.steps_per_call * self.batch_size > self.n_train:
+            raise ConfigError(f"steps-per-call {self.steps_per_call} batches of {self.batch_size} are more than the "
+                              f"{self.n_train} training images")
+
+    @property
+    def n_train(self) -> int:
+        """The number of training images (after the validation split and ``train_size``)."""
+        return MNIST_TRAIN_SIZE - self.val_size if self.train_size is None else self.train_size
+
+    @property
+    def group(self) -> int:
+        """Steps per call of the step function: ``steps_per_call`` when compiled, else 1 (eager
+        runs give the same numbers either way)."""
+        return self.steps_per_call if self.compile else 1
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps in each epoch: full batches only, rounded down to a multiple of :attr:`group`."""
+        return self.n_train // self.batch_size // self.group * self.group
+
+    def to_dict(self) -> dict:
+        """The config as plain values."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values) -> "TrainConfig":
+        """A config from :meth:`to_dict`'s values; unknown or malformed fields raise :class:`ConfigError`."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a config must be a dict of fields, not {type(values).__name__}")
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)}, key=str)
+        if unknown:
+            raise ConfigError(f"a config has no field {unknown[0]!r}")
+        return cls(**values)
+
+
+# Named recipes, by recipe then model.
+# "default": the notebook's recipe (Adam 1e-3, batch 32, augmented) plus one change: the
+# learning rate decays linearly to 0 over the last fifth of the steps. Measured on `tuned`
+# (seeds 0-2, one step per compiled call): constant lr 99.06 / 99.08 / 99.10 % test accuracy,
+# with the decay 99.11 / 99.25 / 99.15 %. `decay=0` gives the notebook's constant rate. `tuned`
+# does two steps per compiled call (17 % more img/s at batch 32 on a 2-core CPU; its random
+# streams then serve 64 images at a time): 99.20 / 99.22 / 99.16 %.
+# "fast": the fewest seconds to >= 99.10 % for `tuned`: batch 256, a one-cycle schedule to a
+# peak of 5e-3, label smoothing 0.1, the last epoch unaugmented, bf16 autocast forward.
+# Measured (seeds 0-2): 10 epochs 99.21 / 99.12 / 99.06 % (mean 99.13), 12 epochs 99.18 / 99.09 /
+# 99.17 % (mean 99.15); 12 keep a margin over 99.10 for about 4 s more.
+RECIPES = {
+    "default": {
+        "tuned": TrainConfig(model="tuned", epochs=15, decay=0.2, steps_per_call=2),
+        "cnn": TrainConfig(model="cnn", epochs=10, decay=0.2),
+    },
+    "fast": {
+        "tuned": TrainConfig(model="tuned", epochs=12, batch_size=256, lr=5e-3, warmup=0.2, decay=0.8,
+                             label_smoothing=0.1, clean_epochs=1, precision="bf16", recipe="fast"),
+    },
+}
+
+
+def recipe(model: str, name: str = "default", /, **overrides) -> TrainConfig:
+    """The :class:`TrainConfig` of recipe ``name`` for ``model``, with some fields replaced.
+
+    Arguments:
+        model: a model name (see :data:`mnistfx.MODELS`).
+        name: a key of :data:`RECIPES`.
+        overrides: fields to replace (checked like any config's).
+
+    Returns:
+        A new, checked :class:`TrainConfig`.
+    """
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
+    if model not in RECIPES[name]:
+        have = [r for r in RECIPES if model in RECIPES[r]]
+        raise ConfigError(f"there is no {name!r} recipe for {model}: use one of {', '.join(have)}")
+    return dataclasses.replace(RECIPES[name][model], **{"recipe": name, **overrides})

@@ -1,0 +1,76 @@
+"""Where code runs: the device, the on-disk compile cache, and the environment results record."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .constants import DEVICES_HINT, VERSION
+from .errors import ConfigError
+
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``torch.device(name)``, or a :class:`~mnistfx.ConfigError` that says why it cannot be used here."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {name!r}: use {DEVICES_HINT}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but no CUDA device is available here: use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for, but there are only {torch.cuda.device_count()} CUDA "
+                          f"devices: use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported: use {DEVICES_HINT}")
+    return device
+
+
+def use_compile_cache(folder=None) -> Path:
+    """Keep torch.compile's kernels in a folder that outlives the process (opt in).
+
+    Inductor caches compiled kernels on disk, by default under the system's temp folder; a run
+    that finds them there starts compiling in about 2 s instead of 25. This points the cache at
+    ``folder`` (default: ``$XDG_CACHE_HOME/mnistfx/inductor``, i.e. ``~/.cache/...``), unless
+    ``$TORCHINDUCTOR_CACHE_DIR`` already names one, which is kept. A folder that cannot be created
+    or written (or no home folder) falls back to a fresh temporary one. The folder itself is made
+    when torch first compiles.
+
+    Returns:
+        The cache folder in use.
+    """
+    if folder is None and os.environ.get(COMPILE_CACHE_ENV):
+        return Path(os.environ[COMPILE_CACHE_ENV])
+    try:
+        if folder is None:
+            folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnistfx" / "inductor"
+        folder = Path(folder).expanduser()
+    except RuntimeError:  # no home folder to expand
+        folder = None
+    if folder is None or not _can_create(folder):
+        folder = Path(tempfile.mkdtemp(prefix="mnistfx-inductor-"))
+    os.environ[COMPILE_CACHE_ENV] = str(folder)
+    return folder
+
+
+def _can_create(folder: Path) -> bool:
+    """Whether ``folder`` is a writable folder or could be made one (nothing is created here)."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    return False
+
+
+def environment(device) -> dict:
+    """What a measurement runs on: the device, its name (GPU model, or CPU threads) and the versions.
+
+    Raises:
+        ConfigError: the device is unknown or not available here (see :func:`resolve_device`).
+    """
+    dev = resolve_device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    return {"device": str(dev), "device_name": name, "torch": torch.__version__, "mnistfx": VERSION}

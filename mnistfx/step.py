@@ -1,0 +1,112 @@
+"""The pure train step, several steps as one call, their inputs, and how they are compiled.
+
+The train step (forward, loss, gradient through ``torch.func``, optimiser update) is one pure
+function ``(params, opt_state, x, y, noise) -> (params, opt_state, loss)``. A batch's inputs are
+made outside it: an index gather from the uint8 images resident on the device, one batched
+affine warp, and the dropout noise (aten's ``grid_sample`` is faster here than inductor's
+version of it).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.func import grad_and_value
+from torch.nn import functional as F
+
+from ._checks import check_choice
+from .augment import random_affine
+from .constants import PRECISIONS
+from .models import Model, check_images
+from .optim import Optimizer
+
+# On the CPU, inductor's C++ wrapper launches the kernels from C++ instead of Python, and the
+# runtime size and alignment asserts only repeat what dynamo's guards already check (shapes are
+# static). Measured in one process: +6 % img/s for the train step at batch 32, no change at 256,
+# and a cold compile no slower. CUDA keeps inductor's defaults (this combination is untested there).
+CPU_COMPILE_OPTIONS = {"cpp_wrapper": True, "size_asserts": False, "alignment_asserts": False,
+                       "scalar_asserts": False}
+
+
+def make_train_step(model: Model, opt: Optimizer, *, label_smoothing: float = 0.0,
+                    precision: str = "fp32") -> Callable:
+    """The pure train step ``(params, opt_state, x, y, noise) -> (params, opt_state, loss)``.
+
+    Arguments:
+        model: the model.
+        opt: a pure optimiser (e.g. :func:`~mnistfx.adam`).
+        label_smoothing: cross-entropy label smoothing.
+        precision: ``"bf16"`` runs the forward pass under bf16 autocast (the loss, gradients
+            and update stay float32); ``"fp32"`` does not.
+
+    Returns:
+        The step; ``x`` and ``noise`` come from :func:`batch_inputs`.
+    """
+    check_choice("precision", precision, PRECISIONS)
+
+    def loss_fn(params, x, y, noise):
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=precision == "bf16"):
+            logits = model.apply(params, x, train=True, noise=noise)
+        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+
+    def step(params, opt_state, x, y, noise):
+        grads, loss = grad_and_value(loss_fn)(params, x, y, noise)
+        params, opt_state = opt.update(grads, opt_state, params)
+        return params, opt_state, loss
+
+    return step
+
+
+def make_multi_step(step: Callable, k: int) -> Callable:
+    """``k`` train steps as one pure function ``(params, opt_state, x, y, noise) -> (params,
+    opt_state, losses)``: ``x``, ``y`` and ``noise`` hold ``k`` batches one after another, which
+    are taken in order; ``losses`` has the ``k`` losses."""
+
+    def multi_step(params, opt_state, x, y, noise):
+        losses = []
+        chunks = {name: n.chunk(k) for name, n in noise.items()}
+        for j, (xj, yj) in enumerate(zip(x.chunk(k), y.chunk(k))):
+            params, opt_state, loss = step(params, opt_state, xj, yj, {name: c[j] for name, c in chunks.items()})
+            losses.append(loss)
+        return params, opt_state, torch.stack(losses)
+
+    return multi_step
+
+
+def compile_step(fn: Callable, device) -> Callable:
+    """``fn`` as one ``torch.compile``\\ d graph with static shapes, compiled for ``device``."""
+    options = CPU_COMPILE_OPTIONS if torch.device(device).type == "cpu" else None
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+
+
+def augment_batch(model: Model, x01: torch.Tensor, *, key, faithful_fill: bool = False) -> torch.Tensor:
+    """The training augmentation of a batch of [0, 1] images, returned as model input.
+
+    By default one warp (rotation, shift and scale together) fills with the background. With
+    ``faithful_fill`` the notebook's order is kept: rotate, normalise, then shift and scale,
+    whose fill 0 is mid-grey in normalised space.
+    """
+    if not faithful_fill:
+        return model.normalize_input(random_affine(x01, key=key))
+    x = model.normalize_input(random_affine(x01, key=key, translate=0.0, scale=(1.0, 1.0)))
+    return random_affine(x, key=key, degrees=0.0)
+
+
+def batch_inputs(model: Model, images: torch.Tensor, idx: torch.Tensor, *, aug_key, drop_key,
+                 augment: bool = True, faithful_fill: bool = False):
+    """The model input and dropout noise for the training batch ``images[idx]``.
+
+    Arguments:
+        model: the model.
+        images: uint8 images (N, 28, 28), (N, 1, 28, 28) or (N, 784), on the device the step runs on.
+        idx: the batch's indices into ``images``.
+        aug_key, drop_key: ``torch.Generator`` (or seeds) for the augmentation and dropout.
+        augment, faithful_fill: as in :class:`~mnistfx.TrainConfig`.
+
+    Returns:
+        ``(x, noise)`` for the train step.
+    """
+    x = check_images(images)[idx].reshape(-1, 1, 28, 28).float() / 255.0
+    x = augment_batch(model, x, key=aug_key, faithful_fill=faithful_fill) if augment else model.normalize_input(x)
+    return x, model.dropout_noise(x.shape[0], key=drop_key, device=images.device)
