@@ -17,10 +17,12 @@ _PUBLIC = {
     "default_root": "idx",
     # models and their parts
     "MODELS": "constants", "Model": "models", "get_model": "models", "check_params": "models",
+    "check_images": "models",
     "num_params": "models", "random_affine": "augment", "as_generator": "rng", "fold_in": "rng",
     # optimisation
     "Optimizer": "optim", "adam": "optim", "lr_schedule": "optim",
     "make_train_step": "step", "make_multi_step": "step", "compile_step": "step", "batch_inputs": "step",
+    "augment_batch": "step",
     # runs
     "TrainConfig": "config", "RECIPES": "config", "recipe": "config",
     "train": "training", "resume": "training", "train_val_split": "training",
@@ -29,6 +31,7 @@ _PUBLIC = {
     "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     # evaluation, weights, images
     "Metrics": "metrics", "evaluate": "metrics", "logits": "metrics", "predict": "metrics",
+    "metrics_from_predictions": "metrics",
     "save_weights": "weights", "load_weights": "weights", "load_model_weights": "weights",
     "import_notebook_checkpoint": "weights", "read_digit_images": "images",
     # where it runs, and how fast
@@ -65,12 +68,12 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .fetch import fetch_mnist
     from .idx import default_root
     from .images import read_digit_images
-    from .metrics import Metrics, evaluate, logits, predict
-    from .models import Model, check_params, get_model, num_params
+    from .metrics import Metrics, evaluate, logits, metrics_from_predictions, predict
+    from .models import Model, check_images, check_params, get_model, num_params
     from .optim import Optimizer, adam, lr_schedule
     from .rng import as_generator, fold_in
     from .runs import Run, check_no_unfinished_run, default_run_dir, prepare_run_dir, run_folder, save_run
     from .runtime import environment, resolve_device, use_compile_cache
-    from .step import batch_inputs, compile_step, make_multi_step, make_train_step
+    from .step import augment_batch, batch_inputs, compile_step, make_multi_step, make_train_step
     from .training import resume, train, train_val_split
     from .weights import import_notebook_checkpoint, load_model_weights, load_weights, save_weights

@@ -76,7 +76,7 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
     save_weights(path, tensors, meta)
 
 
-def checkpoint_file(path) -> Path:
+def _checkpoint_file(path) -> Path:
     """The checkpoint file ``path`` names: itself, or ``checkpoint.safetensors`` in the folder it names."""
     path = Path(path)
     if path.is_dir() or not path.exists():
@@ -98,7 +98,7 @@ def load_checkpoint(path) -> Checkpoint:
         WeightsError: the file is damaged, not an mnistfx checkpoint, or its tensors or
             position do not fit its run.
     """
-    path = checkpoint_file(path)
+    path = _checkpoint_file(path)
     try:
         tensors, meta = load_weights(path)
     except WeightsError as e:

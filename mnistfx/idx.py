@@ -3,6 +3,8 @@
 The layout is torchvision's, ``ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``, so
 ``torchvision.datasets.MNIST(ROOT)`` reads the same files. An IDX file is a big-endian header
 (magic 2051 with N, 28, 28 for images; 2049 with N for labels) followed by the uint8 bytes.
+
+Internal to :mod:`mnistfx.data` and :mod:`mnistfx.fetch`, except :func:`default_root`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The original notebook's own formulation, kept for comparisons: its ``nn.Module`` and its
+"""Internal: the original notebook's own formulation, kept for comparisons: its ``nn.Module`` and its
 per-image training transforms. mnistfx itself never trains through these; the tests check
 that :meth:`Model.apply` matches the module, and ``benchmarks/notebook_vs_mnistfx.py`` times
 the notebook's training loop against mnistfx's."""

@@ -11,7 +11,7 @@ import torch
 from .constants import DEVICES_HINT, VERSION
 from .errors import ConfigError
 
-COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,8 +43,8 @@ def use_compile_cache(folder=None) -> Path:
     Returns:
         The cache folder in use.
     """
-    if folder is None and os.environ.get(COMPILE_CACHE_ENV):
-        return Path(os.environ[COMPILE_CACHE_ENV])
+    if folder is None and os.environ.get(_CACHE_ENV):
+        return Path(os.environ[_CACHE_ENV])
     try:
         if folder is None:
             folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnistfx" / "inductor"
@@ -53,7 +53,7 @@ def use_compile_cache(folder=None) -> Path:
         folder = None
     if folder is None or not _can_create(folder):
         folder = Path(tempfile.mkdtemp(prefix="mnistfx-inductor-"))
-    os.environ[COMPILE_CACHE_ENV] = str(folder)
+    os.environ[_CACHE_ENV] = str(folder)
     return folder
 
 

@@ -1,3 +1,5 @@
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -29,13 +31,20 @@ def test_console_script_exit_code_and_message():
 def trained(tmp_path_factory):
     """`mnistfx train` for one short epoch, eagerly, with --json."""
     out = tmp_path_factory.mktemp("run") / "tiny"
-    code = main(["train", "tuned", "--epochs", "1", "--train-size", "3200", "--no-compile",
-                 "--out", str(out), "--json", "--seed", "3"])
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["train", "tuned", "--epochs", "1", "--train-size", "3200", "--no-compile",
+                     "--out", str(out), "--json", "--seed", "3"])
     assert code == 0
-    return out
+    return out, json.loads(stdout.getvalue())
 
 
 def test_train_writes_weights_and_history(trained):
+    trained, summary = trained
+    # --json prints the run's summary, as history.json holds it, and where the files are.
+    assert summary == {**json.loads((trained / "history.json").read_text()),
+                               "weights": str(trained / "weights.safetensors"),
+                               "history_file": str(trained / "history.json")}
     assert sorted(p.name for p in trained.iterdir()) == ["checkpoint.safetensors", "history.json", "weights.safetensors"]
     history = json.loads((trained / "history.json").read_text())
     assert history["model"] == "tuned" and history["seed"] == 3 and len(history["history"]) == 1
@@ -44,6 +53,7 @@ def test_train_writes_weights_and_history(trained):
 
 
 def test_eval_json_and_tables(trained, capsys):
+    trained, _ = trained
     code, out, _ = run_cli(capsys, "eval", str(trained / "weights.safetensors"), "--json")
     assert code == 0
     m = json.loads(out)
@@ -59,6 +69,7 @@ def test_eval_reads_the_notebook_checkpoint(capsys, notebook_ckpt):
 
 
 def test_predict_reads_png_files(trained, mnist, tmp_path, capsys):
+    trained, _ = trained
     from torchvision.transforms.functional import to_pil_image
 
     paths = []

@@ -194,3 +194,18 @@ def test_a_checkpoint_whose_position_cannot_be_is_refused(mnist, tmp_path):
             mnistfx.load_checkpoint(tmp_path)
         with pytest.raises(mnistfx.WeightsError, match="does not fit its run: the file is damaged"):
             mnistfx.resume(tmp_path, data=mnist)
+
+
+def test_train_refuses_to_overwrite_an_unfinished_run(mnist, tmp_path):
+    with pytest.raises(_Stop):  # interrupted right after its first checkpoint
+        mnistfx.train(_small(train_size=320), data=mnist, checkpoint_dir=tmp_path,
+                      on_event=lambda kind, **info: _stop_after_first_epoch(kind))
+    before = (tmp_path / CHECKPOINT_FILE).read_bytes()
+    events = []
+    with pytest.raises(mnistfx.UnfinishedRunError, match="holds an unfinished run"):
+        mnistfx.train(_small(train_size=320, seed=9), data=mnist, checkpoint_dir=tmp_path,
+                      on_event=lambda kind, **info: events.append(kind))
+    assert events == [] and (tmp_path / CHECKPOINT_FILE).read_bytes() == before  # refused before any work
+    mnistfx.check_no_unfinished_run(tmp_path / "elsewhere")  # no checkpoint: nothing to protect
+    mnistfx.resume(tmp_path, data=mnist)
+    mnistfx.check_no_unfinished_run(tmp_path)  # finished now: a new run may take the folder

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import mnistfx
-from mnistfx import compile_step, make_train_step, train_val_split
-from mnistfx.step import augment_batch
+from mnistfx import augment_batch, compile_step, make_train_step, train_val_split
 
 
 def _small(**overrides):
@@ -212,3 +211,41 @@ def test_bad_configs_are_refused_before_any_work(overrides, message, mnist):
 
     with pytest.raises(mnistfx.MnistfxError, match=message):  # where the config is made, or where training starts
         mnistfx.train(dataclasses.replace(mnistfx.recipe("tuned"), **overrides), data=mnist)
+
+
+def test_a_config_is_checked_where_it_is_made():
+    with pytest.raises(mnistfx.ConfigError, match="epochs must be a whole number ≥ 1, not 0"):
+        mnistfx.TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="batch-size must be a whole number"):  # a ConfigError is a ValueError
+        mnistfx.recipe("tuned", batch_size=True)
+    cfg = mnistfx.recipe("tuned", "fast", seed=2)
+    assert mnistfx.TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(mnistfx.ConfigError, match="no field 'color'"):
+        mnistfx.TrainConfig.from_dict({**cfg.to_dict(), "color": "red"})
+    assert cfg.steps_per_epoch == 55000 // 256 and mnistfx.recipe("tuned", train_size=3200).steps_per_epoch == 100
+
+
+def test_the_compile_cache_is_opt_in_and_falls_back_to_a_temp_folder(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    wanted = tmp_path / "cache" / "inductor"
+    assert mnistfx.use_compile_cache(wanted) == wanted and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(wanted)
+    assert not wanted.exists()  # torch makes it when it first compiles
+    assert mnistfx.use_compile_cache() == wanted  # a folder already chosen is kept
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    (tmp_path / "file").write_text("not a folder")
+    fallback = mnistfx.use_compile_cache(tmp_path / "file" / "inductor")
+    assert fallback.is_dir() and os.access(fallback, os.W_OK) and tmp_path not in fallback.parents
+    fallback.rmdir()
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert mnistfx.use_compile_cache() == tmp_path / "xdg" / "mnistfx" / "inductor"
+
+
+def test_the_environment_names_the_device_and_versions():
+    env = mnistfx.environment("cpu")
+    assert env["device"] == "cpu" and "threads" in env["device_name"]
+    assert env["torch"] == torch.__version__ and env["mnistfx"] == mnistfx.__version__
+    with pytest.raises(mnistfx.ConfigError, match="unknown device 'tpu'"):
+        mnistfx.environment("tpu")
