@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import MNIST
 
 import mnistfx
-from mnistfx.data import default_root
 from mnistfx.notebook import NotebookNet, train_transform
 
 
@@ -58,7 +57,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)  # the notebook's module and loader draw from the global RNG
-    root = default_root()
+    root = mnistfx.default_root()
     data = mnistfx.load_mnist(root)
     print(f"{args.model}, batch 32, {args.steps} steps per run, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")

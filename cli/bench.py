@@ -1,26 +1,26 @@
 """``mnistfx bench``: images per second of the train step and of inference, eager and compiled."""
 
-import json
-
 import click
 
-from mnistfx.constants import BENCH_BATCH_SIZES, BENCH_KINDS, MNIST_TRAIN_SIZE, MODELS, PRECISIONS
+from mnistfx.constants import (BENCH_BATCH_SIZES, BENCH_KINDS, BENCH_MAX_REPEATS, BENCH_MAX_SECONDS, MAX_BATCH_SIZE,
+                               MODELS, PRECISIONS)
 
-from .options import console, data_root_option, device_option, json_option
+from .options import console, data_root_option, device_option, json_option, positive
 
 
 @click.command()
 @device_option
 @click.option("--model", type=click.Choice(MODELS), default="tuned", show_default=True)
-@click.option("--batch-size", "batch_sizes", type=click.IntRange(1, MNIST_TRAIN_SIZE), multiple=True,
-              help=f"Batch size to measure (repeatable; default: {', '.join(map(str, BENCH_BATCH_SIZES))}).")
+@click.option("--batch-size", "batch_sizes", type=click.IntRange(1, MAX_BATCH_SIZE), multiple=True,
+              help=f"Batch size to measure (repeatable; default: {', '.join(map(str, BENCH_BATCH_SIZES[:-1]))} and "
+                   f"{BENCH_BATCH_SIZES[-1]}).")
 @click.option("--kind", "kinds", type=click.Choice(BENCH_KINDS), multiple=True,
-              help="What to measure (repeatable; default: all).")
+              help="What to measure (repeatable; default: both).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="bf16: autocast the training forward pass.")
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("--seconds", type=click.FloatRange(0, BENCH_MAX_SECONDS, min_open=True), callback=positive, default=1.0, show_default=True,
               help="About how long each timed block runs.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--repeats", type=click.IntRange(1, BENCH_MAX_REPEATS), default=3, show_default=True,
               help="Timed blocks per mode; the median is reported.")
 @data_root_option
 @json_option("Print the results as JSON.")
@@ -28,7 +28,9 @@ def bench(device, model, batch_sizes, kinds, precision, seconds, repeats, data_r
     """Images per second of the train step and of inference, eager and compiled."""
     import mnistfx
 
-    info = {"model": model, **mnistfx.environment(device), "precision": precision}
+    env = mnistfx.environment(device)
+    info = {"model": model, "device": env["device"], "device_name": env["device_name"], "precision": precision,
+            "torch": env["torch"], "mnistfx": env["mnistfx"]}
     mnistfx.use_compile_cache()
     ds = mnistfx.load_mnist(data_root)
     out = console(stderr=as_json)
@@ -46,6 +48,6 @@ def bench(device, model, batch_sizes, kinds, precision, seconds, repeats, data_r
                                     kinds=kinds or BENCH_KINDS, precision=precision, seconds=seconds,
                                     repeats=repeats, data=ds, on_result=on_result)
     if as_json:
-        click.echo(json.dumps({**info, "results": results}))
+        click.echo(mnistfx.to_json({**info, "results": results}))
     else:
         out.print(table)

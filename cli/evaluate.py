@@ -1,7 +1,5 @@
 """``mnistfx eval`` and ``mnistfx predict``: trained weights on the test set, or on image files."""
 
-import json
-
 import click
 
 from .options import console, data_root_option, device_option, json_option
@@ -21,7 +19,7 @@ def eval_(weights, device, data_root, as_json):
     ds = mnistfx.load_mnist(data_root)
     m = mnistfx.evaluate(model, {k: v.to(dev) for k, v in params.items()}, ds.test_images, ds.test_labels)
     if as_json:
-        click.echo(json.dumps({"model": model.name, "weights": str(weights), **m.to_dict()}))
+        click.echo(mnistfx.to_json({"model": model.name, "weights": str(weights), **m.to_dict()}))
         return
     from rich.table import Table
 
@@ -56,7 +54,7 @@ def predict(weights, images, invert, as_json):
     rows = [{"image": path, "digit": int(p), "confidence": round(float(c), 4)}
             for path, p, c in zip(images, pred, conf)]
     if as_json:
-        click.echo(json.dumps(rows))
+        click.echo(mnistfx.to_json(rows))
         return
     for r in rows:
         click.echo(f"{r['image']}: {r['digit']} ({100 * r['confidence']:.1f}%)")

@@ -3,14 +3,24 @@ library's own recipes and limits (all importable without torch)."""
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from mnistfx.config import RECIPES
+from mnistfx.constants import DEVICES_HINT
 
 DATA_ROOT_HELP = "Data folder (default: $MNISTFX_DATA or ~/.cache/mnistfx)."
 
 data_root_option = click.option("--data-root", type=click.Path(), help=DATA_ROOT_HELP)
-device_option = click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+device_option = click.option("--device", default="cpu", show_default=True, help=f"{DEVICES_HINT}.")
+
+
+def positive(ctx, param, value):
+    """A click callback: a float option must be a finite number > 0 (click's ranges let nan and inf through)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a positive number")
+    return value
 
 
 def json_option(help: str):

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 
 import click
 from click.core import ParameterSource
 
 from mnistfx.config import RECIPES
-from mnistfx.constants import MAX_STEPS_PER_CALL, MODELS, PRECISIONS
+from mnistfx.constants import MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_EPOCHS, MAX_SEED, MAX_STEPS_PER_CALL, MODELS, PRECISIONS
 
-from .options import console, data_root_option, device_option, json_option, recipe_values
+from .options import console, data_root_option, device_option, json_option, positive, recipe_values
 
 
 def _epoch_line(e: dict) -> str:
@@ -20,20 +18,14 @@ def _epoch_line(e: dict) -> str:
             f"val acc {100 * e['val_accuracy']:.2f}%  {e['img_per_s']:,.0f} img/s  {e['seconds']:.1f}s")
 
 
-def _positive(ctx, param, value):
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise click.BadParameter(f"{value} is not a positive number")
-    return value
-
-
 @click.command()
 @click.argument("model", type=click.Choice(MODELS), metavar="MODEL", required=False)
 @click.option("--recipe", "recipe_name", type=click.Choice(tuple(RECIPES)), default="default", show_default=True,
               help="default: the notebook's recipe (15 epochs for tuned); fast: tuned to 99.1 % in under a minute. "
                    "The options below override single values.")
-@click.option("--epochs", type=click.IntRange(min=1), help=f"Passes over the training split ({recipe_values('epochs')}).")
-@click.option("--batch-size", type=click.IntRange(min=1), help=f"Images per step ({recipe_values('batch_size')}).")
-@click.option("--lr", type=float, callback=_positive,
+@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), help=f"Passes over the training split ({recipe_values('epochs')}).")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), help=f"Images per step ({recipe_values('batch_size')}).")
+@click.option("--lr", type=float, callback=positive,
               help=f"Adam's (peak) learning rate ({recipe_values('lr')}).")
 @click.option("--warmup", type=click.FloatRange(0, 1),
               help=f"Fraction of steps, at the start, over which the lr rises from lr/25 ({recipe_values('warmup')}).")
@@ -46,7 +38,7 @@ def _positive(ctx, param, value):
               help=f"Train the last N epochs without augmentation ({recipe_values('clean_epochs')}).")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               help=f"bf16: autocast the training forward pass ({recipe_values('precision')}).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of all randomness.")
+@click.option("--seed", type=click.IntRange(-MAX_SEED, MAX_SEED), default=0, show_default=True, help="Seed of all randomness.")
 @device_option
 @click.option("--out", type=click.Path(), help="Output folder (default: runs/MODEL-seedN, runs/MODEL-RECIPE-seedN).")
 @click.option("--no-compile", is_flag=True, help="Run the same step eagerly instead of torch.compile.")
@@ -58,14 +50,15 @@ def _positive(ctx, param, value):
               help=f"Training images held out for validation (default {RECIPES['default']['tuned'].val_size}).")
 @click.option("--train-size", type=click.IntRange(min=1), help="Train on only this many images (smoke runs).")
 @data_root_option
-@click.option("--checkpoint-every", type=click.IntRange(min=1),
+@click.option("--checkpoint-every", type=click.IntRange(1, MAX_CHECKPOINT_EVERY),
               help="Also write the checkpoint every N steps (it is always written after each epoch).")
 @click.option("--resume", "resume_dir", type=click.Path(),
               help="Continue the interrupted run in this folder, with its own settings.")
+@click.option("--overwrite", is_flag=True, help="Replace the run the output folder holds (finished or not).")
 @json_option("Print a JSON summary on stdout (progress goes to stderr).")
 def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoothing, clean_epochs, precision,
           seed, device, out, no_compile, steps_per_call, no_augment, faithful_fill, val_size, train_size, data_root,
-          checkpoint_every, resume_dir, as_json):
+          checkpoint_every, resume_dir, overwrite, as_json):
     """Train MODEL (tuned or cnn) with a recipe; write weights, history and a checkpoint.
 
     The checkpoint (checkpoint.safetensors in the output folder) is written after every epoch;
@@ -94,10 +87,10 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
     mnistfx.use_compile_cache()
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found"
     run = _run_with_progress(mnistfx, console(stderr=as_json), cfg, out, resume_dir is not None, data_root,
-                             checkpoint_every or 0)
+                             checkpoint_every or 0, overwrite)
     paths = mnistfx.save_run(run, out)
     if as_json:
-        click.echo(json.dumps({**run.summary(), "weights": str(paths["weights"]), "history_file": str(paths["history"])}))
+        click.echo(mnistfx.to_json({**run.summary(), "weights": str(paths["weights"]), "history_file": str(paths["history"])}))
         return
     out_console = console()
     out_console.print(f"test accuracy {100 * run.test.accuracy:.2f}% ({run.test.correct}/{run.test.n}), "
@@ -105,13 +98,13 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
     out_console.print(f"wrote {paths['weights']} and {paths['history']}")
 
 
-def _run_with_progress(mnistfx, con, cfg, out, resuming, data_root, checkpoint_every):
+def _run_with_progress(mnistfx, con, cfg, out, resuming, data_root, checkpoint_every, overwrite):
     """Train (or resume) with a progress bar per epoch and a line per finished epoch."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}  {task.fields[speed]}"), TimeElapsedColumn(),
-                        console=con, transient=True)
+                        console=con, transient=True, disable=not con.is_terminal)
     state = {}
 
     def on_event(kind, **info):
@@ -140,8 +133,9 @@ def _run_with_progress(mnistfx, con, cfg, out, resuming, data_root, checkpoint_e
         try:
             if resuming:
                 return mnistfx.resume(out, data_root=data_root, on_event=on_event, checkpoint_every=checkpoint_every)
-            return mnistfx.train(cfg, on_event=on_event, checkpoint_dir=out, checkpoint_every=checkpoint_every)
-        except mnistfx.UnfinishedRunError as e:
+            return mnistfx.train(cfg, on_event=on_event, checkpoint_dir=out, checkpoint_every=checkpoint_every,
+                                 overwrite=overwrite)
+        except mnistfx.RunFolderError as e:
             raise click.UsageError(str(e)) from None
 
 

@@ -27,7 +27,7 @@ _PUBLIC = {
     "TrainConfig": "config", "RECIPES": "config", "recipe": "config",
     "train": "training", "resume": "training", "train_val_split": "training",
     "Run": "runs", "save_run": "runs", "default_run_dir": "runs", "prepare_run_dir": "runs",
-    "run_folder": "runs", "check_no_unfinished_run": "runs",
+    "run_folder": "runs", "check_run_dir": "runs", "run_lock": "runs",
     "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     # evaluation, weights, images
     "Metrics": "metrics", "evaluate": "metrics", "logits": "metrics", "predict": "metrics",
@@ -36,10 +36,10 @@ _PUBLIC = {
     "import_notebook_checkpoint": "weights", "read_digit_images": "images",
     # where it runs, and how fast
     "resolve_device": "runtime", "use_compile_cache": "runtime", "environment": "runtime",
-    "benchmark": "bench",
+    "benchmark": "bench", "to_json": "_io",
     # errors
     "MnistfxError": "errors", "ConfigError": "errors", "DataError": "errors", "WeightsError": "errors",
-    "UnfinishedRunError": "errors",
+    "RunFolderError": "errors",
 }
 
 __all__ = sorted(_PUBLIC)
@@ -58,13 +58,14 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from ._io import to_json
     from .augment import random_affine
     from .bench import benchmark
     from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from .config import RECIPES, TrainConfig, recipe
     from .constants import MODELS
     from .data import MNIST, load_mnist, verify_mnist
-    from .errors import ConfigError, DataError, MnistfxError, UnfinishedRunError, WeightsError
+    from .errors import ConfigError, DataError, MnistfxError, RunFolderError, WeightsError
     from .fetch import fetch_mnist
     from .idx import default_root
     from .images import read_digit_images
@@ -72,7 +73,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .models import Model, check_images, check_params, get_model, num_params
     from .optim import Optimizer, adam, lr_schedule
     from .rng import as_generator, fold_in
-    from .runs import Run, check_no_unfinished_run, default_run_dir, prepare_run_dir, run_folder, save_run
+    from .runs import Run, check_run_dir, default_run_dir, prepare_run_dir, run_folder, run_lock, save_run
     from .runtime import environment, resolve_device, use_compile_cache
     from .step import augment_batch, batch_inputs, compile_step, make_multi_step, make_train_step
     from .training import resume, train, train_val_split

@@ -1,6 +1,10 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Internal: files written atomically (a reader sees the old file or the new one, never half of
+one), files read only after ``stat`` says they can be, and strict JSON."""
 
+import json
+import math
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -49,3 +53,58 @@ def remove_stale_temps(folder, names) -> None:
                     tmp.unlink()
             except OSError:
                 pass
+
+
+def read_limited(path, limit: int, *, what: str, fix: str, error) -> bytes:
+    """The bytes of the regular file ``path``, checked with ``stat`` before anything is read.
+
+    Arguments:
+        path: the file.
+        limit: the most bytes such a file can hold; a larger one is refused unread.
+        what: what the file is, for messages ("weights", "image").
+        fix: what the user can do, ending every message.
+        error: the exception class to raise.
+    """
+    path = Path(path)
+    try:
+        info = path.stat()  # before opening: opening a FIFO would wait for a writer
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} {path} is not a regular file: {fix}")
+        if info.st_size > limit:
+            raise error(f"{what} {path} is {info.st_size:,} bytes, more than any {what} mnistfx reads "
+                        f"({limit:,}): {fix}")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise error(f"cannot read {what} {path} ({e.strerror}): {fix}") from None
+    if len(data) > limit:  # it grew while being read
+        raise error(f"{what} {path} is more than {limit:,} bytes: {fix}")
+    return data
+
+
+def user_cache_dir() -> Path | None:
+    """The user's cache folder: ``$XDG_CACHE_HOME`` if it is an absolute path, else ``~/.cache``;
+    ``None`` where there is no home folder."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg)
+    try:
+        return Path.home() / ".cache"
+    except RuntimeError:
+        return None
+
+
+def finite_json(value):
+    """``value`` with every NaN or infinite float replaced by ``None``, so that it is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def to_json(value, **kwargs) -> str:
+    """``value`` as strict JSON (no ``NaN`` or ``Infinity``: non-finite numbers become ``null``)."""
+    return json.dumps(finite_json(value), allow_nan=False, **kwargs)

@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 
 from ._checks import check_choice, check_positive, check_whole, is_whole
-from .constants import BENCH_BATCH_SIZES, BENCH_KINDS, MNIST_TRAIN_SIZE, PRECISIONS
+from .constants import (BENCH_BATCH_SIZES, BENCH_KINDS, BENCH_MAX_REPEATS, BENCH_MAX_SECONDS, MAX_BATCH_SIZE,
+                        PRECISIONS)
 from .data import MNIST, load_mnist
 from .errors import ConfigError
 from .models import get_model
@@ -113,12 +114,14 @@ def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=BENCH_BA
     """
     m = get_model(model)
     check_choice("precision", precision, PRECISIONS)
-    if not batch_sizes or any(not is_whole(b) or not 1 <= b <= MNIST_TRAIN_SIZE for b in batch_sizes):
-        raise ConfigError(f"batch sizes must be whole numbers from 1 to {MNIST_TRAIN_SIZE}, not {list(batch_sizes)!r}")
+    if not batch_sizes or any(not is_whole(b) or not 1 <= b <= MAX_BATCH_SIZE for b in batch_sizes):
+        raise ConfigError(f"batch sizes must be whole numbers from 1 to {MAX_BATCH_SIZE}, not {list(batch_sizes)!r}")
     if not kinds or set(kinds) - set(BENCH_KINDS):
         raise ConfigError(f"kinds must be some of {', '.join(BENCH_KINDS)}, not {list(kinds)!r}")
     check_positive("seconds", seconds)
-    check_whole("repeats", repeats, 1)
+    if seconds > BENCH_MAX_SECONDS:
+        raise ConfigError(f"seconds must be at most {BENCH_MAX_SECONDS:g} (per timed block), not {seconds!r}")
+    check_whole("repeats", repeats, 1, BENCH_MAX_REPEATS)
     dev = resolve_device(device)
     data = data or load_mnist()
     # CUDA events and synchronize() act on the current device: make it the one measured.

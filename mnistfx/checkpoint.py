@@ -9,20 +9,23 @@ is checked whole when read: a position that cannot belong to its run is refused.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .config import TrainConfig
+from ._checks import check_whole
 from .errors import MnistfxError, WeightsError
 from .models import check_params, get_model
-from .weights import load_weights, save_weights
+from .weights import check_finite, load_weights, save_weights
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = "mnistfx-checkpoint/1"
 GENERATORS = ("shuffle", "augment", "dropout")
 _RESTART = "start the run again without --resume"
+_HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "img_per_s"}
 
 
 @dataclass
@@ -84,6 +87,9 @@ def _checkpoint_file(path) -> Path:
             raise MnistfxError(f"no checkpoint in {path}: resume takes the folder of a run that "
                                f"`mnistfx train` wrote (it holds {CHECKPOINT_FILE})")
         path = path / CHECKPOINT_FILE
+    elif path.name != CHECKPOINT_FILE:
+        raise MnistfxError(f"{path} is not a run's {CHECKPOINT_FILE}: resume takes the folder of a run that "
+                           "`mnistfx train` wrote, or the checkpoint in it")
     return path
 
 
@@ -109,13 +115,13 @@ def load_checkpoint(path) -> Checkpoint:
                            "that `mnistfx train` wrote")
     try:
         ckpt = Checkpoint(
-            config=TrainConfig.from_dict(meta["config"]), epoch=int(meta["epoch"]), step=int(meta["step"]),
-            params=_take(tensors, "params/"),
+            config=TrainConfig.from_dict(meta["config"]), epoch=check_whole("epoch", meta["epoch"], 1),
+            step=check_whole("step", meta["step"], 0), params=_take(tensors, "params/"),
             opt_state={"step": tensors.pop("opt/step"), "mu": _take(tensors, "opt/mu/"),
                        "nu": _take(tensors, "opt/nu/")},
             rng={k: tensors.pop(f"rng/{k}") for k in GENERATORS},
-            perm=tensors.pop("perm", None), loss_sum=tensors.pop("loss_sum"), history=list(meta["history"]),
-            compile_seconds=float(meta.get("compile_seconds", 0.0)))
+            perm=tensors.pop("perm", None), loss_sum=tensors.pop("loss_sum"), history=meta["history"],
+            compile_seconds=_seconds(meta.get("compile_seconds", 0.0)))
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"checkpoint {path} is incomplete or damaged ({type(e).__name__}: {e}): {_RESTART}") from None
     if tensors:
@@ -124,22 +130,57 @@ def load_checkpoint(path) -> Checkpoint:
     check_params(model, ckpt.params, source=f"checkpoint {path}", dtype=torch.float32)
     for part in ("mu", "nu"):
         check_params(model, ckpt.opt_state[part], source=f"checkpoint {path} (Adam {part})", dtype=torch.float32)
-    _check_position(ckpt)
+    for part in (ckpt.params, ckpt.opt_state["mu"], ckpt.opt_state["nu"]):
+        check_finite(part, source=f"checkpoint {path}")
+    problem = _position_problem(ckpt) or _state_problem(ckpt)
+    if problem:
+        raise WeightsError(f"checkpoint {path} does not fit its run ({problem}): the file is damaged; {_RESTART}")
     return ckpt
 
 
-def _check_position(ckpt: Checkpoint) -> None:
-    """Refuse a checkpoint whose position cannot be a point of its run (a damaged file)."""
+def _seconds(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"compile_seconds must be a number of seconds, not {value!r}")
+    return float(value)
+
+
+def _position_problem(ckpt: Checkpoint) -> str | None:
+    """Why the checkpoint's position cannot be a point of its run, if it cannot."""
     cfg = ckpt.config
     n_steps = cfg.steps_per_epoch
     mid_epoch = ckpt.step < n_steps
-    ok = (1 <= ckpt.epoch <= cfg.epochs and 0 <= ckpt.step <= n_steps and ckpt.step % cfg.group == 0
-          and len(ckpt.history) == ckpt.epoch - mid_epoch
-          and (not mid_epoch or (ckpt.perm is not None and ckpt.perm.dtype == torch.int64
-                                 and tuple(ckpt.perm.shape) == (cfg.n_train,))))
-    if not ok:
-        raise WeightsError(f"the checkpoint's position (epoch {ckpt.epoch}, step {ckpt.step}) does not fit its "
-                           f"run: the file is damaged; {_RESTART}")
+    if not (ckpt.epoch <= cfg.epochs and ckpt.step <= n_steps and ckpt.step % cfg.group == 0):
+        return f"position epoch {ckpt.epoch}, step {ckpt.step}"
+    if not isinstance(ckpt.history, list) or len(ckpt.history) != ckpt.epoch - mid_epoch:
+        return f"position epoch {ckpt.epoch}, step {ckpt.step} with the wrong number of history entries"
+    if mid_epoch:
+        perm = ckpt.perm
+        if perm is None or perm.dtype != torch.int64 or tuple(perm.shape) != (cfg.n_train,):
+            return f"position epoch {ckpt.epoch}, step {ckpt.step} without the epoch's order"
+        if not torch.equal(perm.sort().values, torch.arange(cfg.n_train)):
+            return "an order of training images that is not a permutation"
+    elif ckpt.perm is not None:
+        return "an order of training images after the epoch ended"
+    return None
+
+
+def _state_problem(ckpt: Checkpoint) -> str | None:
+    """Why the optimiser step, loss sum, generator states or history cannot be right, if they cannot."""
+    cfg, step, loss_sum = ckpt.config, ckpt.opt_state["step"], ckpt.loss_sum
+    done = (ckpt.epoch - 1) * cfg.steps_per_epoch + ckpt.step
+    if step.dtype != torch.float32 or step.dim() != 0 or step.item() != done:
+        return f"an optimiser step count that is not {done}"
+    if loss_sum.dtype != torch.float32 or loss_sum.dim() != 0 or not math.isfinite(loss_sum.item()):
+        return "a loss sum that is not one finite float32"
+    for name, state in ckpt.rng.items():
+        if state.dtype != torch.uint8 or state.dim() != 1:
+            return f"a {name} generator state that is not a uint8 vector"
+    for entry in ckpt.history:
+        if (not isinstance(entry, dict) or set(entry) != _HISTORY_KEYS
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in entry.values())):
+            return "a history entry that is not an epoch's numbers"
+    return None
 
 
 def _take(tensors: dict, prefix: str) -> dict:

@@ -6,10 +6,12 @@ Importable without torch, so the command line can show the recipes' values in it
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 from ._checks import check_choice, check_fraction, check_positive, check_whole, is_whole
-from .constants import MAX_STEPS_PER_CALL, MNIST_TRAIN_SIZE, MODELS, PRECISIONS
+from .constants import (MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, MAX_STEPS_PER_CALL, MNIST_TRAIN_SIZE, MODELS,
+                        PRECISIONS)
 from .errors import ConfigError
 
 
@@ -79,27 +81,33 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError(f"data_root must be a folder name (str) or None, not {self.data_root!r}")
-        if not is_whole(self.seed):
-            raise ConfigError(f"seed must be a whole number, not {self.seed!r}")
-        for name in ("epochs", "batch_size"):
-            check_whole(name.replace("_", "-"), getattr(self, name), 1)
-        check_whole("clean-epochs", self.clean_epochs, 0, self.epochs, hi_name=f"epochs ({self.epochs})")
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+        fix = functools.partial(object.__setattr__, self)  # numpy numbers become plain ones (JSON, repr)
+        fix("seed", check_whole("seed", self.seed, -MAX_SEED, MAX_SEED))
+        fix("epochs", check_whole("epochs", self.epochs, 1, MAX_EPOCHS))
+        fix("batch_size", check_whole("batch-size", self.batch_size, 1, MAX_BATCH_SIZE))
+        fix("clean_epochs", check_whole("clean-epochs", self.clean_epochs, 0, self.epochs,
+                                        hi_name=f"epochs ({self.epochs})"))
         for name in ("warmup", "decay", "label_smoothing"):
-            check_fraction(name.replace("_", "-"), getattr(self, name))
+            fix(name, check_fraction(name.replace("_", "-"), getattr(self, name)))
         if self.warmup + self.decay > 1:
             raise ConfigError(f"warmup ({self.warmup}) and decay ({self.decay}) together exceed all the steps: "
                               "make their sum at most 1")
         check_choice("precision", self.precision, PRECISIONS)
-        check_positive("lr", self.lr)
+        fix("lr", check_positive("lr", self.lr))
         if not is_whole(self.val_size) or not 0 < self.val_size < MNIST_TRAIN_SIZE:
             raise ConfigError(f"val-size must be between 1 and {MNIST_TRAIN_SIZE - 1}, not {self.val_size!r}")
+        fix("val_size", int(self.val_size))
         most = MNIST_TRAIN_SIZE - self.val_size
-        if self.train_size is not None and (not is_whole(self.train_size) or not 0 < self.train_size <= most):
-            raise ConfigError(f"train-size must be between 1 and {most}, not {self.train_size!r}")
+        if self.train_size is not None:
+            if not is_whole(self.train_size) or not 0 < self.train_size <= most:
+                raise ConfigError(f"train-size must be between 1 and {most}, not {self.train_size!r}")
+            fix("train_size", int(self.train_size))
         if self.batch_size > self.n_train:
             raise ConfigError(f"batch-size {self.batch_size} is larger than the {self.n_train} training images")
-        check_whole("steps-per-call", self.steps_per_call, 1, MAX_STEPS_PER_CALL,
-                    why=" (compiling more steps at once takes minutes)")
+        fix("steps_per_call", check_whole("steps-per-call", self.steps_per_call, 1, MAX_STEPS_PER_CALL,
+                                          why=" (compiling more steps at once takes minutes)"))
         if self.compile and self.steps_per_call * self.batch_size > self.n_train:
             raise ConfigError(f"steps-per-call {self.steps_per_call} batches of {self.batch_size} are more than the "
                               f"{self.n_train} training images")
@@ -134,6 +142,8 @@ class TrainConfig:
             raise ConfigError(f"a config has no field {unknown[0]!r}")
         return cls(**values)
 
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 # Named recipes, by recipe then model.
 # "default": the notebook's recipe (Adam 1e-3, batch 32, augmented) plus one change: the
@@ -176,4 +186,8 @@ def recipe(model: str, name: str = "default", /, **overrides) -> TrainConfig:
     if model not in RECIPES[name]:
         have = [r for r in RECIPES if model in RECIPES[r]]
         raise ConfigError(f"there is no {name!r} recipe for {model}: use one of {', '.join(have)}")
+    unknown = sorted(set(overrides) - _FIELDS - {"recipe"}) or sorted({"model", "recipe"} & set(overrides))
+    if unknown:
+        raise ConfigError(f"recipe() cannot set {unknown[0]!r}: it sets the fields of TrainConfig except model and "
+                          f"recipe, which are its first two arguments")
     return dataclasses.replace(RECIPES[name][model], **{"recipe": name, **overrides})

@@ -14,6 +14,12 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
 MODELS = ("tuned", "cnn")               # the built-in models, as mnistfx.models defines them
 PRECISIONS = ("fp32", "bf16")           # of the training forward pass
 MAX_STEPS_PER_CALL = 8                  # compiling more steps into one graph takes minutes
+MAX_EPOCHS = 10_000                     # bounds that keep a mistyped number from running for ever
+MAX_BATCH_SIZE = 8192                   # a batch's activations and gradients stay within a few GB
+MAX_SEED = 2**63 - 1
+MAX_CHECKPOINT_EVERY = 10**9
+BENCH_MAX_SECONDS = 60.0                # per timed block
+BENCH_MAX_REPEATS = 100
 DATA_SOURCES = ("torchvision", "registry")
 BENCH_KINDS = ("train", "infer")
 BENCH_BATCH_SIZES = (32, 256, 512)

@@ -10,7 +10,8 @@ import torch
 
 from .errors import DataError
 from .fetch import fetch_mnist
-from .idx import IDX_FILES, check_raw_dir, raw_dir, read_idx, sha256
+from ._io import read_limited
+from .idx import IDX_FILES, check_raw_dir, file_size, raw_dir, read_idx, sha256
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def verify_mnist(root=None) -> dict[str, str]:
         path = raw / name
         if not path.is_file():
             raise DataError(f"MNIST file {path} is missing: run `mnistfx data` to fetch it")
-        got = sha256(path.read_bytes())
+        got = sha256(read_limited(path, file_size(name), what="MNIST file", error=DataError,
+                                  fix="run `mnistfx data --force` to fetch it again"))
         if got != expected:
             raise DataError(
                 f"MNIST file {path} has sha256 {got[:12]}…, expected {expected[:12]}…: "

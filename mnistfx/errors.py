@@ -21,5 +21,5 @@ class WeightsError(MnistfxError, ValueError):
     """Weights or a checkpoint are unreadable, not safetensors, or do not fit the model."""
 
 
-class UnfinishedRunError(MnistfxError):
-    """A new run would overwrite the checkpoint of an interrupted one."""
+class RunFolderError(MnistfxError):
+    """A run folder is taken: it holds a run a new one would replace, or another run is writing there."""

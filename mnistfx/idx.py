@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
+from ._io import user_cache_dir
 from .errors import DataError
 
 # name -> (sha256 of the uncompressed IDX file, IDX magic, number of items)
@@ -31,12 +33,15 @@ IDX_FILES = {
 
 
 def default_root() -> Path:
-    """The data folder: ``$MNISTFX_DATA`` if set, else ``$XDG_CACHE_HOME/mnistfx`` (``~/.cache/mnistfx``)."""
+    """The data folder: ``$MNISTFX_DATA`` if set, else ``mnistfx`` in the user cache folder
+    (``$XDG_CACHE_HOME/mnistfx``, ``~/.cache/mnistfx``)."""
     env = os.environ.get("MNISTFX_DATA")
     if env:
         return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "mnistfx"
+    cache = user_cache_dir()
+    if cache is None:
+        raise DataError("there is no home folder for the data: set MNISTFX_DATA or pass a data root")
+    return cache / "mnistfx"
 
 
 def raw_dir(root=None) -> Path:
@@ -56,23 +61,40 @@ def sha256(data: bytes) -> str:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read one of the four IDX files, checking its magic, its shape and its size."""
+    """Read one of the four IDX files, checking its kind, magic, shape and size before reading it
+    whole, and that labels are digits."""
     _, magic, count = IDX_FILES[path.name]
     shape = (count, 28, 28) if magic == 2051 else (count,)
     header = 4 * (1 + len(shape))
     size = header + int(np.prod(shape))
-    data = path.read_bytes()
     fix = "delete it and run `mnistfx data` to fetch it again"
-    if len(data) < header:
-        raise DataError(f"MNIST file {path} is truncated ({len(data)} bytes): {fix}")
-    got_magic, *dims = np.frombuffer(data, dtype=">u4", count=1 + len(shape)).tolist()
-    if got_magic != magic:
-        raise DataError(f"MNIST file {path} has magic number {got_magic}, expected {magic}: {fix}")
-    if tuple(dims) != shape:
-        raise DataError(f"MNIST file {path} holds shape {tuple(dims)}, expected {shape}: {fix}")
-    if len(data) != size:
-        raise DataError(f"MNIST file {path} is {len(data)} bytes, expected {size}: {fix}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"MNIST file {path} is not a regular file: {fix}")
+        with open(path, "rb") as f:
+            head = f.read(header)
+            if len(head) < header:
+                raise DataError(f"MNIST file {path} is truncated ({len(head)} bytes): {fix}")
+            got_magic, *dims = np.frombuffer(head, dtype=">u4").tolist()
+            if got_magic != magic:
+                raise DataError(f"MNIST file {path} has magic number {got_magic}, expected {magic}: {fix}")
+            if tuple(dims) != shape:
+                raise DataError(f"MNIST file {path} holds shape {tuple(dims)}, expected {shape}: {fix}")
+            if info.st_size != size:
+                raise DataError(f"MNIST file {path} is {info.st_size} bytes, expected {size}: {fix}")
+            array = np.frombuffer(f.read(size - header), dtype=np.uint8).reshape(shape).copy()
+    except OSError as e:
+        raise DataError(f"cannot read MNIST file {path} ({e.strerror}): {fix}") from None
+    if magic == 2049 and array.max(initial=0) > 9:
+        raise DataError(f"MNIST file {path} holds label {int(array.max())}, but labels are digits 0-9: {fix}")
+    return array
+
+
+def file_size(name: str) -> int:
+    """The size in bytes of the IDX file ``name``."""
+    _, magic, count = IDX_FILES[name]
+    return 4 * (2 if magic == 2049 else 4) + count * (784 if magic == 2051 else 1)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -105,7 +105,14 @@ def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Ten
 
 
 def metrics_from_predictions(pred: torch.Tensor, labels: torch.Tensor, *, loss: float = float("nan")) -> Metrics:
-    """:class:`Metrics` from predicted and true digits (both int64, shape (N,))."""
+    """:class:`Metrics` from predicted and true digits (both int64 tensors of digits 0-9, shape (N,))."""
+    for name, t in (("pred", pred), ("labels", labels)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
+            raise ValueError(f"{name} must be a 1-D int64 tensor of digits, not {getattr(t, 'dtype', type(t).__name__)}")
+        if len(t) and not 0 <= int(t.min()) <= int(t.max()) <= 9:
+            raise ValueError(f"{name} must hold digits 0-9, not {int(t.min())}..{int(t.max())}")
+    if pred.shape != labels.shape:
+        raise ValueError(f"got {len(pred)} predictions but {len(labels)} labels")
     confusion = torch.bincount(labels * 10 + pred, minlength=100).reshape(10, 10)
     tp = confusion.diagonal().double()
     precision = tp / confusion.sum(0).double().clamp(min=1)

@@ -1,24 +1,31 @@
 """A finished run and its folder: :class:`Run`, what is saved of it, and the folder's rules.
 
 A run folder holds ``weights.safetensors``, ``history.json`` and ``checkpoint.safetensors``, each
-written atomically. A new run never overwrites the checkpoint of an unfinished one.
+written atomically. A new run replaces a folder's run only when told to, and while a run writes
+into its folder no other process can.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ._io import atomic_write_bytes, remove_stale_temps
+from ._io import atomic_write_bytes, remove_stale_temps, to_json
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint
 from .config import TrainConfig
 from .constants import VERSION
-from .errors import MnistfxError, UnfinishedRunError
+from .errors import MnistfxError, RunFolderError
 from .metrics import Metrics
 from .weights import save_weights
+
+try:
+    import fcntl
+except ImportError:  # Windows: run folders are not locked
+    fcntl = None
 
 WEIGHTS_FILE = "weights.safetensors"
 HISTORY_FILE = "history.json"
@@ -75,19 +82,62 @@ def run_folder(path) -> Path:
     return path.parent if path.is_file() else path
 
 
-def check_no_unfinished_run(path) -> None:
-    """Raise :class:`~mnistfx.UnfinishedRunError` if the folder ``path`` holds an unfinished run's
-    checkpoint, whose progress a new run would overwrite (a damaged checkpoint holds none)."""
-    ckpt_path = Path(path) / CHECKPOINT_FILE
-    if not ckpt_path.is_file():
+def check_run_dir(path, *, overwrite: bool = False) -> None:
+    """Raise :class:`~mnistfx.RunFolderError` if the folder ``path`` holds a run a new one would replace.
+
+    An unfinished run's checkpoint is progress that ``--resume`` can continue; a finished run's
+    files are results. Either is replaced only with ``overwrite``.
+    """
+    path = Path(path)
+    present = [name for name in RUN_FILES if (path / name).exists()]
+    if overwrite or not present:
         return
     try:
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(path / CHECKPOINT_FILE) if CHECKPOINT_FILE in present else None
     except MnistfxError:
-        return  # damaged: nothing to continue from
-    if not ckpt.finished:
-        raise UnfinishedRunError(f"{path} holds an unfinished run (epoch {ckpt.epoch} of {ckpt.config.epochs}): "
-                                 f"continue it with --resume {path}, or pass another --out (or delete {ckpt_path})")
+        ckpt = None  # damaged: there is nothing to continue, but the folder still holds a run's files
+    if ckpt is not None and not ckpt.finished:
+        raise RunFolderError(f"{path} holds an unfinished run (epoch {ckpt.epoch} of {ckpt.config.epochs}): continue "
+                             f"it with --resume {path}, start it again with --overwrite, or pass another --out")
+    raise RunFolderError(f"{path} holds a finished run ({', '.join(present)}): pass --overwrite to replace it, "
+                         "or another --out")
+
+
+@contextlib.contextmanager
+def run_lock(path):
+    """Hold the run folder ``path`` while this process writes into it; another process is refused.
+
+    The lock (``flock`` on the folder itself, so no file is made) is released when the block ends,
+    also when the process dies. It is re-entrant within a process. Where ``fcntl`` is missing
+    (Windows) nothing is locked.
+    """
+    key = os.path.realpath(path)
+    if fcntl is None or key in _HELD:
+        _HELD[key] = _HELD.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(f"another mnistfx run is writing into {path}: let it finish, or pass another "
+                                 "--out") from None
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+_HELD: dict[str, int] = {}  # run folders this process holds, by real path: how many holders
 
 
 def prepare_run_dir(path) -> Path:
@@ -99,6 +149,9 @@ def prepare_run_dir(path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MnistfxError(f"output path {path} is a file: pass --out with a folder")
+    for name in RUN_FILES:
+        if (path / name).exists() and not (path / name).is_file():
+            raise MnistfxError(f"{path / name} is in the way (not a regular file): remove it or pass another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".mnistfx-write-test"
@@ -119,6 +172,11 @@ def save_run(run: Run, out_dir) -> dict[str, Path]:
     """
     out = prepare_run_dir(out_dir)
     paths = {"weights": out / WEIGHTS_FILE, "history": out / HISTORY_FILE}
-    save_weights(paths["weights"], run.params, run.metadata())
-    atomic_write_bytes(paths["history"], (json.dumps(run.summary(), indent=2) + "\n").encode())
+    with run_lock(out):
+        try:
+            save_weights(paths["weights"], run.params, run.metadata())
+            atomic_write_bytes(paths["history"], (to_json(run.summary(), indent=2) + "\n").encode())
+        except OSError as e:
+            raise MnistfxError(f"cannot write the run's files into {out} ({e.strerror}); its checkpoint is whole: "
+                               f"make room, then `mnistfx train --resume {out}` writes them") from None
     return paths

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ._io import user_cache_dir
 from .constants import DEVICES_HINT, VERSION
 from .errors import ConfigError
 
@@ -30,29 +30,30 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def use_compile_cache(folder=None) -> Path:
+def use_compile_cache(folder=None) -> Path | None:
     """Keep torch.compile's kernels in a folder that outlives the process (opt in).
 
-    Inductor caches compiled kernels on disk, by default under the system's temp folder; a run
-    that finds them there starts compiling in about 2 s instead of 25. This points the cache at
-    ``folder`` (default: ``$XDG_CACHE_HOME/mnistfx/inductor``, i.e. ``~/.cache/...``), unless
-    ``$TORCHINDUCTOR_CACHE_DIR`` already names one, which is kept. A folder that cannot be created
-    or written (or no home folder) falls back to a fresh temporary one. The folder itself is made
-    when torch first compiles.
+    Inductor caches compiled kernels on disk, by default in the system's temp folder, which is
+    often cleaned; a run that finds them starts compiling in about 2 s instead of 25. This points
+    the cache at ``folder`` (default: ``mnistfx/inductor`` in the user cache folder,
+    ``$XDG_CACHE_HOME`` or ``~/.cache``), unless ``$TORCHINDUCTOR_CACHE_DIR`` already names one,
+    which is kept. Where that folder cannot be created or written (or there is no home folder),
+    inductor's own cache in the temp folder is used. The folder itself is made when torch first
+    compiles.
 
     Returns:
-        The cache folder in use.
+        The cache folder chosen, or ``None`` for inductor's default.
     """
     if folder is None and os.environ.get(_CACHE_ENV):
         return Path(os.environ[_CACHE_ENV])
-    try:
-        if folder is None:
-            folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnistfx" / "inductor"
-        folder = Path(folder).expanduser()
-    except RuntimeError:  # no home folder to expand
-        folder = None
+    if folder is None:
+        cache = user_cache_dir()
+        folder = cache / "mnistfx" / "inductor" if cache is not None else None
+    elif not str(folder):
+        raise ConfigError("the compile cache folder is an empty name: pass a folder")
+    folder = Path(folder).expanduser().absolute() if folder is not None else None
     if folder is None or not _can_create(folder):
-        folder = Path(tempfile.mkdtemp(prefix="mnistfx-inductor-"))
+        return None
     os.environ[_CACHE_ENV] = str(folder)
     return folder
 

@@ -11,6 +11,8 @@ except the progress reports.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from typing import Callable
 
@@ -20,22 +22,26 @@ from ._checks import check_whole
 from .checkpoint import GENERATORS, Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import MNIST, load_mnist
-from .errors import ConfigError, WeightsError
+from .constants import MAX_CHECKPOINT_EVERY, MNIST_TRAIN_SIZE
+from .errors import ConfigError, MnistfxError, WeightsError
 from .metrics import evaluate
 from .models import get_model
 from .optim import adam, lr_schedule
 from .rng import fold_in
-from .runs import CHECKPOINT_FILE, Run, check_no_unfinished_run, prepare_run_dir, run_folder
+from .runs import CHECKPOINT_FILE, Run, check_run_dir, prepare_run_dir, run_folder, run_lock
 from .runtime import resolve_device
 from .step import batch_inputs, compile_step, make_multi_step, make_train_step
 
 
 def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable | None = None,
-          checkpoint_dir=None, checkpoint_every: int = 0) -> Run:
+          checkpoint_dir=None, checkpoint_every: int = 0, overwrite: bool = False) -> Run:
     """Train a model from scratch as ``config`` says, then evaluate it on the full test set.
 
     Everything that can be checked is checked before any work: the device, the model, the
-    checkpoint folder (created if needed; one that holds an unfinished run is refused).
+    checkpoint folder (created if needed; one that holds a run is refused unless ``overwrite``,
+    and so is one another process is writing into). A run whose loss stops being finite is
+    stopped (checked at each progress report and checkpoint, so without a wait per step), and
+    nothing of it is saved from that point.
 
     Arguments:
         config: the run's :class:`~mnistfx.TrainConfig`.
@@ -48,16 +54,18 @@ def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable 
         checkpoint_dir: if given, a checkpoint (``checkpoint.safetensors``) is written there
             atomically after every epoch, from which :func:`resume` continues the run.
         checkpoint_every: also write it every this many steps (0: only after epochs).
+        overwrite: replace the run (finished or not) that ``checkpoint_dir`` holds.
 
     Returns:
         A :class:`~mnistfx.Run` with the parameters, per-epoch history and validation / test metrics.
 
     Raises:
-        UnfinishedRunError: ``checkpoint_dir`` holds the checkpoint of an unfinished run.
+        RunFolderError: ``checkpoint_dir`` holds a run, or another process is writing into it.
+        MnistfxError: the loss stopped being finite, or a checkpoint could not be written.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig (see mnistfx.recipe), not {type(config).__name__}")
-    return _Loop(config, None, data, on_event, checkpoint_dir, checkpoint_every).run()
+    return _Loop(config, None, data, on_event, checkpoint_dir, checkpoint_every, overwrite=overwrite).run()
 
 
 def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = None,
@@ -65,20 +73,22 @@ def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = No
     """Continue the run whose checkpoint is in ``run_dir``, as :func:`train` would have gone on.
 
     On the CPU the result is bit-identical to the uninterrupted run's. Checkpoints keep being
-    written to ``run_dir`` (a folder, or the checkpoint file in it); ``data_root`` overrides the
-    run's data folder; other arguments as for :func:`train`.
+    written to ``run_dir`` (a folder, or the checkpoint file in it). Every field of the checkpoint
+    is checked as untrusted input, and no path is taken from it: MNIST is read from ``data_root``
+    (default: :func:`~mnistfx.default_root`), not from the folder the run was started with.
+    Other arguments as for :func:`train`.
     """
-    run_dir = run_folder(run_dir)
     ckpt = load_checkpoint(run_dir)
+    run_dir = run_folder(run_dir)
     try:
         resolve_device(ckpt.config.device)
     except ConfigError:
         raise ConfigError(f"{run_dir} was trained on {ckpt.config.device}, which is not available here: resume it "
                           "where that device is (its checkpoint holds that device's random state)") from None
-    return _Loop(ckpt.config, ckpt, data, on_event, run_dir, checkpoint_every, data_root).run()
+    return _Loop(ckpt.config, ckpt, data, on_event, run_dir, checkpoint_every, data_root=data_root).run()
 
 
-def train_val_split(seed: int, val_size: int, n: int = 60000) -> tuple[torch.Tensor, torch.Tensor]:
+def train_val_split(seed: int, val_size: int, n: int = MNIST_TRAIN_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """The seed's fixed ``(train, validation)`` index split of the ``n`` training images."""
     g = torch.Generator().manual_seed(fold_in(seed, "split"))
     perm = torch.randperm(n, generator=g)
@@ -93,25 +103,28 @@ class _Loop:
     """One run: checked and set up when made, trained by :meth:`run` (from ``start`` if given)."""
 
     def __init__(self, config: TrainConfig, start: Checkpoint | None, data, on_event, checkpoint_dir,
-                 checkpoint_every, data_root=None):
+                 checkpoint_every, *, data_root=None, overwrite: bool = False):
         self.t_start = time.perf_counter()
-        self.config, self.start = config, start
-        self.every = check_whole("checkpoint-every", checkpoint_every, 0)
+        self.config, self.start, self.data, self.overwrite = config, start, data, overwrite
+        self.data_root = config.data_root if start is None else data_root
+        self.every = check_whole("checkpoint-every", checkpoint_every, 0, MAX_CHECKPOINT_EVERY)
         self.device = resolve_device(config.device)
         self.model = get_model(config.model)
         self.emit = on_event or _ignore
-        self.dir = None
-        if checkpoint_dir is not None:
-            if start is None:
-                check_no_unfinished_run(checkpoint_dir)
-            self.dir = prepare_run_dir(checkpoint_dir)
-        self.emit("config", config=config, resumed=start is not None)
-        if data is None:
-            self.emit("loading")
-            data = load_mnist(data_root if data_root is not None else config.data_root)
-        self.data = data
+        self.dir = None if checkpoint_dir is None else prepare_run_dir(checkpoint_dir)
 
     def run(self) -> Run:
+        """Train under the run folder's lock (if there is a folder)."""
+        with run_lock(self.dir) if self.dir is not None else contextlib.nullcontext():
+            if self.dir is not None and self.start is None:
+                check_run_dir(self.dir, overwrite=self.overwrite)
+            self.emit("config", config=self.config, resumed=self.start is not None)
+            if self.data is None:
+                self.emit("loading")
+                self.data = load_mnist(self.data_root)
+            return self._run()
+
+    def _run(self) -> Run:
         cfg, model, device = self.config, self.model, self.device
         train_idx, val_idx = train_val_split(cfg.seed, cfg.val_size)
         train_idx = train_idx[:cfg.n_train]
@@ -201,6 +214,7 @@ class _Loop:
                 self.compiling = False
                 compile_seconds = self.result.compile_seconds = time.perf_counter() - t_compile
             if end // report_every > i // report_every or end == n_steps:
+                self._check_finite(epoch, end)
                 elapsed = time.perf_counter() - t_epoch - compile_seconds  # img/s counts training, not compiling
                 self.emit("step", epoch=epoch, step=end, loss=losses[-1].item(),
                           img_per_s=(end - begin) * batch / max(elapsed, 1e-9))
@@ -209,12 +223,26 @@ class _Loop:
                 self._save(epoch, end, self.perm)
         return compile_seconds
 
+    def _check_finite(self, epoch: int, step: int) -> None:
+        """Stop a run whose loss is no longer finite (one wait for the device; the sum covers every step)."""
+        loss_sum = self.loss_sum.item()
+        if not math.isfinite(loss_sum):
+            where = f"; its last checkpoint in {self.dir} is from before" if self.dir is not None else ""
+            raise MnistfxError(f"training diverged at epoch {epoch}, step {step}: the loss is {loss_sum} "
+                               f"(lr {self.config.lr:g} is likely too high){where}: start again with a lower --lr")
+
     def _save(self, epoch: int, step: int, perm) -> None:
         """Write the checkpoint (if the run has a folder) and tell the caller."""
         if self.dir is None:
             return
-        save_checkpoint(self.dir / CHECKPOINT_FILE, Checkpoint(
-            self.config, epoch, step, self.params, self.opt_state,
-            {k: g.get_state() for k, g in self.generators.items()}, perm, self.loss_sum,
-            self.result.history, self.result.compile_seconds))
+        self._check_finite(epoch, step)
+        path = self.dir / CHECKPOINT_FILE
+        try:
+            save_checkpoint(path, Checkpoint(
+                self.config, epoch, step, self.params, self.opt_state,
+                {k: g.get_state() for k, g in self.generators.items()}, perm, self.loss_sum,
+                self.result.history, self.result.compile_seconds))
+        except OSError as e:
+            raise MnistfxError(f"cannot write the checkpoint {path} ({e.strerror}); the previous one is whole: "
+                               f"make room, then continue with --resume {self.dir}") from None
         self.emit("checkpoint", epoch=epoch, step=step)

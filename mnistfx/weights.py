@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ._io import atomic_write_bytes
-from .errors import WeightsError
+from ._io import atomic_write_bytes, read_limited, to_json
 from .constants import MODELS
+from .errors import WeightsError
 from .models import Model, check_params, get_model
+
+WEIGHTS_MAX_BYTES = 1 << 30  # far above any model's weights or checkpoint (an 8-member cnn ensemble's is 0.25 GB)
+PTH_MAX_BYTES = 256 << 20    # a notebook checkpoint, inflated (the published one is 1.9 MB)
+_HEADER_MAX_BYTES = 100 << 20  # safetensors' own limit
+_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}  # what torch and mnistfx read
+_FIX = "pass a weights.safetensors written by `mnistfx train`"
 
 # The notebook saved an nn.Module with two nn.Sequential blocks; its indices map to our names.
 NOTEBOOK_KEYS = {
@@ -35,42 +41,80 @@ def save_weights(path, params: dict[str, torch.Tensor], metadata: dict | None = 
     if not isinstance(params, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                for k, v in params.items()):
         raise TypeError("params must be a dict from names (str) to tensors")
+    check_finite(params, source=f"not saving {path}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
-    meta = {str(k): json.dumps(v) for k, v in (metadata or {}).items()}
+    meta = {str(k): to_json(v) for k, v in (metadata or {}).items()}
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
 def load_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a safetensors file written by :func:`save_weights`.
 
+    The file's size and kind are checked before it is read, and its header (tensor dtypes,
+    metadata) before any tensor is made.
+
     Returns:
         ``(params, metadata)``: CPU tensors and the decoded metadata.
 
     Raises:
-        WeightsError: the file is missing, empty or not safetensors.
+        WeightsError: the file is missing, not a regular file, too large, empty, not
+            safetensors, or holds a dtype or metadata mnistfx does not read.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise WeightsError(f"cannot read weights {path} ({e.strerror}): pass a weights.safetensors "
-                           "written by `mnistfx train`") from None
+    data = read_limited(path, WEIGHTS_MAX_BYTES, what="weights", fix=_FIX, error=WeightsError)
     if not data:
-        raise WeightsError(f"weights file {path} is empty: pass a weights.safetensors written by `mnistfx train`")
+        raise WeightsError(f"weights file {path} is empty: {_FIX}")
+    raw_meta = _read_header(path, data)
     try:
         params = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        raw_meta = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
-    except (SafetensorError, ValueError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path} is not a safetensors file ({str(e).splitlines()[0][:80]}): pass a "
-                           "weights.safetensors written by `mnistfx train`") from None
+    except Exception as e:  # safetensors' own checks (offsets, sizes): all mean "not safetensors"
+        raise WeightsError(f"{path} is not a safetensors file ({_first_line(e)}): {_FIX}") from None
     meta = {}
     for k, v in raw_meta.items():
         try:
             meta[k] = json.loads(v)
         except ValueError:
             meta[k] = v  # written by another tool: keep the plain string
+        except RecursionError:
+            raise WeightsError(f"{path} has metadata {k!r} nested too deep to read: {_FIX}") from None
     return params, meta
+
+
+def _read_header(path: Path, data: bytes) -> dict:
+    """Check a safetensors header (size, JSON, dtypes) and return its string metadata."""
+    def bad(reason):
+        return WeightsError(f"{path} is not a safetensors file ({reason}): {_FIX}")
+
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 0 < size <= min(len(data) - 8, _HEADER_MAX_BYTES):
+        raise bad("header too large" if size > 0 else "too short")
+    try:
+        header = json.loads(data[8:8 + size])
+    except (ValueError, RecursionError) as e:
+        raise bad(f"invalid JSON in header: {_first_line(e)}") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise bad("its metadata is not a map of strings")
+    for name, entry in header.items():
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        if dtype not in _DTYPES:
+            raise WeightsError(f"{path}: tensor {name} has dtype {dtype!r}, which mnistfx does not read "
+                               f"({', '.join(sorted(_DTYPES))}): {_FIX}")
+    return meta
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:80]
+
+
+def check_finite(params: dict, *, source: str) -> None:
+    """Raise :class:`WeightsError` if a float tensor of ``params`` holds NaN or infinity."""
+    for k, v in params.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise WeightsError(f"{source}: {k} holds NaN or infinite values (the run diverged): train again "
+                               "with a lower --lr")
 
 
 def load_model_weights(path, model: str | None = None) -> tuple[Model, dict[str, torch.Tensor], dict]:
@@ -95,6 +139,9 @@ def load_model_weights(path, model: str | None = None) -> tuple[Model, dict[str,
         meta = {"model": name, "source": "notebook checkpoint"}
     else:
         params, meta = load_weights(path)
+        if str(meta.get("format", "")).startswith("mnistfx-checkpoint"):
+            raise WeightsError(f"{path} is a training checkpoint, not weights: pass the weights.safetensors "
+                               "beside it (or continue the run with --resume)")
         name = meta.get("model")
     if name is None:
         name = model or _guess_model(params)
@@ -104,6 +151,7 @@ def load_model_weights(path, model: str | None = None) -> tuple[Model, dict[str,
         raise WeightsError(f"{path} holds {name} weights, not {model}: pass --model {name} or other weights")
     m = get_model(name)
     check_params(m, params, source=str(path), dtype=torch.float32)
+    check_finite(params, source=str(path))
     return m, params, meta
 
 
@@ -123,8 +171,11 @@ def import_notebook_checkpoint(path) -> tuple[str, dict[str, torch.Tensor]]:
     Returns:
         ``(model_name, params)``.
     """
+    _check_zip(Path(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # its notes on what it checks would be lines of their own
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, zip errors: all mean "not weights"
         raise WeightsError(f"{path} is not a plain PyTorch state_dict ({str(e).splitlines()[0][:100]}): "
                            "only tensors are loaded, never pickled code") from None
@@ -132,8 +183,33 @@ def import_notebook_checkpoint(path) -> tuple[str, dict[str, torch.Tensor]]:
         raise WeightsError(f"{path} is not a state_dict of tensors")
     params = {}
     for key, value in state.items():
+        if not isinstance(key, str):
+            raise WeightsError(f"{path} has a key {key!r} that is not a tensor name: not a notebook checkpoint")
+        if value.layout != torch.strided or value.is_meta or not value.is_floating_point():
+            raise WeightsError(f"{path}: {key} is not a dense float tensor with data ({value.layout}, "
+                               f"{value.dtype}, {value.device}): not a notebook checkpoint")
         layer, _, kind = key.rpartition(".")
         if layer not in NOTEBOOK_KEYS:
             raise WeightsError(f"{path} has an unexpected tensor {key}: not a notebook checkpoint")
         params[f"{NOTEBOOK_KEYS[layer]}.{kind}"] = value.float().contiguous()
     return _guess_model(params), params
+
+
+def _check_zip(path: Path) -> None:
+    """Refuse a ``.pth`` (a zip) that is too large, or whose entries would inflate past the limit."""
+    fix = "pass the notebook's .pth checkpoint or a weights.safetensors"
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise WeightsError(f"cannot read {path} ({e.strerror}): {fix}") from None
+    if size > PTH_MAX_BYTES:
+        raise WeightsError(f"{path} is {size:,} bytes, more than any notebook checkpoint "
+                           f"({PTH_MAX_BYTES:,}): {fix}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            inflated = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise WeightsError(f"{path} is not a readable zip ({_first_line(e)}): {fix}") from None
+    if inflated > PTH_MAX_BYTES:
+        raise WeightsError(f"{path} would inflate to {inflated:,} bytes, more than any notebook checkpoint "
+                           f"({PTH_MAX_BYTES:,}): {fix}")

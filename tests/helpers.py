@@ -18,7 +18,7 @@ def run_cli(capsys, *args):
 def assert_one_line_error(code, err, *fragments):
     """A non-zero exit and one ``error:`` line on stderr holding every fragment, no traceback."""
     assert code != 0
-    lines = err.strip().splitlines()
+    lines = err.rstrip("\n").split("\n")  # a blank line before the error counts as a line
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     for fragment in fragments:

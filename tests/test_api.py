@@ -29,6 +29,13 @@ def test_every_public_name_resolves_and_says_what_it_does():
         mnistfx.check_config  # noqa: B018 (internal names are not public)
 
 
+def test_the_lazy_table_and_the_eager_imports_for_type_checkers_agree():
+    tree = ast.parse((ROOT / "mnistfx" / "__init__.py").read_text())
+    (guard,) = [n for n in tree.body if isinstance(n, ast.If)]
+    eager = {(node.module, alias.name) for node in guard.body for alias in node.names}
+    assert eager == {(module, name) for name, module in mnistfx._PUBLIC.items()}
+
+
 def test_no_public_name_shadows_a_module():
     for name in mnistfx.__all__:
         assert importlib.util.find_spec(f"mnistfx.{name}") is None, f"mnistfx.{name} is also a module"

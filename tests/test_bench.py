@@ -26,9 +26,9 @@ def test_bench_on_cuda_without_cuda_is_one_line(capsys):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--batch-size", "0"], "0 is not in the range 1<=x<=60000"),
+    (["--batch-size", "0"], "0 is not in the range 1<=x<=8192"),
     (["--kind", "eval"], "'eval' is not one of 'train', 'infer'"),
-    (["--seconds", "0"], "0.0 is not in the range x>0"),
+    (["--seconds", "0"], "0.0 is not in the range 0<x<=60.0"),
     (["--model", "resnet"], "'resnet' is not one of"),
 ])
 def test_bench_bad_arguments(capsys, args, fragment):

@@ -190,22 +190,90 @@ def test_a_checkpoint_whose_position_cannot_be_is_refused(mnist, tmp_path):
     ckpt = mnistfx.load_checkpoint(tmp_path)
     for bad in ({"step": 3}, {"epoch": 5}, {"history": []}):  # mid-epoch without an order; past the end; no history
         mnistfx.save_checkpoint(tmp_path / CHECKPOINT_FILE, dataclasses.replace(ckpt, **bad))
-        with pytest.raises(mnistfx.WeightsError, match="does not fit its run: the file is damaged"):
+        with pytest.raises(mnistfx.WeightsError, match=r"does not fit its run \(position .*the file is damaged"):
             mnistfx.load_checkpoint(tmp_path)
-        with pytest.raises(mnistfx.WeightsError, match="does not fit its run: the file is damaged"):
+        with pytest.raises(mnistfx.WeightsError, match="does not fit its run"):
             mnistfx.resume(tmp_path, data=mnist)
 
 
-def test_train_refuses_to_overwrite_an_unfinished_run(mnist, tmp_path):
+def test_train_refuses_to_overwrite_a_run(mnist, tmp_path):
     with pytest.raises(_Stop):  # interrupted right after its first checkpoint
         mnistfx.train(_small(train_size=320), data=mnist, checkpoint_dir=tmp_path,
                       on_event=lambda kind, **info: _stop_after_first_epoch(kind))
     before = (tmp_path / CHECKPOINT_FILE).read_bytes()
     events = []
-    with pytest.raises(mnistfx.UnfinishedRunError, match="holds an unfinished run"):
+    with pytest.raises(mnistfx.RunFolderError, match="holds an unfinished run"):
         mnistfx.train(_small(train_size=320, seed=9), data=mnist, checkpoint_dir=tmp_path,
                       on_event=lambda kind, **info: events.append(kind))
     assert events == [] and (tmp_path / CHECKPOINT_FILE).read_bytes() == before  # refused before any work
-    mnistfx.check_no_unfinished_run(tmp_path / "elsewhere")  # no checkpoint: nothing to protect
+    mnistfx.check_run_dir(tmp_path / "elsewhere")  # no run there: nothing to protect
     mnistfx.resume(tmp_path, data=mnist)
-    mnistfx.check_no_unfinished_run(tmp_path)  # finished now: a new run may take the folder
+    with pytest.raises(mnistfx.RunFolderError, match="holds a finished run .*pass --overwrite"):
+        mnistfx.check_run_dir(tmp_path)  # finished now: its results are protected too
+    mnistfx.check_run_dir(tmp_path, overwrite=True)
+
+
+def _short_train_args(out):
+    return ["train", "tuned", "--no-compile", "--epochs", "1", "--train-size", "640", "--val-size", "500",
+            "--checkpoint-every", "2", "--out", str(out)]
+
+
+def test_a_full_disk_stops_with_one_line_and_a_whole_checkpoint(tmp_path):
+    import resource
+
+    def small_files():  # every file this process writes is cut off at 3 MB: a checkpoint does not fit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
+
+    done = subprocess.run([MNISTFX, *_short_train_args(tmp_path / "run")], capture_output=True, text=True,
+                          preexec_fn=small_files)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: cannot write the checkpoint") and f"--resume {tmp_path / 'run'}" in line
+    assert not any(p.name == CHECKPOINT_FILE for p in (tmp_path / "run").iterdir())  # nothing half-written
+
+
+def test_a_run_folder_another_process_writes_into_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import mnistfx, sys, time\n"
+                               "with mnistfx.run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = run_cli(capsys, *_short_train_args(out))
+        assert_one_line_error(code, err, "another mnistfx run is writing into", "pass another --out")
+        assert list(out.iterdir()) == []
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert run_cli(capsys, *_short_train_args(out))[0] == 0  # the lock died with its process
+
+
+def test_overwrite_replaces_a_finished_run(tmp_path, capsys):
+    args = _short_train_args(tmp_path / "run")
+    assert run_cli(capsys, *args)[0] == 0
+    first = (tmp_path / "run" / "weights.safetensors").read_bytes()
+    code, _, err = run_cli(capsys, *args)
+    assert_one_line_error(code, err, "holds a finished run", "--overwrite")
+    assert run_cli(capsys, *args[:-2], "--seed", "1", *args[-2:], "--overwrite")[0] == 0
+    assert (tmp_path / "run" / "weights.safetensors").read_bytes() != first
+
+
+def test_resume_takes_no_path_from_the_checkpoint(mnist, tmp_path, monkeypatch):
+    import json
+
+    from safetensors.torch import load_file, safe_open, save_file
+
+    with pytest.raises(_Stop):
+        mnistfx.train(_small(train_size=320), data=mnist, checkpoint_dir=tmp_path / "run",
+                      on_event=lambda kind, **info: _stop_after_first_epoch(kind))
+    path = tmp_path / "run" / CHECKPOINT_FILE
+    with safe_open(path, "pt") as f:
+        meta = {k: json.loads(v) for k, v in f.metadata().items()}
+    chosen = tmp_path / "chosen-by-the-file"
+    meta["config"]["data_root"] = str(chosen)
+    save_file(load_file(path), path, metadata={k: json.dumps(v) for k, v in meta.items()})
+    monkeypatch.setenv("MNISTFX_DATA", str(mnist.root))
+    run = mnistfx.resume(tmp_path / "run")  # MNIST from the default root, not from the file's path
+    assert run.test.n == 10000 and not chosen.exists()
