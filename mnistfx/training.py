@@ -227,9 +227,9 @@ class _Loop:
         """Stop a run whose loss is no longer finite (one wait for the device; the sum covers every step)."""
         loss_sum = self.loss_sum.item()
         if not math.isfinite(loss_sum):
-            where = f"; its last checkpoint in {self.dir} is from before" if self.dir is not None else ""
             raise MnistfxError(f"training diverged at epoch {epoch}, step {step}: the loss is {loss_sum} "
-                               f"(lr {self.config.lr:g} is likely too high){where}: start again with a lower --lr")
+                               f"(lr {self.config.lr:g} is likely too high) and nothing of it was saved: start "
+                               "again with a lower --lr")
 
     def _save(self, epoch: int, step: int, perm) -> None:
         """Write the checkpoint (if the run has a folder) and tell the caller."""
