@@ -5,7 +5,7 @@ import click
 from mnistfx.constants import (BENCH_BATCH_SIZES, BENCH_KINDS, BENCH_MAX_REPEATS, BENCH_MAX_SECONDS, MAX_BATCH_SIZE,
                                MODELS, PRECISIONS)
 
-from .options import console, data_root_option, device_option, json_option, positive
+from .options import console, data_root_option, device_option, json_option, positive, quiet_torch_logs
 
 
 @click.command()
@@ -32,6 +32,7 @@ def bench(device, model, batch_sizes, kinds, precision, seconds, repeats, data_r
     info = {"model": model, "device": env["device"], "device_name": env["device_name"], "precision": precision,
             "torch": env["torch"], "mnistfx": env["mnistfx"]}
     mnistfx.use_compile_cache()
+    quiet_torch_logs()
     ds = mnistfx.load_mnist(data_root)
     out = console(stderr=as_json)
     out.print(" ".join(f"{k}={v}" for k, v in info.items()))

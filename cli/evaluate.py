@@ -2,7 +2,7 @@
 
 import click
 
-from .options import console, data_root_option, device_option, json_option
+from .options import console, data_root_option, device_option, json_option, printable
 
 
 @click.command(name="eval")
@@ -22,10 +22,11 @@ def eval_(weights, device, data_root, as_json):
         click.echo(mnistfx.to_json({"model": model.name, "weights": str(weights), **m.to_dict()}))
         return
     from rich.table import Table
+    from rich.text import Text
 
     out = console()
-    out.print(f"{model.name} from {weights}: test accuracy [bold]{100 * m.accuracy:.2f}%[/] "
-              f"({m.correct}/{m.n}), loss {m.loss:.4f}")
+    out.print(Text.assemble(f"{model.name} from {weights}: test accuracy ", (f"{100 * m.accuracy:.2f}%", "bold"),
+                            f" ({m.correct}/{m.n}), loss {m.loss:.4f}"))
     per_class = Table("digit", "precision", "recall", "F1", "support", title="per class")
     support = m.confusion.sum(1)
     for d in range(10):
@@ -33,7 +34,7 @@ def eval_(weights, device, data_root, as_json):
     out.print(per_class)
     confusion = Table("true \\ pred", *map(str, range(10)), title="confusion matrix")
     for d in range(10):
-        confusion.add_row(str(d), *(f"[bold]{v}[/]" if i == d else (str(v) if v else "·")
+        confusion.add_row(str(d), *(Text(str(v), style="bold") if i == d else (str(v) if v else "·")
                                     for i, v in enumerate(m.confusion[d].tolist())))
     out.print(confusion)
 
@@ -57,4 +58,4 @@ def predict(weights, images, invert, as_json):
         click.echo(mnistfx.to_json(rows))
         return
     for r in rows:
-        click.echo(f"{r['image']}: {r['digit']} ({100 * r['confidence']:.1f}%)")
+        click.echo(f"{printable(r['image'])}: {r['digit']} ({100 * r['confidence']:.1f}%)")

@@ -12,6 +12,7 @@ from mnistfx.errors import MnistfxError
 from .bench import bench
 from .data import data
 from .evaluate import eval_, predict
+from .options import printable
 from .train import train
 
 
@@ -30,19 +31,24 @@ def main(argv=None) -> int:
     try:
         cli.main(args=argv, prog_name="mnistfx", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("error: interrupted", err=True)
+        _error("interrupted")
         return 130
     except click.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "mnistfx"
-        click.echo(f"error: {e.format_message()} (see `{cmd} --help`)", err=True)
+        _error(f"{e.format_message()} (see `{cmd} --help`)")
         return 2
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        _error(e.format_message())
         return e.exit_code
     except MnistfxError as e:
-        click.echo(f"error: {e}", err=True)
+        _error(str(e))
         return 1
     return 0
+
+
+def _error(message: str) -> None:
+    """One line on stderr, whatever the message holds (a path may hold a newline or an escape)."""
+    click.echo("error: " + printable(message), err=True)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,22 @@ def json_option(help: str):
 
 
 def console(stderr: bool = False):
-    """A rich console for plain output (no highlighting, lines not wrapped)."""
+    """A rich console for plain output: no markup (paths may hold brackets), no highlighting, no wrapping."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, markup=False, highlight=False, soft_wrap=True)
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (newline, escape, ...) written as an escape."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def quiet_torch_logs():
+    """Silence torch's 'No CUDA runtime is found' log line, which inductor emits on CPU-only machines."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def recipe_values(field: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import click
 from click.core import ParameterSource
@@ -10,7 +9,7 @@ from click.core import ParameterSource
 from mnistfx.config import RECIPES
 from mnistfx.constants import MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_EPOCHS, MAX_SEED, MAX_STEPS_PER_CALL, MODELS, PRECISIONS
 
-from .options import console, data_root_option, device_option, json_option, positive, recipe_values
+from .options import console, data_root_option, device_option, json_option, positive, quiet_torch_logs, recipe_values
 
 
 def _epoch_line(e: dict) -> str:
@@ -55,7 +54,7 @@ def _epoch_line(e: dict) -> str:
 @click.option("--resume", "resume_dir", type=click.Path(),
               help="Continue the interrupted run in this folder, with its own settings.")
 @click.option("--overwrite", is_flag=True, help="Replace the run the output folder holds (finished or not).")
-@json_option("Print a JSON summary on stdout (progress goes to stderr).")
+@json_option("Print a JSON summary on stdout (stderr: only a progress bar on a terminal, and errors).")
 def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoothing, clean_epochs, precision,
           seed, device, out, no_compile, steps_per_call, no_augment, faithful_fill, val_size, train_size, data_root,
           checkpoint_every, resume_dir, overwrite, as_json):
@@ -85,9 +84,9 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
                              **{k: v for k, v in given.items() if v is not None})
         out = out or mnistfx.default_run_dir(cfg)
     mnistfx.use_compile_cache()
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found"
+    quiet_torch_logs()
     run = _run_with_progress(mnistfx, console(stderr=as_json), cfg, out, resume_dir is not None, data_root,
-                             checkpoint_every or 0, overwrite)
+                             checkpoint_every or 0, overwrite, quiet=as_json)
     paths = mnistfx.save_run(run, out)
     if as_json:
         click.echo(mnistfx.to_json({**run.summary(), "weights": str(paths["weights"]), "history_file": str(paths["history"])}))
@@ -98,8 +97,9 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
     out_console.print(f"wrote {paths['weights']} and {paths['history']}")
 
 
-def _run_with_progress(mnistfx, con, cfg, out, resuming, data_root, checkpoint_every, overwrite):
-    """Train (or resume) with a progress bar per epoch and a line per finished epoch."""
+def _run_with_progress(mnistfx, con, cfg, out, resuming, data_root, checkpoint_every, overwrite, quiet):
+    """Train (or resume) with a progress bar per epoch (on a terminal) and a line per finished epoch
+    (unless ``quiet``: with --json, stderr holds only a transient bar and errors)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -109,7 +109,7 @@ def _run_with_progress(mnistfx, con, cfg, out, resuming, data_root, checkpoint_e
 
     def on_event(kind, **info):
         task = state["task"]
-        if kind == "config":
+        if kind == "config" and not quiet:
             con.print(("resuming: " if resuming else "config: ")
                       + " ".join(f"{k}={v}" for k, v in info["config"].to_dict().items()))
         elif kind == "loading":
@@ -125,7 +125,7 @@ def _run_with_progress(mnistfx, con, cfg, out, resuming, data_root, checkpoint_e
                             speed=f"{info['img_per_s']:,.0f} img/s", description=f"epoch {info['epoch']}/{state['epochs']}")
             if info["step"] == state["total"] and info["epoch"] < state["epochs"]:
                 progress.reset(task, description=f"epoch {info['epoch'] + 1}/{state['epochs']}", loss="-", speed="")
-        elif kind == "epoch":
+        elif kind == "epoch" and not quiet:
             progress.console.print(_epoch_line(info))
 
     with progress:

@@ -21,22 +21,37 @@ def check_whole(name: str, value, lo: int, hi: int | None = None, *, hi_name: st
     """``value`` as an int, or ``error`` saying it must be a whole number in ``[lo, hi]``."""
     if not is_whole(value) or value < lo or (hi is not None and value > hi):
         bounds = f"≥ {lo}" if hi is None else f"from {lo} to {hi_name or hi}"
-        raise error(f"{name} must be a whole number {bounds}{why}, not {value!r}")
+        raise error(f"{name} must be a whole number {bounds}{why}, not {_short(value)}")
     return int(value)
 
 
 def check_fraction(name: str, value) -> float:
     """``value`` as a float in [0, 1], or a :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        raise ConfigError(f"{name} must be a fraction between 0 and 1, not {value!r}")
+    if not (is_finite(value) and 0 <= value <= 1):
+        raise ConfigError(f"{name} must be a fraction between 0 and 1, not {_short(value)}")
     return float(value)
+
+
+def is_finite(value) -> bool:
+    """A real number (not a bool) that is finite as a float (a huge int is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_positive(name: str, value) -> float:
     """``value`` as a finite float > 0, or a :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be a positive number, not {value!r}")
+    if not (is_finite(value) and value > 0):
+        raise ConfigError(f"{name} must be a positive number, not {_short(value)}")
     return float(value)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_choice(name: str, value, choices) -> str:

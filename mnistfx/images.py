@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.nn import functional as F
 
 from ._io import read_limited
@@ -25,14 +25,16 @@ IMAGE_MAX_BYTES = 50 << 20      # far above a phone photo's JPEG
 IMAGE_MAX_PIXELS = 40_000_000   # as claimed by the header, checked before decoding
 IMAGE_MAX_ASPECT = 100          # a row of a hundred digits; longer strips are not digit images
 DECODE_SIDE = 1024              # images are shrunk to about this many pixels a side before conversion
+JPEG_MAX_SCANS = 64            # a progressive JPEG has about ten; each one more is a full decoding pass
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")  # no ICO or other containers of images
 _FIX = "pass a PNG or JPEG of one digit"
 
 
 def read_digit_images(paths, *, invert: bool = False) -> torch.Tensor:
     """Read image files as a uint8 batch (N, 28, 28): grayscale, resized to 28×28.
 
-    16-bit images are scaled to 8 bits. In an image with transparency the opaque pixels are the
-    digit, whatever their colour (so ``invert`` does not apply to it).
+    16-bit and float images are scaled to 8 bits, EXIF orientation is applied, and transparent
+    pixels are background (black, or white with ``invert``).
 
     Arguments:
         paths: PNG or JPEG files, each holding one digit.
@@ -46,27 +48,35 @@ def read_digit_images(paths, *, invert: bool = False) -> torch.Tensor:
     """
     out = []
     for path in map(Path, paths):
-        gray, from_alpha = _decode(path)
+        gray, alpha = _decode(path)
+        if alpha is not None:  # transparent is background: black, or white for dark digits (invert)
+            gray = np.rint(gray * alpha + (255.0 if invert else 0.0) * (1 - alpha)).clip(0, 255).astype(np.uint8)
         if int(gray.max()) - int(gray.min()) <= 8:
-            raise MnistfxError(f"{path} shows no digit (every pixel is about the same shade): {_FIX}")
+            hint = "" if invert else " (a dark digit on a transparent background needs --invert)" * (alpha is not None)
+            raise MnistfxError(f"{path} shows no digit (every pixel is about the same shade){hint}: {_FIX}")
         img = torch.from_numpy(gray)
         if img.shape != (28, 28):
             img = F.interpolate(img[None, None].float(), size=(28, 28), mode="bilinear", antialias=True,
                                 align_corners=False)[0, 0].round().clamp(0, 255).to(torch.uint8)
-        out.append(255 - img if invert and not from_alpha else img)
+        out.append(255 - img if invert else img)
     return torch.stack(out)
 
 
-def _decode(path: Path) -> tuple[np.ndarray, bool]:
-    """The image as uint8 gray (H, W), and whether it came from the alpha channel."""
+def _decode(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image as gray (H, W), uint8, or float with its alpha (H, W) in [0, 1] if it has transparency."""
     data = read_limited(path, IMAGE_MAX_BYTES, what="image", fix=_FIX, error=MnistfxError)
     limits = (f"images of up to {IMAGE_MAX_PIXELS:,} pixels, at most {IMAGE_MAX_ASPECT} times as long as wide, "
               f"are read: {_FIX}")
+    scans = data.count(b"\xff\xda")  # JPEG start-of-scan markers (0xFF is escaped inside scan data)
+    if data[:2] == b"\xff\xd8" and scans > JPEG_MAX_SCANS:
+        raise MnistfxError(f"{path} is a JPEG of {scans} scans (decoding each costs a full pass; photos have "
+                           f"at most a dozen): {_FIX}")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd files would be lines of their own
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                img = Image.open(io.BytesIO(data))  # reads the header only
+                img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own, larger limit
                 claimed = re.search(r"\((\d+) pixels\)", str(e))
                 raise MnistfxError(f"{path} claims {int(claimed[1]):,} pixels: {limits}" if claimed
@@ -77,30 +87,30 @@ def _decode(path: Path) -> tuple[np.ndarray, bool]:
                 raise MnistfxError(f"{path} claims {width}×{height} pixels: {limits}")
             img.draft(img.mode, (DECODE_SIDE, DECODE_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 size
             img.load()
+            img = ImageOps.exif_transpose(img)  # as a viewer shows it
             return _gray(img)
     except MnistfxError:
         raise
     except Exception as e:  # PIL's decoders raise OSError, ValueError, SyntaxError, EOFError and more alike
-        raise MnistfxError(f"{path} is not an image file (PNG, JPEG, ...) that can be decoded "
+        raise MnistfxError(f"{path} is not an image file ({', '.join(FORMATS)}) that can be decoded "
                            f"({type(e).__name__}): {_FIX}") from None
 
 
-def _gray(img: Image.Image) -> tuple[np.ndarray, bool]:
-    if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit (or wider) gray: scale, not clip
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8))
+def _gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 gray of a decoded image, shrunk to about :data:`DECODE_SIDE`; transparency as 0 alpha."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit (or wider, or float) gray: scale, not clip
+        a = np.asarray(img)
+        top = 1.0 if img.mode == "F" and a.max(initial=0) <= 1 else (
+            65535 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255)
+        img = Image.fromarray(np.clip(np.rint(a.astype(np.float32) * (255.0 / top)), 0, 255).astype(np.uint8))
     alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     img = img.convert("RGBA" if alpha else "RGB")
     factor = math.ceil(max(img.size) / DECODE_SIDE)
     if factor > 1:
         img = img.reduce(factor)  # box filter: what the resize to 28×28 would average anyway
-    if alpha:
-        a = np.asarray(img)[..., 3]
-        if a.min() < 255:  # real transparency: the opaque strokes are the digit
-            return np.ascontiguousarray(a), True
-        img = img.convert("RGB")
-    rgb = np.asarray(img, dtype=np.float32)
+    rgba = np.asarray(img, dtype=np.float32)
     # ITU-R 601 luma, as torchvision's rgb_to_grayscale computes it (then truncated to uint8)
-    gray = rgb[..., 0] * 0.2989 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    return gray.clip(0, 255).astype(np.uint8), False
+    gray = rgba[..., 0] * 0.2989 + rgba[..., 1] * 0.587 + rgba[..., 2] * 0.114
+    if alpha:
+        return gray, rgba[..., 3] / 255.0
+    return gray.clip(0, 255).astype(np.uint8), None

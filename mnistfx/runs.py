@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def check_run_dir(path, *, overwrite: bool = False) -> None:
         return
     try:
         ckpt = load_checkpoint(path / CHECKPOINT_FILE) if CHECKPOINT_FILE in present else None
-    except MnistfxError:
+    except MnistfxError:  # load_checkpoint turns every failure into one
         ckpt = None  # damaged: there is nothing to continue, but the folder still holds a run's files
     if ckpt is not None and not ckpt.finished:
         raise RunFolderError(f"{path} holds an unfinished run (epoch {ckpt.epoch} of {ckpt.config.epochs}): continue "
@@ -154,9 +155,8 @@ def prepare_run_dir(path) -> Path:
             raise MnistfxError(f"{path / name} is in the way (not a regular file): remove it or pass another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".mnistfx-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=path):  # a nameless file where the system allows: no name is taken
+            pass
     except OSError as e:
         raise MnistfxError(f"cannot write to output folder {path} ({e.strerror}): pass --out with a writable folder") from None
     remove_stale_temps(path, RUN_FILES)

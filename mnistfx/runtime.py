@@ -61,7 +61,7 @@ def use_compile_cache(folder=None) -> Path | None:
 def _can_create(folder: Path) -> bool:
     """Whether ``folder`` is a writable folder or could be made one (nothing is created here)."""
     for path in (folder, *folder.parents):
-        if path.exists():
+        if os.path.lexists(path):  # a dangling link is there, and no folder can be made through it
             return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
     return False
 

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from ._checks import check_choice
 from .augment import random_affine
 from .constants import PRECISIONS
+from .errors import MnistfxError
 from .models import Model, check_images
 from .optim import Optimizer
 
@@ -75,9 +76,29 @@ def make_multi_step(step: Callable, k: int) -> Callable:
 
 
 def compile_step(fn: Callable, device) -> Callable:
-    """``fn`` as one ``torch.compile``\\ d graph with static shapes, compiled for ``device``."""
+    """``fn`` as one ``torch.compile``\\ d graph with static shapes, compiled for ``device``.
+
+    Compiling happens at the first call; if it fails (no C++ compiler, a cache folder that cannot
+    be written, ...), that call raises a one-line :class:`~mnistfx.MnistfxError` that says so.
+    """
     options = CPU_COMPILE_OPTIONS if torch.device(device).type == "cpu" else None
-    return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+    ready = False
+
+    def call(*args):
+        nonlocal ready
+        if ready:
+            return compiled(*args)
+        try:
+            out = compiled(*args)
+        except Exception as e:  # inductor wraps what went wrong (OSError, CalledProcessError, ...) in its own errors
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
+            raise MnistfxError(f"torch.compile failed ({cause}): run with --no-compile, or point "
+                               "TORCHINDUCTOR_CACHE_DIR at a writable folder with room") from None
+        ready = True
+        return out
+
+    return call
 
 
 def augment_batch(model: Model, x01: torch.Tensor, *, key, faithful_fill: bool = False) -> torch.Tensor:

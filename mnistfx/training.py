@@ -23,12 +23,13 @@ from .checkpoint import GENERATORS, Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import MNIST, load_mnist
 from .constants import MAX_CHECKPOINT_EVERY, MNIST_TRAIN_SIZE
-from .errors import ConfigError, MnistfxError, WeightsError
+from .errors import ConfigError, MnistfxError, RunFolderError, WeightsError
 from .metrics import evaluate
 from .models import get_model
 from .optim import adam, lr_schedule
 from .rng import fold_in
-from .runs import CHECKPOINT_FILE, Run, check_run_dir, prepare_run_dir, run_folder, run_lock
+from .runs import (CHECKPOINT_FILE, HISTORY_FILE, WEIGHTS_FILE, Run, check_run_dir, prepare_run_dir, run_folder,
+                   run_lock)
 from .runtime import resolve_device
 from .step import batch_inputs, compile_step, make_multi_step, make_train_step
 
@@ -61,6 +62,7 @@ def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable 
 
     Raises:
         RunFolderError: ``checkpoint_dir`` holds a run, or another process is writing into it.
+        MnistfxError: ``torch.compile`` failed (e.g. its cache folder cannot be written).
         MnistfxError: the loss stopped being finite, or a checkpoint could not be written.
     """
     if not isinstance(config, TrainConfig):
@@ -80,6 +82,8 @@ def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = No
     """
     ckpt = load_checkpoint(run_dir)
     run_dir = run_folder(run_dir)
+    if ckpt.finished and all((run_dir / name).is_file() for name in (WEIGHTS_FILE, HISTORY_FILE)):
+        raise RunFolderError(f"{run_dir} holds a finished run, with its weights: there is nothing to resume")
     try:
         resolve_device(ckpt.config.device)
     except ConfigError:

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ._io import atomic_write_bytes, read_limited, to_json
+from ._io import atomic_write_bytes, open_checked, to_json
 from .constants import MODELS
 from .errors import WeightsError
 from .models import Model, check_params, get_model
@@ -21,6 +21,7 @@ PTH_MAX_BYTES = 256 << 20    # a notebook checkpoint, inflated (the published on
 _HEADER_MAX_BYTES = 100 << 20  # safetensors' own limit
 _DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}  # what torch and mnistfx read
 _FIX = "pass a weights.safetensors written by `mnistfx train`"
+_LAYER_MAX_ELEMENTS = 4_000_000  # the largest notebook layer, cnn's fc1, has 2,458,624
 
 # The notebook saved an nn.Module with two nn.Sequential blocks; its indices map to our names.
 NOTEBOOK_KEYS = {
@@ -61,10 +62,20 @@ def load_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
             safetensors, or holds a dtype or metadata mnistfx does not read.
     """
     path = Path(path)
-    data = read_limited(path, WEIGHTS_MAX_BYTES, what="weights", fix=_FIX, error=WeightsError)
-    if not data:
-        raise WeightsError(f"weights file {path} is empty: {_FIX}")
-    raw_meta = _read_header(path, data)
+    with open_checked(path, WEIGHTS_MAX_BYTES, what="weights", fix=_FIX, error=WeightsError) as (f, size):
+        if size == 0:
+            raise WeightsError(f"weights file {path} is empty: {_FIX}")
+        try:
+            head = f.read(8)
+            header_size = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if 0 < header_size <= min(size - 8, _HEADER_MAX_BYTES):  # else _read_header says why
+                head += f.read(header_size)
+                raw_meta = _read_header(path, head)  # checked before the tensors are read
+                data = head + f.read(size - len(head))
+            else:
+                raw_meta = _read_header(path, head)
+        except OSError as e:
+            raise WeightsError(f"cannot read weights {path} ({e.strerror}): {_FIX}") from None
     try:
         params = st_load(data)
     except Exception as e:  # safetensors' own checks (offsets, sizes): all mean "not safetensors"
@@ -86,7 +97,7 @@ def _read_header(path: Path, data: bytes) -> dict:
         return WeightsError(f"{path} is not a safetensors file ({reason}): {_FIX}")
 
     size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
-    if not 0 < size <= min(len(data) - 8, _HEADER_MAX_BYTES):
+    if not 0 < size <= min(len(data) - 8, _HEADER_MAX_BYTES):  # data: at least the header
         raise bad("header too large" if size > 0 else "too short")
     try:
         header = json.loads(data[8:8 + size])
@@ -188,6 +199,9 @@ def import_notebook_checkpoint(path) -> tuple[str, dict[str, torch.Tensor]]:
         if value.layout != torch.strided or value.is_meta or not value.is_floating_point():
             raise WeightsError(f"{path}: {key} is not a dense float tensor with data ({value.layout}, "
                                f"{value.dtype}, {value.device}): not a notebook checkpoint")
+        if value.numel() > _LAYER_MAX_ELEMENTS:  # before any copy: a zero-stride view claims what it lacks
+            raise WeightsError(f"{path}: {key} has shape {tuple(value.shape)}, more elements than any notebook "
+                               "layer: not a notebook checkpoint")
         layer, _, kind = key.rpartition(".")
         if layer not in NOTEBOOK_KEYS:
             raise WeightsError(f"{path} has an unexpected tensor {key}: not a notebook checkpoint")

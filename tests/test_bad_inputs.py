@@ -608,6 +608,81 @@ def bench_batch_of_the_whole_data_set(tmp_path, ctx):
     return ["bench", "--batch-size", "60000"]
 
 
+# found by attacking the first round of fixes
+@case("is a JPEG of 76 scans", "at most a dozen")
+def progressive_jpeg_with_a_scan_repeated(tmp_path, ctx):
+    from PIL import Image
+
+    path = tmp_path / "scans.jpg"
+    Image.new("L", (64, 64), 128).save(path, progressive=True)
+    data = path.read_bytes()
+    last = data.rindex(b"\xff\xda")  # each copy of the last scan is one more full decoding pass
+    path.write_bytes(data[:-2] + data[last:-2] * 70 + data[-2:])
+    return _predict(ctx, path)
+
+
+@case("has shape (20000, 20000), more elements than any notebook layer")
+def pth_holding_a_zero_stride_view(tmp_path, ctx):
+    torch.save({"Convolutional_layers.0.weight": torch.zeros(1).expand(20000, 20000)}, tmp_path / "w.pth")
+    return ["eval", str(tmp_path / "w.pth")]
+
+
+@case("t10k-labels-idx1-ubyte is not a regular file", "remove it")
+def data_file_replaced_by_a_fifo(tmp_path, ctx):
+    import os
+
+    root = _data_copy(tmp_path, ctx)
+    (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    os.mkfifo(root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte")  # not "missing": never fetched over
+    return ["eval", str(ctx["weights"]), "--data-root", str(root)]
+
+
+@case("holds a finished run, with its weights: there is nothing to resume")
+def resume_of_a_finished_run(tmp_path, ctx):
+    out = tmp_path / "run"
+    assert main(["train", "tuned", "--no-compile", "--epochs", "1", "--train-size", "64", "--val-size", "500",
+                 "--out", str(out)]) == 0
+    return ["train", "--resume", str(out)]
+
+
+@case("incomplete or damaged", "compile_seconds must be a number of seconds")
+def checkpoint_with_a_number_too_large_for_a_float(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: m.update(compile_seconds=10**400))
+
+
+@case("lr must be a positive number, not 1000000000000000000000000000000000000...")
+def checkpoint_lr_too_large_for_a_float(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: m["config"].update(lr=10**400))
+
+
+@case("an Adam second moment below zero")
+def checkpoint_with_a_negative_second_moment(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: t["opt/nu/fc1.bias"].fill_(-1.0))
+
+
+@case("a dropout generator state of 16 bytes, not a CPU generator's")
+def checkpoint_generator_state_cut_short(tmp_path, ctx):
+    return _tampered(tmp_path, ctx, lambda t, m: t.update({"rng/dropout": t["rng/dropout"][:16].clone()}))
+
+
+@case("cannot read weights", "no\\nsuch.safetensors")
+def path_with_a_newline(tmp_path, ctx):
+    return ["eval", str(tmp_path / "no\nsuch.safetensors")]
+
+
+@case("is not an image file (PNG, JPEG, BMP, GIF, TIFF, WEBP, PPM)")
+def icon_file_holding_images(tmp_path, ctx):
+    from PIL import Image
+
+    Image.new("L", (64, 64), 255).save(tmp_path / "digit.ico")
+    return _predict(ctx, tmp_path / "digit.ico")
+
+
+@case("cannot read wheel", "No such file")
+def wheel_given_while_the_data_is_present(tmp_path, ctx):
+    return ["data", "--root", str(_data_copy(tmp_path, ctx)), "--wheel", str(tmp_path / "nowhere.whl")]
+
+
 def _train(tmp_path, *bad):
     """`mnistfx train` with one bad value, kept short in case the value were ever accepted."""
     short = {"--epochs": "1", "--train-size": "64"}

@@ -27,15 +27,17 @@ def test_16_bit_pngs_are_scaled_not_clipped(digits, tmp_path):
     assert (x.int() - digits.int()).abs().max() <= 1  # gray as RGB luma: 255 reads as 254, as it always did
 
 
-def test_a_dark_digit_on_a_transparent_background_is_the_digit(digits, tmp_path):
+def test_a_dark_digit_on_a_transparent_background_needs_invert(digits, tmp_path):
     paths = []
     for i, d in enumerate(digits):
         rgba = np.zeros((28, 28, 4), np.uint8)  # black strokes, transparent elsewhere
         rgba[..., 3] = d.numpy()
         Image.fromarray(rgba, "RGBA").save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
-    assert torch.equal(mnistfx.read_digit_images(paths), digits)
-    assert torch.equal(mnistfx.read_digit_images(paths, invert=True), digits)  # the opaque strokes are the digit
+    # Transparent is background: white for a dark digit (--invert), and the digit comes back.
+    assert (mnistfx.read_digit_images(paths, invert=True).int() - digits.int()).abs().max() <= 1
+    with pytest.raises(mnistfx.MnistfxError, match="shows no digit .*needs --invert"):
+        mnistfx.read_digit_images(paths)  # black on black: refused with the fix, not guessed at
 
 
 def test_a_large_photo_is_shrunk_while_decoding_and_still_read(digits, tmp_path):
@@ -57,3 +59,45 @@ def test_strict_json_has_no_nan():
 def test_metrics_from_predictions_checks_its_inputs(pred, labels, message):
     with pytest.raises(ValueError, match=message):
         mnistfx.metrics_from_predictions(pred, labels)
+
+
+def test_exif_orientation_is_applied(digits, tmp_path):
+    upright = 255 - digits[0].numpy()  # dark on light, as a photo
+    stored = Image.fromarray(np.rot90(upright, k=-1).copy())  # stored turned; EXIF says to turn it back
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90° counter-clockwise to display"
+    stored.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    (x,) = mnistfx.read_digit_images([tmp_path / "photo.jpg"], invert=True)
+    assert (x.float() - digits[0].float()).abs().mean() < 6
+
+
+def test_float_images_in_0_1_are_scaled(digits, tmp_path):
+    Image.fromarray(digits[0].numpy().astype(np.float32) / 255, "F").save(tmp_path / "digit.tiff")
+    (x,) = mnistfx.read_digit_images([tmp_path / "digit.tiff"])
+    assert (x.int() - digits[0].int()).abs().max() <= 1
+
+
+def test_brackets_and_newlines_in_paths_are_printed_as_they_are(tuned_weights, tmp_path, capsys):
+    import shutil
+
+    from helpers import run_cli
+
+    (tmp_path / "[").mkdir()
+    odd = tmp_path / "[" / "x][red]w.safetensors"  # "[/x]" closes a tag rich never opened; "[red]" would vanish
+    shutil.copy(tuned_weights, odd)
+    code, out, err = run_cli(capsys, "eval", str(odd))
+    assert code == 0 and f"from {odd}: test accuracy" in out, err
+    digit = tmp_path / "a\nb.png"
+    Image.fromarray(np.kron(np.eye(4, dtype=np.uint8) * 255, np.ones((7, 7), np.uint8))).save(digit)
+    code, out, _ = run_cli(capsys, "predict", str(tuned_weights), str(digit))
+    assert code == 0 and out.count("\n") == 1 and "a\\nb.png" in out
+
+
+def test_a_failed_compile_is_one_line():
+    def graph_break(x):
+        return x + 1 if x.sum() > 0 else x  # data-dependent branch: fullgraph cannot capture it
+
+    step = mnistfx.compile_step(graph_break, "cpu")
+    with pytest.raises(mnistfx.MnistfxError, match="torch.compile failed .*--no-compile") as e:
+        step(torch.ones(3))
+    assert "\n" not in str(e.value)

@@ -111,6 +111,7 @@ def test_a_kill_during_a_save_leaves_the_previous_file_whole(tmp_path):
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()
         data = target.read_bytes()
         assert len(data) == 8 << 20 and data.count(data[:1]) == len(data)  # one whole version
 
