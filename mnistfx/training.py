@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from typing import Callable
 
@@ -115,18 +116,25 @@ class _Loop:
         self.device = resolve_device(config.device)
         self.model = get_model(config.model)
         self.emit = on_event or _ignore
+        self.made_dir = checkpoint_dir is not None and not os.path.lexists(checkpoint_dir)
         self.dir = None if checkpoint_dir is None else prepare_run_dir(checkpoint_dir)
 
     def run(self) -> Run:
-        """Train under the run folder's lock (if there is a folder)."""
-        with run_lock(self.dir) if self.dir is not None else contextlib.nullcontext():
-            if self.dir is not None and self.start is None:
-                check_run_dir(self.dir, overwrite=self.overwrite)
-            self.emit("config", config=self.config, resumed=self.start is not None)
-            if self.data is None:
-                self.emit("loading")
-                self.data = load_mnist(self.data_root)
-            return self._run()
+        """Train under the run folder's lock (if there is a folder); a folder this run made and left
+        empty (it failed before its first checkpoint) is removed."""
+        try:
+            with run_lock(self.dir) if self.dir is not None else contextlib.nullcontext():
+                if self.dir is not None and self.start is None:
+                    check_run_dir(self.dir, overwrite=self.overwrite)
+                self.emit("config", config=self.config, resumed=self.start is not None)
+                if self.data is None:
+                    self.emit("loading")
+                    self.data = load_mnist(self.data_root)
+                return self._run()
+        except BaseException:
+            if self.made_dir and not any(self.dir.iterdir()):
+                self.dir.rmdir()
+            raise
 
     def _run(self) -> Run:
         cfg, model, device = self.config, self.model, self.device
