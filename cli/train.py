@@ -6,8 +6,10 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
+import mnistfx
 from mnistfx.config import RECIPES
-from mnistfx.constants import MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_EPOCHS, MAX_SEED, MAX_STEPS_PER_CALL, MODELS, PRECISIONS
+from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_EPOCHS, MAX_SEED, MAX_STEPS_PER_CALL,
+                               MODELS, PRECISIONS)
 
 from .options import console, data_root_option, device_option, json_option, positive, quiet_torch_logs, recipe_values
 
@@ -67,8 +69,6 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
         _refuse_settings_with_resume(click.get_current_context())
     elif model is None:
         raise click.UsageError("Missing argument 'MODEL': name a model (tuned or cnn), or pass --resume FOLDER.")
-    import mnistfx
-
     if resume_dir is not None:
         out = mnistfx.run_folder(resume_dir)
         cfg = mnistfx.load_checkpoint(out).config
@@ -85,7 +85,7 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
         out = out or mnistfx.default_run_dir(cfg)
     mnistfx.use_compile_cache()
     quiet_torch_logs()
-    run = _run_with_progress(mnistfx, console(stderr=as_json), cfg, out, resume_dir is not None, data_root,
+    run = _run_with_progress(console(stderr=as_json), cfg, out, resume_dir is not None, data_root,
                              checkpoint_every or 0, overwrite, quiet=as_json)
     paths = mnistfx.save_run(run, out)
     if as_json:
@@ -97,7 +97,7 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
     out_console.print(f"wrote {paths['weights']} and {paths['history']}")
 
 
-def _run_with_progress(mnistfx, con, cfg, out, resuming, data_root, checkpoint_every, overwrite, quiet):
+def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, overwrite, quiet):
     """Train (or resume) with a progress bar per epoch (on a terminal) and a line per finished epoch
     (unless ``quiet``: with --json, stderr holds only a transient bar and errors)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -132,8 +132,9 @@ class _Loop:
                     self.data = load_mnist(self.data_root)
                 return self._run()
         except BaseException:
-            if self.made_dir and not any(self.dir.iterdir()):
-                self.dir.rmdir()
+            if self.made_dir:
+                with contextlib.suppress(OSError):
+                    self.dir.rmdir()  # only if empty: an error if the run wrote anything
             raise
 
     def _run(self) -> Run:
