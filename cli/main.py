@@ -12,6 +12,7 @@ from mnistfx.errors import MnistfxError
 from .bench import bench
 from .data import data
 from .evaluate import eval_, predict
+from .notebook import export_notebook, import_notebook
 from .options import printable
 from .train import train
 
@@ -22,7 +23,7 @@ def cli():
     """Handwritten-digit recognition (MNIST) with pure-function PyTorch models."""
 
 
-for command in (data, train, eval_, predict, bench):
+for command in (data, train, eval_, predict, bench, import_notebook, export_notebook):
     cli.add_command(command)
 
 

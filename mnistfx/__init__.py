@@ -33,7 +33,8 @@ _PUBLIC = {
     "Metrics": "metrics", "evaluate": "metrics", "logits": "metrics", "predict": "metrics",
     "metrics_from_predictions": "metrics",
     "save_weights": "weights", "load_weights": "weights", "load_model_weights": "weights",
-    "import_notebook_checkpoint": "weights", "read_digit_images": "images",
+    "import_notebook_checkpoint": "weights", "export_notebook_checkpoint": "weights",
+    "read_digit_images": "images",
     # where it runs, and how fast
     "resolve_device": "runtime", "use_compile_cache": "runtime", "environment": "runtime",
     "benchmark": "bench", "to_json": "_io",
@@ -77,4 +78,5 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .runtime import environment, resolve_device, use_compile_cache
     from .step import augment_batch, batch_inputs, compile_step, make_multi_step, make_train_step
     from .training import resume, train, train_val_split
-    from .weights import import_notebook_checkpoint, load_model_weights, load_weights, save_weights
+    from .weights import (export_notebook_checkpoint, import_notebook_checkpoint, load_model_weights, load_weights,
+                          save_weights)

@@ -9,7 +9,7 @@ from torch import nn
 from torchvision import transforms
 
 from .models import ARCHS
-from .weights import NOTEBOOK_KEYS
+from .weights import to_notebook_state_dict  # noqa: F401 (loads mnistfx params into NotebookNet)
 
 
 class NotebookNet(nn.Module):
@@ -33,12 +33,6 @@ class NotebookNet(nn.Module):
 
     def forward(self, x):
         return self.Linear_layers(self.Convolutional_layers(x).flatten(1))
-
-
-def to_notebook_state_dict(params: dict) -> dict:
-    """mnistfx parameters (``conv1.weight`` ...) under the notebook's names (``Convolutional_layers.0.weight`` ...)."""
-    theirs = {v: k for k, v in NOTEBOOK_KEYS.items()}
-    return {f"{theirs[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in params.items()}
 
 
 def train_transform(name: str):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -30,14 +32,16 @@ NOTEBOOK_KEYS = {
 }
 
 
-def save_weights(path, params: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+def save_weights(path, params: dict[str, torch.Tensor], metadata: dict | None = None, *,
+                 overwrite: bool = True) -> None:
     """Write ``params`` as a safetensors file, atomically.
 
     Arguments:
         path: the file to write.
-        params: a flat dict of tensors (moved to CPU, made contiguous).
+        params: a flat dict of tensors (moved to CPU, made contiguous); NaN or infinity is refused.
         metadata: JSON-serialisable values (model name, config, seed, accuracies, versions);
             each is stored as a JSON string under its key.
+        overwrite: replace an existing file; with ``False`` one is refused.
     """
     if not isinstance(params, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                for k, v in params.items()):
@@ -45,7 +49,14 @@ def save_weights(path, params: dict[str, torch.Tensor], metadata: dict | None = 
     check_finite(params, source=f"not saving {path}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
     meta = {str(k): to_json(v) for k, v in (metadata or {}).items()}
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    _write_new(Path(path), st_save(tensors, metadata=meta), overwrite)
+
+
+def _write_new(path: Path, data: bytes, overwrite: bool) -> None:
+    """Write ``data`` atomically, refusing to replace a file unless ``overwrite``."""
+    if not overwrite and os.path.lexists(path):
+        raise WeightsError(f"{path} exists: pass --overwrite to replace it, or another --out")
+    atomic_write_bytes(path, data)
 
 
 def load_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -207,6 +218,36 @@ def import_notebook_checkpoint(path) -> tuple[str, dict[str, torch.Tensor]]:
             raise WeightsError(f"{path} has an unexpected tensor {key}: not a notebook checkpoint")
         params[f"{NOTEBOOK_KEYS[layer]}.{kind}"] = value.float().contiguous()
     return _guess_model(params), params
+
+
+def to_notebook_state_dict(params: dict) -> dict:
+    """mnistfx parameters (``conv1.weight`` ...) under the notebook's names (``Convolutional_layers.0.weight`` ...)."""
+    theirs = {v: k for k, v in NOTEBOOK_KEYS.items()}
+    return {f"{theirs[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in params.items()}
+
+
+def export_notebook_checkpoint(path, model: Model, params: dict, *, overwrite: bool = False) -> Path:
+    """Write ``params`` as the notebook's ``state_dict`` checkpoint (``.pth``), atomically.
+
+    The notebook's own ``nn.Module`` loads it with ``load_state_dict(strict=True)`` and then
+    predicts what mnistfx predicts.
+
+    Arguments:
+        path: the ``.pth`` file to write.
+        model: the model the parameters are for (checked: names, shapes, float32, finite).
+        params: the parameters.
+        overwrite: replace an existing file (default: refuse to).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    check_params(model, params, source="params", dtype=torch.float32)
+    check_finite(params, source="params")
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in to_notebook_state_dict(params).items()}, buffer)
+    _write_new(path, buffer.getvalue(), overwrite)
+    return path
 
 
 def _check_zip(path: Path) -> None:

@@ -683,6 +683,18 @@ def wheel_given_while_the_data_is_present(tmp_path, ctx):
     return ["data", "--root", str(_data_copy(tmp_path, ctx)), "--wheel", str(tmp_path / "nowhere.whl")]
 
 
+@case("exists: pass --overwrite to replace it, or another --out")
+def export_over_a_file_of_the_users(tmp_path, ctx):
+    (tmp_path / "mine.pth").write_text("the user's own file")
+    return ["export-notebook", str(ctx["weights"]), "--out", str(tmp_path / "mine.pth")]
+
+
+@case("cannot write", "pass a writable --out")
+def import_into_a_folder_that_does_not_exist(tmp_path, ctx):
+    (tmp_path / "file").write_text("x")
+    return ["import-notebook", str(ctx["weights"]), "--out", str(tmp_path / "file" / "w.safetensors")]
+
+
 def _train(tmp_path, *bad):
     """`mnistfx train` with one bad value, kept short in case the value were ever accepted."""
     short = {"--epochs": "1", "--train-size": "64"}

@@ -120,3 +120,32 @@ def test_weights_round_trip_keeps_metadata(tmp_path):
     assert meta == {"model": "tuned", "config": {"epochs": 3}, "test_accuracy": 0.99}
     assert all(torch.equal(loaded[k], params[k]) for k in params)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_the_notebook_checkpoint_both_ways(notebook_ckpt, trained, mnist, tmp_path, capsys):
+    from mnistfx.notebook import NotebookNet
+
+    weights = tmp_path / "notebook.safetensors"
+    assert run_cli(capsys, "import-notebook", str(notebook_ckpt), "--out", str(weights))[0] == 0
+    code, out, _ = run_cli(capsys, "eval", str(weights), "--json")
+    assert code == 0 and json.loads(out)["correct"] == 9905
+    code, _, err = run_cli(capsys, "import-notebook", str(notebook_ckpt), "--out", str(weights))
+    assert_one_line_error(code, err, "exists: pass --overwrite")
+    # Back to the notebook's format: the same tensors as the published file, under the same names.
+    back = tmp_path / "back.pth"
+    assert run_cli(capsys, "export-notebook", str(weights), "--out", str(back))[0] == 0
+    original = torch.load(notebook_ckpt, map_location="cpu", weights_only=True)
+    exported = torch.load(back, weights_only=True)
+    assert exported.keys() == original.keys() and all(torch.equal(exported[k], original[k].float()) for k in original)
+    # A run of mnistfx's own, exported, loads strictly into the notebook's module and predicts the same.
+    run, _ = trained
+    mine = tmp_path / "mine.pth"
+    assert run_cli(capsys, "export-notebook", str(run / "weights.safetensors"), "--out", str(mine))[0] == 0
+    with torch.random.fork_rng():  # the notebook's module draws its own init from the global RNG
+        net = NotebookNet("tuned").eval()
+    net.load_state_dict(torch.load(mine, weights_only=True), strict=True)
+    model, params, _ = mnistfx.load_model_weights(run / "weights.safetensors")
+    images = mnist.test_images[:1000]
+    with torch.no_grad():
+        theirs = net(model.preprocess(images)).argmax(1)
+    assert torch.equal(theirs, mnistfx.predict(model, params, images))
