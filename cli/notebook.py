@@ -4,6 +4,8 @@ import click
 
 import mnistfx
 
+from .options import printable
+
 
 @click.command(name="import-notebook")
 @click.argument("checkpoint", type=click.Path())
@@ -17,7 +19,7 @@ def import_notebook(checkpoint, out, overwrite):
                                            "mnistfx_version": mnistfx.__version__}, overwrite=overwrite)
     except OSError as e:
         raise mnistfx.WeightsError(f"cannot write {out} ({e.strerror}): pass a writable --out") from None
-    click.echo(f"wrote {model.name} weights to {out}")
+    click.echo(printable(f"wrote {model.name} weights to {out}"))
 
 
 @click.command(name="export-notebook")
@@ -31,4 +33,4 @@ def export_notebook(weights, out, overwrite):
         mnistfx.export_notebook_checkpoint(out, model, params, overwrite=overwrite)
     except OSError as e:
         raise mnistfx.WeightsError(f"cannot write {out} ({e.strerror}): pass a writable --out") from None
-    click.echo(f"wrote {model.name} as the notebook's state_dict to {out}")
+    click.echo(printable(f"wrote {model.name} as the notebook's state_dict to {out}"))

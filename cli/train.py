@@ -11,7 +11,8 @@ from mnistfx.config import RECIPES
 from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_EPOCHS, MAX_SEED, MAX_STEPS_PER_CALL,
                                MODELS, PRECISIONS)
 
-from .options import console, data_root_option, device_option, json_option, positive, quiet_torch_logs, recipe_values
+from .options import (console, data_root_option, device_option, json_option, positive, printable, quiet_torch_logs,
+                      recipe_values)
 
 
 def _epoch_line(e: dict) -> str:
@@ -70,8 +71,8 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
     elif model is None:
         raise click.UsageError("Missing argument 'MODEL': name a model (tuned or cnn), or pass --resume FOLDER.")
     if resume_dir is not None:
+        cfg = mnistfx.load_checkpoint(resume_dir).config  # a folder, or the checkpoint file itself
         out = mnistfx.run_folder(resume_dir)
-        cfg = mnistfx.load_checkpoint(out).config
         if model is not None and model != cfg.model:
             raise click.UsageError(f"{resume_dir} is a run of {cfg.model}, not {model}: drop MODEL or name {cfg.model}")
     else:
@@ -94,7 +95,7 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
     out_console = console()
     out_console.print(f"test accuracy {100 * run.test.accuracy:.2f}% ({run.test.correct}/{run.test.n}), "
                       f"val {100 * run.val.accuracy:.2f}%, {run.seconds:.0f}s (compile {run.compile_seconds:.0f}s)")
-    out_console.print(f"wrote {paths['weights']} and {paths['history']}")
+    out_console.print(printable(f"wrote {paths['weights']} and {paths['history']}"))
 
 
 def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, overwrite, quiet):
@@ -110,8 +111,8 @@ def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, ove
     def on_event(kind, **info):
         task = state["task"]
         if kind == "config" and not quiet:
-            con.print(("resuming: " if resuming else "config: ")
-                      + " ".join(f"{k}={v}" for k, v in info["config"].to_dict().items()))
+            con.print(printable(("resuming: " if resuming else "config: ")
+                                + " ".join(f"{k}={v}" for k, v in info["config"].to_dict().items())))
         elif kind == "loading":
             progress.update(task, description="loading MNIST…")
         elif kind == "start":

@@ -132,7 +132,7 @@ def load_checkpoint(path) -> Checkpoint:
     for part in ("mu", "nu"):
         check_params(model, ckpt.opt_state[part], source=f"checkpoint {path} (Adam {part})", dtype=torch.float32)
     for part in (ckpt.params, ckpt.opt_state["mu"], ckpt.opt_state["nu"]):
-        check_finite(part, source=f"checkpoint {path}")
+        check_finite(part, source=f"checkpoint {path}", fix=f"the file is damaged; {_RESTART}")
     problem = _position_problem(ckpt) or _state_problem(ckpt)
     if problem:
         raise WeightsError(f"checkpoint {path} does not fit its run ({problem}): the file is damaged; {_RESTART}")

@@ -21,19 +21,21 @@ from torch.nn import functional as F
 from ._io import read_limited
 from .errors import MnistfxError
 
-IMAGE_MAX_BYTES = 50 << 20      # far above a phone photo's JPEG
+IMAGE_MAX_BYTES = 20 << 20      # well above a phone photo's JPEG (3-8 MB)
 IMAGE_MAX_PIXELS = 40_000_000   # as claimed by the header, checked before decoding
 IMAGE_MAX_ASPECT = 100          # a row of a hundred digits; longer strips are not digit images
 DECODE_SIDE = 1024              # images are shrunk to about this many pixels a side before conversion
 JPEG_MAX_SCANS = 64            # a progressive JPEG has about ten; each one more is a full decoding pass
-FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")  # no ICO or other containers of images
+JPEG_MAX_SEGMENTS = 256        # APPn and COM segments: a photo has a handful, and Pillow keeps each one
+PNG_MAX_CHUNKS = 10_000        # a large photo has a few thousand IDAT chunks; Pillow walks every chunk
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "PPM")  # no ICO (images in a container), no TIFF (libtiff prints)
 _FIX = "pass a PNG or JPEG of one digit"
 
 
 def read_digit_images(paths, *, invert: bool = False) -> torch.Tensor:
     """Read image files as a uint8 batch (N, 28, 28): grayscale, resized to 28×28.
 
-    16-bit and float images are scaled to 8 bits, EXIF orientation is applied, and transparent
+    16-bit images are scaled to 8 bits, EXIF orientation is applied, and transparent
     pixels are background (black, or white with ``invert``).
 
     Arguments:
@@ -67,10 +69,7 @@ def _decode(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     data = read_limited(path, IMAGE_MAX_BYTES, what="image", fix=_FIX, error=MnistfxError)
     limits = (f"images of up to {IMAGE_MAX_PIXELS:,} pixels, at most {IMAGE_MAX_ASPECT} times as long as wide, "
               f"are read: {_FIX}")
-    scans = data.count(b"\xff\xda")  # JPEG start-of-scan markers (0xFF is escaped inside scan data)
-    if data[:2] == b"\xff\xd8" and scans > JPEG_MAX_SCANS:
-        raise MnistfxError(f"{path} is a JPEG of {scans} scans (decoding each costs a full pass; photos have "
-                           f"at most a dozen): {_FIX}")
+    _check_structure(path, data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's notes on odd files would be lines of their own
@@ -96,12 +95,28 @@ def _decode(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                            f"({type(e).__name__}): {_FIX}") from None
 
 
+def _check_structure(path: Path, data: bytes) -> None:
+    """Refuse a JPEG or PNG whose count of scans, segments or chunks no photo has (each costs Pillow time)."""
+    if data[:2] == b"\xff\xd8":  # 0xFF is escaped inside scan data, so these counts are of markers
+        scans = data.count(b"\xff\xda")
+        segments = sum(data.count(bytes((0xFF, m))) for m in (*range(0xE0, 0xF0), 0xFE))
+        if scans > JPEG_MAX_SCANS or segments > JPEG_MAX_SEGMENTS:
+            raise MnistfxError(f"{path} is a JPEG of {scans} scans and {segments} metadata segments (photos have "
+                               f"at most a dozen of each): {_FIX}")
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        at, chunks = 8, 0
+        while at + 8 <= len(data) and chunks <= PNG_MAX_CHUNKS:
+            at += 12 + int.from_bytes(data[at:at + 4], "big")  # length, type, data, CRC
+            chunks += 1
+        if chunks > PNG_MAX_CHUNKS:
+            raise MnistfxError(f"{path} is a PNG of more than {PNG_MAX_CHUNKS:,} chunks: {_FIX}")
+
+
 def _gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 gray of a decoded image, shrunk to about :data:`DECODE_SIDE`; transparency as 0 alpha."""
-    if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit (or wider, or float) gray: scale, not clip
+    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit (or wider) gray: scale, not clip
         a = np.asarray(img)
-        top = 1.0 if img.mode == "F" and a.max(initial=0) <= 1 else (
-            65535 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255)
+        top = 65535 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255
         img = Image.fromarray(np.clip(np.rint(a.astype(np.float32) * (255.0 / top)), 0, 255).astype(np.uint8))
     alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     img = img.convert("RGBA" if alpha else "RGB")

@@ -196,8 +196,8 @@ class _Loop:
             for name, g in self.generators.items():
                 g.set_state(start.rng[name])
         except RuntimeError:
-            raise WeightsError("the checkpoint's random-generator state does not fit this device: resume the run "
-                               "on the device it was trained on") from None
+            raise WeightsError("the checkpoint's random-generator state is damaged (or from another kind of device): "
+                               "start the run again without --resume") from None
         self.result.history, self.result.compile_seconds = list(start.history), start.compile_seconds
         return (start.epoch + 1, 0) if start.step >= self.config.steps_per_epoch else (start.epoch, start.step)
 

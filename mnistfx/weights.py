@@ -20,7 +20,8 @@ from .models import Model, check_params, get_model
 
 WEIGHTS_MAX_BYTES = 1 << 30  # far above any model's weights or checkpoint (an 8-member cnn ensemble's is 0.25 GB)
 PTH_MAX_BYTES = 256 << 20    # a notebook checkpoint, inflated (the published one is 1.9 MB)
-_HEADER_MAX_BYTES = 100 << 20  # safetensors' own limit
+_HEADER_MAX_BYTES = 8 << 20  # a checkpoint's header (names, shapes, history) is a few kB
+_MAX_TENSORS = 10_000
 _DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}  # what torch and mnistfx read
 _FIX = "pass a weights.safetensors written by `mnistfx train`"
 _LAYER_MAX_ELEMENTS = 4_000_000  # the largest notebook layer, cnn's fc1, has 2,458,624
@@ -117,6 +118,8 @@ def _read_header(path: Path, data: bytes) -> dict:
     if not isinstance(header, dict):
         raise bad("the header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if len(header) > _MAX_TENSORS:
+        raise bad(f"{len(header)} tensors, more than mnistfx writes")
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise bad("its metadata is not a map of strings")
     for name, entry in header.items():
@@ -131,12 +134,11 @@ def _first_line(e: Exception) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0][:80]
 
 
-def check_finite(params: dict, *, source: str) -> None:
+def check_finite(params: dict, *, source: str, fix: str = "the run diverged: train again with a lower --lr") -> None:
     """Raise :class:`WeightsError` if a float tensor of ``params`` holds NaN or infinity."""
     for k, v in params.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise WeightsError(f"{source}: {k} holds NaN or infinite values (the run diverged): train again "
-                               "with a lower --lr")
+            raise WeightsError(f"{source}: {k} holds NaN or infinite values: {fix}")
 
 
 def load_model_weights(path, model: str | None = None) -> tuple[Model, dict[str, torch.Tensor], dict]:
@@ -166,7 +168,7 @@ def load_model_weights(path, model: str | None = None) -> tuple[Model, dict[str,
                                "beside it (or continue the run with --resume)")
         name = meta.get("model")
     if name is None:
-        name = model or _guess_model(params)
+        name = model or _guess_model(params, source=str(path))
     if name not in MODELS:
         raise WeightsError(f"{path} is for model {name!r}, which mnistfx does not know ({', '.join(MODELS)})")
     if model is not None and model != name:
@@ -177,11 +179,12 @@ def load_model_weights(path, model: str | None = None) -> tuple[Model, dict[str,
     return m, params, meta
 
 
-def _guess_model(params: dict) -> str:
+def _guess_model(params: dict, *, source: str) -> str:
     for name in MODELS:
         if {k: tuple(v.shape) for k, v in params.items()} == get_model(name).shapes():
             return name
-    raise WeightsError("these weights match neither model and name none: pass weights written by `mnistfx train`")
+    raise WeightsError(f"{source} holds weights that match no model and name none: pass weights written by "
+                       "`mnistfx train`")
 
 
 def import_notebook_checkpoint(path) -> tuple[str, dict[str, torch.Tensor]]:
@@ -203,21 +206,28 @@ def import_notebook_checkpoint(path) -> tuple[str, dict[str, torch.Tensor]]:
                            "only tensors are loaded, never pickled code") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a state_dict of tensors")
-    params = {}
-    for key, value in state.items():
+    if len(state) > 2 * len(NOTEBOOK_KEYS):
+        raise WeightsError(f"{path} holds {len(state)} tensors, more than the notebook's models have: "
+                           "not a notebook checkpoint")
+    for key, value in state.items():  # every check before any copy: views may share one storage
+        layer, _, kind = key.rpartition(".") if isinstance(key, str) else ("", "", "")
+        if not isinstance(key, str):
+            raise WeightsError(f"{path} has a key {key!r} that is not a tensor name: not a notebook checkpoint")
+        if layer not in NOTEBOOK_KEYS or kind not in ("weight", "bias"):
+            raise WeightsError(f"{path} has an unexpected tensor {key}: not a notebook checkpoint")
         if not isinstance(key, str):
             raise WeightsError(f"{path} has a key {key!r} that is not a tensor name: not a notebook checkpoint")
         if value.layout != torch.strided or value.is_meta or not value.is_floating_point():
             raise WeightsError(f"{path}: {key} is not a dense float tensor with data ({value.layout}, "
                                f"{value.dtype}, {value.device}): not a notebook checkpoint")
-        if value.numel() > _LAYER_MAX_ELEMENTS:  # before any copy: a zero-stride view claims what it lacks
+        if value.numel() > _LAYER_MAX_ELEMENTS:  # a zero-stride view claims what it lacks
             raise WeightsError(f"{path}: {key} has shape {tuple(value.shape)}, more elements than any notebook "
                                "layer: not a notebook checkpoint")
+    params = {}
+    for key, value in state.items():
         layer, _, kind = key.rpartition(".")
-        if layer not in NOTEBOOK_KEYS:
-            raise WeightsError(f"{path} has an unexpected tensor {key}: not a notebook checkpoint")
         params[f"{NOTEBOOK_KEYS[layer]}.{kind}"] = value.float().contiguous()
-    return _guess_model(params), params
+    return _guess_model(params, source=str(path)), params
 
 
 def to_notebook_state_dict(params: dict) -> dict:

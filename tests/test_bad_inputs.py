@@ -287,7 +287,7 @@ def png_strip_just_over_the_aspect_limit(tmp_path, ctx):
     return _predict(ctx, _png(tmp_path, np.zeros((6000, 2), np.uint8)))
 
 
-@case("image", "is 60,000,000 bytes, more than any image mnistfx reads")
+@case("image", "is 60,000,000 bytes, more than any image mnistfx reads (20,971,520)")
 def image_file_too_large_to_read(tmp_path, ctx):
     path = tmp_path / "big.png"
     with open(path, "wb") as f:
@@ -609,7 +609,7 @@ def bench_batch_of_the_whole_data_set(tmp_path, ctx):
 
 
 # found by attacking the first round of fixes
-@case("is a JPEG of 76 scans", "at most a dozen")
+@case("is a JPEG of 76 scans", "at most a dozen of each")
 def progressive_jpeg_with_a_scan_repeated(tmp_path, ctx):
     from PIL import Image
 
@@ -670,7 +670,7 @@ def path_with_a_newline(tmp_path, ctx):
     return ["eval", str(tmp_path / "no\nsuch.safetensors")]
 
 
-@case("is not an image file (PNG, JPEG, BMP, GIF, TIFF, WEBP, PPM)")
+@case("is not an image file (PNG, JPEG, BMP, GIF, WEBP, PPM)")
 def icon_file_holding_images(tmp_path, ctx):
     from PIL import Image
 
@@ -693,6 +693,52 @@ def export_over_a_file_of_the_users(tmp_path, ctx):
 def import_into_a_folder_that_does_not_exist(tmp_path, ctx):
     (tmp_path / "file").write_text("x")
     return ["import-notebook", str(ctx["weights"]), "--out", str(tmp_path / "file" / "w.safetensors")]
+
+
+@case("holds 300 tensors, more than the notebook's models have")
+def pth_of_many_views_of_one_tensor(tmp_path, ctx):
+    base = torch.zeros(50, 50)
+    torch.save({f"Linear_layers.0.k{i}": base.t() for i in range(300)}, tmp_path / "w.pth")
+    return ["eval", str(tmp_path / "w.pth")]
+
+
+@case("has an unexpected tensor Linear_layers.0.k0")
+def pth_with_a_name_that_is_not_the_notebooks(tmp_path, ctx):
+    torch.save({"Linear_layers.0.k0": torch.zeros(2)}, tmp_path / "w.pth")
+    return ["eval", str(tmp_path / "w.pth")]
+
+
+@case("is a JPEG of 1 scans and 301 metadata segments")
+def jpeg_of_many_metadata_segments(tmp_path, ctx):
+    from PIL import Image
+
+    Image.new("L", (32, 32), 100).save(tmp_path / "digit.jpg", progressive=False)
+    data = (tmp_path / "digit.jpg").read_bytes()
+    (tmp_path / "digit.jpg").write_bytes(data[:2] + b"\xff\xe5\x00\x02" * 300 + data[2:])
+    return _predict(ctx, tmp_path / "digit.jpg")
+
+
+@case("is a PNG of more than 10,000 chunks")
+def png_of_many_chunks(tmp_path, ctx):
+    import numpy as np
+
+    path = _png(tmp_path, np.zeros((8, 8), np.uint8))
+    data = path.read_bytes()
+    empty = b"\x00\x00\x00\x00prIv\x00\x00\x00\x00"  # length 0, a private chunk type, a CRC
+    path.write_bytes(data[:33] + empty * 10_001 + data[33:])
+    return _predict(ctx, path)
+
+
+@case("is not a safetensors file", "10001 tensors, more than mnistfx writes")
+def safetensors_of_many_tensors(tmp_path, ctx):
+    return _safetensors(tmp_path, {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
+                                   for i in range(10_001)})
+
+
+@case("is not a run's checkpoint.safetensors")
+def resume_from_a_stray_file(tmp_path, ctx):
+    (tmp_path / "notes.txt").write_text("a file beside a run")
+    return ["train", "--resume", str(tmp_path / "notes.txt")]
 
 
 def _train(tmp_path, *bad):

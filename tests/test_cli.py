@@ -149,3 +149,11 @@ def test_the_notebook_checkpoint_both_ways(notebook_ckpt, trained, mnist, tmp_pa
     with torch.no_grad():
         theirs = net(model.preprocess(images)).argmax(1)
     assert torch.equal(theirs, mnistfx.predict(model, params, images))
+
+
+def test_terminal_escapes_in_paths_never_reach_the_terminal(tmp_path, capsys):
+    out = tmp_path / "e\x1b[2Jz"  # would clear the screen
+    code, stdout, err = run_cli(capsys, "train", "tuned", "--no-compile", "--epochs", "1", "--train-size", "64",
+                                "--val-size", "500", "--out", str(out))
+    assert code == 0, err
+    assert "\x1b" not in stdout + err and "e\\x1b[2Jz/weights.safetensors" in stdout

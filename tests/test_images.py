@@ -71,12 +71,6 @@ def test_exif_orientation_is_applied(digits, tmp_path):
     assert (x.float() - digits[0].float()).abs().mean() < 6
 
 
-def test_float_images_in_0_1_are_scaled(digits, tmp_path):
-    Image.fromarray(digits[0].numpy().astype(np.float32) / 255, "F").save(tmp_path / "digit.tiff")
-    (x,) = mnistfx.read_digit_images([tmp_path / "digit.tiff"])
-    assert (x.int() - digits[0].int()).abs().max() <= 1
-
-
 def test_brackets_and_newlines_in_paths_are_printed_as_they_are(tuned_weights, tmp_path, capsys):
     import shutil
 
