@@ -42,10 +42,14 @@ def eval_(weights, device, data_root, as_json):
 @click.command()
 @click.argument("weights", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--invert", is_flag=True, help="The images are dark digits on a light background.")
-@json_option("Print predictions as JSON.")
-def predict(weights, images, invert, as_json):
-    """Predict the digit in each IMAGE (PNG or JPEG; resized to 28×28 grayscale)."""
+@click.option("--invert/--no-invert", default=None,
+              help="The digits are dark on light (--invert) or light on dark (--no-invert); default: decided "
+                   "from each image's border.")
+@click.option("--show", is_flag=True, help="Also print the 28×28 image the model sees.")
+@json_option("Print predictions as JSON, with all ten probabilities.")
+def predict(weights, images, invert, show, as_json):
+    """Predict the digit in each IMAGE (PNG, JPEG, ...), prepared as MNIST's digits were:
+    grayscale, light on dark, cropped to the ink, fit in 20×20, centred by mass in 28×28."""
     model, params, _ = mnistfx.load_model_weights(weights)
     batch = mnistfx.read_digit_images(images, invert=invert)
     probs = mnistfx.logits(model, params, batch).softmax(1)
@@ -53,10 +57,21 @@ def predict(weights, images, invert, as_json):
         raise mnistfx.WeightsError(f"{weights} gives no finite probabilities for these images: the "
                                    "weights are not usable (train again)")
     conf, pred = probs.max(1)
-    rows = [{"image": path, "digit": int(p), "confidence": round(float(c), 4)}
-            for path, p, c in zip(images, pred, conf)]
+    rows = [{"image": path, "digit": int(p), "confidence": round(float(c), 4),
+             "probabilities": [round(float(v), 6) for v in row]}
+            for path, p, c, row in zip(images, pred, conf, probs)]
     if as_json:
         click.echo(mnistfx.to_json(rows))
         return
-    for r in rows:
+    for r, seen in zip(rows, batch):
         click.echo(f"{printable(r['image'])}: {r['digit']} ({100 * r['confidence']:.1f}%)")
+        if show:
+            click.echo(_ascii(seen))
+
+
+_SHADES = " .:-=+*#%@"
+
+
+def _ascii(image) -> str:
+    """A 28×28 uint8 image as 28 lines of characters, darker characters for more ink."""
+    return "\n".join("".join(_SHADES[v * len(_SHADES) // 256] * 2 for v in row) for row in image.tolist())

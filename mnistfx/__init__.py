@@ -34,7 +34,7 @@ _PUBLIC = {
     "metrics_from_predictions": "metrics",
     "save_weights": "weights", "load_weights": "weights", "load_model_weights": "weights",
     "import_notebook_checkpoint": "weights", "export_notebook_checkpoint": "weights",
-    "read_digit_images": "images",
+    "read_digit_images": "images", "prepare_digit": "images",
     # where it runs, and how fast
     "resolve_device": "runtime", "use_compile_cache": "runtime", "environment": "runtime",
     "benchmark": "bench", "to_json": "_io",
@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .errors import ConfigError, DataError, MnistfxError, RunFolderError, WeightsError
     from .fetch import fetch_mnist
     from .idx import default_root
-    from .images import read_digit_images
+    from .images import prepare_digit, read_digit_images
     from .metrics import Metrics, evaluate, logits, metrics_from_predictions, predict
     from .models import Model, check_images, check_params, get_model, num_params
     from .optim import Optimizer, adam, lr_schedule

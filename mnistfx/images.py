@@ -32,15 +32,18 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "PPM")  # no ICO (images in a co
 _FIX = "pass a PNG or JPEG of one digit"
 
 
-def read_digit_images(paths, *, invert: bool = False) -> torch.Tensor:
-    """Read image files as a uint8 batch (N, 28, 28): grayscale, resized to 28×28.
+def read_digit_images(paths, *, invert: bool | None = None, prepare: bool = True) -> torch.Tensor:
+    """Read image files of one digit each as a uint8 batch (N, 28, 28), light digits on black.
 
-    16-bit images are scaled to 8 bits, EXIF orientation is applied, and transparent
-    pixels are background (black, or white with ``invert``).
+    16-bit images are scaled to 8 bits, EXIF orientation is applied, and transparent pixels are
+    background.
 
     Arguments:
-        paths: PNG or JPEG files, each holding one digit.
-        invert: the digits are dark on a light background (MNIST's are light on dark).
+        paths: image files (PNG, JPEG, ...), each holding one digit.
+        invert: ``True`` for dark digits on a light background, ``False`` for light on dark;
+            ``None`` decides from the image's border (a light border means a dark digit).
+        prepare: prepare each image as MNIST's digits were (:func:`prepare_digit`); ``False``
+            only resizes it to 28×28 (for images that already are MNIST-like).
 
     Returns:
         A uint8 tensor (N, 28, 28).
@@ -51,17 +54,86 @@ def read_digit_images(paths, *, invert: bool = False) -> torch.Tensor:
     out = []
     for path in map(Path, paths):
         gray, alpha = _decode(path)
-        if alpha is not None:  # transparent is background: black, or white for dark digits (invert)
-            gray = np.rint(gray * alpha + (255.0 if invert else 0.0) * (1 - alpha)).clip(0, 255).astype(np.uint8)
-        if int(gray.max()) - int(gray.min()) <= 8:
-            hint = "" if invert else " (a dark digit on a transparent background needs --invert)" * (alpha is not None)
-            raise MnistfxError(f"{path} shows no digit (every pixel is about the same shade){hint}: {_FIX}")
-        img = torch.from_numpy(gray)
+        if prepare:
+            out.append(prepare_digit(gray, alpha=alpha, invert=invert, source=str(path)))
+            continue
+        gray, invert_this = _background(gray, alpha, invert)
+        if float(gray.max()) - float(gray.min()) <= 8:
+            raise MnistfxError(f"{path} shows no digit (every pixel is about the same shade): {_FIX}")
+        img = torch.from_numpy(np.rint(gray).clip(0, 255).astype(np.uint8))
         if img.shape != (28, 28):
             img = F.interpolate(img[None, None].float(), size=(28, 28), mode="bilinear", antialias=True,
                                 align_corners=False)[0, 0].round().clamp(0, 255).to(torch.uint8)
-        out.append(255 - img if invert else img)
+        out.append(255 - img if invert_this else img)
     return torch.stack(out)
+
+
+def prepare_digit(image, *, invert: bool | None = None, alpha=None, source: str = "the image") -> torch.Tensor:
+    """One digit prepared as MNIST's were: 28×28 uint8, a light digit on black, centred.
+
+    The image is made light-on-dark (inverted when its border is light, or as ``invert`` says),
+    its background and noise floor set to 0 and its strokes stretched to full range, cropped to the
+    ink, scaled to fit 20×20 keeping its aspect ratio (anti-aliased), and placed in 28×28 so that
+    its centre of mass is at the centre, as LeCun's page describes MNIST's preparation.
+
+    Arguments:
+        image: gray values 0-255, shape (H, W): a numpy array or a tensor.
+        invert: ``True`` for a dark digit on light, ``False`` for light on dark, ``None``: decide
+            from the border.
+        alpha: opacity in [0, 1], shape (H, W), for an image with transparency (transparent is
+            background).
+        source: what to call the image in an error.
+
+    Raises:
+        MnistfxError: the image shows no digit.
+    """
+    gray = np.asarray(image.numpy() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
+    if gray.ndim != 2 or min(gray.shape) < 1:
+        raise ValueError(f"image must be a 2-D array of gray values, not shape {gray.shape}")
+    gray, invert = _background(gray, alpha, invert)
+    if invert:
+        gray = 255.0 - gray
+    border = _border(gray)
+    level = float(np.median(border))  # the background, and 3 sigma of its noise (robustly: from the MAD)
+    floor = level + 3 * 1.4826 * float(np.median(np.abs(border - level)))
+    peak = float(np.percentile(gray, 99.9))
+    if peak - floor < 24:
+        raise MnistfxError(f"{source} shows no digit (nothing stands out from its background): {_FIX}")
+    ink = np.clip((gray - floor) / (peak - floor), 0, 1)
+    rows, cols = np.nonzero(ink > 0.5)  # the strokes' cores; a speck far away must not stretch the box
+    r0, r1 = np.quantile(rows, [0.002, 0.998]).round().astype(int)
+    c0, c1 = np.quantile(cols, [0.002, 0.998]).round().astype(int)
+    crop = torch.from_numpy(np.ascontiguousarray(ink[r0:r1 + 1, c0:c1 + 1]))
+    h, w = crop.shape
+    scale = 20.0 / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    digit = F.interpolate(crop[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)[0, 0]
+    digit = (digit / digit.max()).clamp(0, 1)
+    mass = digit.sum()
+    cy = float((digit.sum(1) * torch.arange(size[0])).sum() / mass)
+    cx = float((digit.sum(0) * torch.arange(size[1])).sum() / mass)
+    out = torch.zeros(28, 28)
+    top, left = round(14.0 - cy), round(14.0 - cx)  # MNIST's digits have their centre of mass at (14, 14)
+    ys, xs = slice(max(top, 0), min(top + size[0], 28)), slice(max(left, 0), min(left + size[1], 28))
+    out[ys, xs] = digit[ys.start - top:ys.stop - top, xs.start - left:xs.stop - left]
+    return (out * 255).round().to(torch.uint8)
+
+
+def _border(gray: np.ndarray) -> np.ndarray:
+    k = max(1, min(gray.shape) // 16)
+    return np.concatenate([gray[:k].ravel(), gray[-k:].ravel(), gray[:, :k].ravel(), gray[:, -k:].ravel()])
+
+
+def _background(gray: np.ndarray, alpha, invert: bool | None) -> tuple[np.ndarray, bool]:
+    """Gray with transparency made background, and whether the digit is dark on light."""
+    gray = gray.astype(np.float32)
+    if alpha is not None:
+        if invert is None:  # the opaque strokes' shade says which background they stand on
+            invert = bool((gray * alpha).sum() / max(float(alpha.sum()), 1e-6) < 128)
+        gray = gray * alpha + (255.0 if invert else 0.0) * (1 - alpha)
+    if invert is None:
+        invert = bool(np.median(_border(gray)) > 127)
+    return gray, invert
 
 
 def _decode(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -304,7 +304,7 @@ def image_that_is_a_fifo(tmp_path, ctx):
 
 
 # 2. images that would be read wrongly without a word
-@case("shows no digit", "same shade")
+@case("shows no digit", "nothing stands out from its background")
 def image_with_no_ink(tmp_path, ctx):
     import numpy as np
 

@@ -81,8 +81,14 @@ def test_predict_reads_png_files(trained, mnist, tmp_path, capsys):
     assert code == 0
     rows = json.loads(out)
     model, params, _ = mnistfx.load_model_weights(trained / "weights.safetensors")
-    expected = mnistfx.predict(model, params, mnist.test_images[:5]).tolist()
+    expected = mnistfx.predict(model, params, mnistfx.read_digit_images(paths)).tolist()
     assert [r["digit"] for r in rows] == expected
+    for r in rows:  # all ten probabilities, the top one the digit
+        assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4
+        assert max(range(10), key=r["probabilities"].__getitem__) == r["digit"]
+    code, out, _ = run_cli(capsys, "predict", str(trained / "weights.safetensors"), paths[0], "--show")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 29 and all(len(line) == 56 for line in lines[1:])  # the 28×28 it saw
 
 
 @pytest.mark.parametrize("args, fragments", [

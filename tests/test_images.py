@@ -22,28 +22,27 @@ def test_16_bit_pngs_are_scaled_not_clipped(digits, tmp_path):
             assert im.mode.startswith("I")
         plain.append(tmp_path / f"{i}-8.png")
         Image.fromarray(d.numpy()).save(plain[-1])
-    x = mnistfx.read_digit_images(deep)
-    assert torch.equal(x, mnistfx.read_digit_images(plain))
+    x = mnistfx.read_digit_images(deep, prepare=False)
+    assert torch.equal(x, mnistfx.read_digit_images(plain, prepare=False))
     assert (x.int() - digits.int()).abs().max() <= 1  # gray as RGB luma: 255 reads as 254, as it always did
 
 
-def test_a_dark_digit_on_a_transparent_background_needs_invert(digits, tmp_path):
+def test_a_dark_digit_on_a_transparent_background_is_the_digit(digits, tmp_path):
     paths = []
     for i, d in enumerate(digits):
         rgba = np.zeros((28, 28, 4), np.uint8)  # black strokes, transparent elsewhere
         rgba[..., 3] = d.numpy()
         Image.fromarray(rgba, "RGBA").save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
-    # Transparent is background: white for a dark digit (--invert), and the digit comes back.
-    assert (mnistfx.read_digit_images(paths, invert=True).int() - digits.int()).abs().max() <= 1
-    with pytest.raises(mnistfx.MnistfxError, match="shows no digit .*needs --invert"):
-        mnistfx.read_digit_images(paths)  # black on black: refused with the fix, not guessed at
+    # Transparent is background; the dark strokes say it is a dark digit, and the digit comes back.
+    assert (mnistfx.read_digit_images(paths, prepare=False).int() - digits.int()).abs().max() <= 1
+    assert (mnistfx.read_digit_images(paths, invert=True, prepare=False).int() - digits.int()).abs().max() <= 1
 
 
 def test_a_large_photo_is_shrunk_while_decoding_and_still_read(digits, tmp_path):
     big = np.kron(255 - digits[0].numpy(), np.ones((150, 150), np.uint8))  # 4200×4200, dark on light
     Image.fromarray(big).convert("RGB").save(tmp_path / "photo.jpg", quality=85)
-    (x,) = mnistfx.read_digit_images([tmp_path / "photo.jpg"], invert=True)
+    (x,) = mnistfx.read_digit_images([tmp_path / "photo.jpg"], prepare=False)  # dark on light: found from the border
     assert (x.float() - digits[0].float()).abs().mean() < 12  # the same digit, up to resampling
 
 
@@ -67,7 +66,7 @@ def test_exif_orientation_is_applied(digits, tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 8  # "rotate 90° counter-clockwise to display"
     stored.save(tmp_path / "photo.jpg", exif=exif, quality=95)
-    (x,) = mnistfx.read_digit_images([tmp_path / "photo.jpg"], invert=True)
+    (x,) = mnistfx.read_digit_images([tmp_path / "photo.jpg"], invert=True, prepare=False)
     assert (x.float() - digits[0].float()).abs().mean() < 6
 
 
@@ -95,3 +94,49 @@ def test_a_failed_compile_is_one_line():
     with pytest.raises(mnistfx.MnistfxError, match="torch.compile failed .*--no-compile") as e:
         step(torch.ones(3))
     assert "\n" not in str(e.value)
+
+
+def _photographed(mnist, indices, tmp_path, rng):
+    """Real test digits as photos: large, dark on light, off-centre, with noise and blur (JPEG)."""
+    from PIL import ImageFilter
+
+    paths = []
+    for i in indices:
+        digit = Image.fromarray(255 - mnist.test_images[i].numpy()).resize((224, 224), Image.BILINEAR)
+        canvas = Image.new("L", (500, 400), 235)
+        canvas.paste(digit, (int(rng.integers(0, 270)), int(rng.integers(0, 170))))
+        noisy = np.asarray(canvas, np.float32) + rng.normal(0, 8, (400, 500))
+        photo = Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5))
+        paths.append(tmp_path / f"{i}.jpg")
+        photo.save(paths[-1], quality=90)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def photos(mnist, tmp_path_factory):
+    indices = list(range(0, 2000, 20))
+    paths = _photographed(mnist, indices, tmp_path_factory.mktemp("photos"), np.random.default_rng(0))
+    return indices, paths, mnistfx.read_digit_images(paths)  # inverted by itself: the border is light
+
+
+def test_photos_of_digits_are_prepared_as_mnist_was(mnist, photos):
+    indices, _, prepared = photos
+    original = mnist.test_images[indices].float()
+    similar = torch.nn.functional.cosine_similarity(prepared.float().flatten(1), original.flatten(1))
+    assert (similar > 0.8).float().mean() >= 0.95 and similar.median() > 0.93
+    centre = (prepared.float() * torch.arange(28.0)[:, None]).sum((1, 2)) / prepared.float().sum((1, 2))
+    assert (centre - 14).abs().max() < 0.6  # centred by mass, as MNIST's digits are
+
+
+def test_prepared_photos_are_read_right_and_plain_resizes_are_not(mnist, photos, notebook_ckpt):
+    indices, paths, prepared = photos
+    model, params, _ = mnistfx.load_model_weights(notebook_ckpt)
+    labels = mnist.test_labels[indices]
+    assert (mnistfx.predict(model, params, prepared) == labels).float().mean() >= 0.95
+    plain = mnistfx.read_digit_images(paths, prepare=False)
+    assert (mnistfx.predict(model, params, plain) == labels).float().mean() < 0.6
+
+
+def test_prepare_digit_refuses_an_image_with_no_ink():
+    with pytest.raises(mnistfx.MnistfxError, match="shows no digit"):
+        mnistfx.prepare_digit(np.full((50, 50), 200, np.uint8))
