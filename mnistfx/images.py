@@ -29,7 +29,7 @@ JPEG_MAX_SCANS = 64            # a progressive JPEG has about ten; each one more
 JPEG_MAX_SEGMENTS = 256        # APPn and COM segments: a photo has a handful, and Pillow keeps each one
 PNG_MAX_CHUNKS = 10_000        # a large photo has a few thousand IDAT chunks; Pillow walks every chunk
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "PPM")  # no ICO (images in a container), no TIFF (libtiff prints)
-_FIX = "pass a PNG or JPEG of one digit"
+_FIX = "pass an image (PNG, JPEG, ...) of one digit"
 
 
 def read_digit_images(paths, *, invert: bool | None = None, prepare: bool = True) -> torch.Tensor:
