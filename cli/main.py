@@ -14,6 +14,7 @@ from .data import data
 from .evaluate import eval_, predict
 from .notebook import export_notebook, import_notebook
 from .options import printable
+from .plot import plot
 from .train import train
 
 
@@ -23,7 +24,7 @@ def cli():
     """Handwritten-digit recognition (MNIST) with pure-function PyTorch models."""
 
 
-for command in (data, train, eval_, predict, bench, import_notebook, export_notebook):
+for command in (data, train, eval_, predict, bench, plot, import_notebook, export_notebook):
     cli.add_command(command)
 
 

@@ -38,6 +38,8 @@ _PUBLIC = {
     # where it runs, and how fast
     "resolve_device": "runtime", "use_compile_cache": "runtime", "environment": "runtime",
     "benchmark": "bench", "to_json": "_io",
+    # pictures (matplotlib, the optional "plot" extra)
+    "plot_run": "plots", "plot_history": "plots", "plot_confusion": "plots", "plot_mistakes": "plots",
     # errors
     "MnistfxError": "errors", "ConfigError": "errors", "DataError": "errors", "WeightsError": "errors",
     "RunFolderError": "errors",
@@ -73,6 +75,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .metrics import Metrics, evaluate, logits, metrics_from_predictions, predict
     from .models import Model, check_images, check_params, get_model, num_params
     from .optim import Optimizer, adam, lr_schedule
+    from .plots import plot_confusion, plot_history, plot_mistakes, plot_run
     from .rng import as_generator, fold_in
     from .runs import Run, check_run_dir, default_run_dir, prepare_run_dir, run_folder, run_lock, save_run
     from .runtime import environment, resolve_device, use_compile_cache

@@ -741,6 +741,16 @@ def resume_from_a_stray_file(tmp_path, ctx):
     return ["train", "--resume", str(tmp_path / "notes.txt")]
 
 
+@case("holds no per-epoch history mnistfx can draw")
+def plot_of_a_run_whose_history_is_damaged(tmp_path, ctx):
+    import shutil
+
+    (tmp_path / "run").mkdir()
+    shutil.copy(ctx["weights"], tmp_path / "run" / "weights.safetensors")
+    (tmp_path / "run" / "history.json").write_text('{"history": [{"epoch": 1, "train_loss": NaN}]}')
+    return ["plot", str(tmp_path / "run")]
+
+
 def _train(tmp_path, *bad):
     """`mnistfx train` with one bad value, kept short in case the value were ever accepted."""
     short = {"--epochs": "1", "--train-size": "64"}

@@ -163,3 +163,26 @@ def test_terminal_escapes_in_paths_never_reach_the_terminal(tmp_path, capsys):
                                 "--val-size", "500", "--out", str(out))
     assert code == 0, err
     assert "\x1b" not in stdout + err and "e\\x1b[2Jz/weights.safetensors" in stdout
+
+
+def test_plot_draws_the_runs_pictures(trained, tmp_path, capsys):
+    from PIL import Image
+
+    run, _ = trained
+    code, out, err = run_cli(capsys, "plot", str(run), "--out", str(tmp_path))
+    assert code == 0, err
+    for name in ("history.png", "confusion.png", "mistakes.png"):
+        assert f"wrote {tmp_path / name}" in out
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and min(image.size) > 300
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(trained, tmp_path, capsys, monkeypatch):
+    import sys
+
+    run, _ = trained
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    code, _, err = run_cli(capsys, "plot", str(run), "--out", str(tmp_path))
+    assert_one_line_error(code, err, "plots need matplotlib", "pip install 'mnistfx[plot]'")
+    assert list(tmp_path.iterdir()) == []
