@@ -113,29 +113,24 @@ def run_lock(path):
     (Windows) nothing is locked.
     """
     key = os.path.realpath(path)
-    if fcntl is None or key in _HELD:
-        _HELD[key] = _HELD.get(key, 0) + 1
-        try:
-            yield
-        finally:
-            _HELD[key] -= 1
-            if not _HELD[key]:
-                del _HELD[key]
-        return
-    fd = os.open(key, os.O_RDONLY)
-    try:
+    fd = None
+    if fcntl is not None and key not in _HELD:
+        fd = os.open(key, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise RunFolderError(f"another mnistfx run is writing into {path}: let it finish, or pass another "
                                  "--out") from None
-        _HELD[key] = 1
-        try:
-            yield
-        finally:
-            del _HELD[key]
+    _HELD[key] = _HELD.get(key, 0) + 1
+    try:
+        yield
     finally:
-        os.close(fd)  # closing releases the lock
+        _HELD[key] -= 1
+        if not _HELD[key]:
+            del _HELD[key]
+        if fd is not None:
+            os.close(fd)  # closing releases the lock
 
 
 _HELD: dict[str, int] = {}  # run folders this process holds, by real path: how many holders

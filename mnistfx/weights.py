@@ -79,13 +79,9 @@ def load_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
             raise WeightsError(f"weights file {path} is empty: {_FIX}")
         try:
             head = f.read(8)
-            header_size = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if 0 < header_size <= min(size - 8, _HEADER_MAX_BYTES):  # else _read_header says why
-                head += f.read(header_size)
-                raw_meta = _read_header(path, head)  # checked before the tensors are read
-                data = head + f.read(size - len(head))
-            else:
-                raw_meta = _read_header(path, head)
+            head += f.read(min(max(int.from_bytes(head, "little"), 0), _HEADER_MAX_BYTES))
+            raw_meta = _read_header(path, head)  # checked (or refused) before the tensors are read
+            data = head + f.read(size - len(head))
         except OSError as e:
             raise WeightsError(f"cannot read weights {path} ({e.strerror}): {_FIX}") from None
     try:
@@ -264,14 +260,8 @@ def _check_zip(path: Path) -> None:
     """Refuse a ``.pth`` (a zip) that is too large, or whose entries would inflate past the limit."""
     fix = "pass the notebook's .pth checkpoint or a weights.safetensors"
     try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise WeightsError(f"cannot read {path} ({e.strerror}): {fix}") from None
-    if size > PTH_MAX_BYTES:
-        raise WeightsError(f"{path} is {size:,} bytes, more than any notebook checkpoint "
-                           f"({PTH_MAX_BYTES:,}): {fix}")
-    try:
-        with zipfile.ZipFile(path) as zf:
+        with open_checked(path, PTH_MAX_BYTES, what="notebook checkpoint", fix=fix, error=WeightsError) as (f, _), \
+                zipfile.ZipFile(f) as zf:
             inflated = sum(info.file_size for info in zf.infolist())
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise WeightsError(f"{path} is not a readable zip ({_first_line(e)}): {fix}") from None
