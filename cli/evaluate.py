@@ -4,29 +4,37 @@ import click
 
 import mnistfx
 
-from .options import console, data_root_option, device_option, json_option, printable
+from .options import console, data_root_option, device_option, json_option, load_trained, model_option, printable
 
 
 @click.command(name="eval")
 @click.argument("weights", type=click.Path())
+@model_option
 @device_option
 @data_root_option
 @json_option("Print the metrics as JSON.")
-def eval_(weights, device, data_root, as_json):
-    """Evaluate WEIGHTS (safetensors, or the notebook's .pth) on the 10,000 test images."""
+def eval_(weights, model_spec, device, data_root, as_json):
+    """Evaluate WEIGHTS (safetensors, or the notebook's .pth) on the 10,000 test images; an
+    ensemble's members are also scored alone."""
     dev = mnistfx.resolve_device(device)
-    model, params, _ = mnistfx.load_model_weights(weights)
+    w = load_trained(weights, model_spec).to(dev)
     ds = mnistfx.load_mnist(data_root)
-    m = mnistfx.evaluate(model, {k: v.to(dev) for k, v in params.items()}, ds.test_images, ds.test_labels)
+    m = w.evaluate(ds.test_images, ds.test_labels)
+    members = [] if w.members is None else mnistfx.evaluate_members(
+        w.model, w.params, ds.test_images, ds.test_labels, members=w.members, state=w.state)
+    name = w.model.name if w.members is None else f"ensemble of {w.members} {w.model.name}"
     if as_json:
-        click.echo(mnistfx.to_json({"model": model.name, "weights": str(weights), **m.to_dict()}))
+        click.echo(mnistfx.to_json({"model": w.model.name, "members": w.members, "weights": str(weights),
+                                    **m.to_dict(), "member_accuracy": [x.accuracy for x in members] or None}))
         return
     from rich.table import Table
     from rich.text import Text
 
     out = console()
-    out.print(Text.assemble(f"{model.name} from {printable(weights)}: test accuracy ",
+    out.print(Text.assemble(f"{name} from {printable(weights)}: test accuracy ",
                             (f"{100 * m.accuracy:.2f}%", "bold"), f" ({m.correct}/{m.n}), loss {m.loss:.4f}"))
+    if members:
+        out.print("members alone: " + " ".join(f"{100 * x.accuracy:.2f}%" for x in members))
     per_class = Table("digit", "precision", "recall", "F1", "support", title="per class")
     support = m.confusion.sum(1)
     for d in range(10):
@@ -46,13 +54,14 @@ def eval_(weights, device, data_root, as_json):
               help="The digits are dark on light (--invert) or light on dark (--no-invert); default: decided "
                    "from each image's border.")
 @click.option("--show", is_flag=True, help="Also print the 28×28 image the model sees.")
+@model_option
 @json_option("Print predictions as JSON, with all ten probabilities.")
-def predict(weights, images, invert, show, as_json):
+def predict(weights, images, invert, show, model_spec, as_json):
     """Predict the digit in each IMAGE (PNG, JPEG, ...), prepared as MNIST's digits were:
     grayscale, light on dark, cropped to the ink, fit in 20×20, centred by mass in 28×28."""
-    model, params, _ = mnistfx.load_model_weights(weights)
+    w = load_trained(weights, model_spec)
     batch = mnistfx.read_digit_images(images, invert=invert)
-    probs = mnistfx.logits(model, params, batch).softmax(1)
+    probs = w.probabilities(batch)
     if not bool(probs.isfinite().all()):
         raise mnistfx.WeightsError(f"{weights} gives no finite probabilities for these images: the "
                                    "weights are not usable (train again)")

@@ -28,9 +28,9 @@ def _writing(out):
 @overwrite_option
 def import_notebook(checkpoint, out, overwrite):
     """Convert the notebook's CHECKPOINT (.pth state_dict) into mnistfx weights (safetensors)."""
-    model, params, _ = mnistfx.load_model_weights(checkpoint)
+    w = mnistfx.load_model_weights(checkpoint)
     with _writing(out):
-        mnistfx.save_weights(out, params, {"model": model.name, "source": "notebook checkpoint",
+        mnistfx.save_weights(out, w.params, {"model": w.model.name, "source": "notebook checkpoint",
                                            "mnistfx_version": mnistfx.__version__}, overwrite=overwrite)
 
 
@@ -40,6 +40,8 @@ def import_notebook(checkpoint, out, overwrite):
 @overwrite_option
 def export_notebook(weights, out, overwrite):
     """Write WEIGHTS as a .pth state_dict that the notebook's own nn.Module loads (strict)."""
-    model, params, _ = mnistfx.load_model_weights(weights)
+    w = mnistfx.load_model_weights(weights)
+    if w.members is not None:
+        raise mnistfx.WeightsError(f"{weights} holds an ensemble of {w.members}: the notebook's module is one model")
     with _writing(out):
-        mnistfx.export_notebook_checkpoint(out, model, params, overwrite=overwrite)
+        mnistfx.export_notebook_checkpoint(out, w.model, w.params, overwrite=overwrite)

@@ -7,6 +7,7 @@ import math
 
 import click
 
+import mnistfx
 from mnistfx.config import RECIPES
 from mnistfx.constants import DEVICES_HINT
 
@@ -14,6 +15,23 @@ DATA_ROOT_HELP = "Data folder (default: $MNISTFX_DATA or ~/.cache/mnistfx)."
 
 data_root_option = click.option("--data-root", type=click.Path(), help=DATA_ROOT_HELP)
 device_option = click.option("--device", default="cpu", show_default=True, help=f"{DEVICES_HINT}.")
+
+
+MODEL_HELP = ("The model: tuned, cnn, or one of your own as MODULE:ATTR (e.g. mymodels:mlp for the Model mlp in "
+              "./mymodels.py; importing runs its code, so only name code you trust).")
+model_option = click.option("--model", "model_spec", metavar="MODEL",
+                            help="The weights' model when it is your own: MODULE:ATTR (imported; only name code you "
+                                 "trust). Default: the model the file names, if built in.")
+
+
+def named_model(spec: str) -> str:
+    """The name of the model ``spec`` names: a known name, or ``MODULE:ATTR`` (imported and registered)."""
+    return (mnistfx.import_model(spec) if ":" in spec else mnistfx.get_model(spec)).name
+
+
+def load_trained(weights, model_spec: str | None):
+    """:func:`mnistfx.load_model_weights`, after importing the model ``--model`` names (if any)."""
+    return mnistfx.load_model_weights(weights, model=named_model(model_spec) if model_spec else None)
 
 
 def positive(ctx, param, value):

@@ -8,11 +8,11 @@ from click.core import ParameterSource
 
 import mnistfx
 from mnistfx.config import RECIPES
-from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_EPOCHS, MAX_SEED, MAX_STEPS_PER_CALL,
-                               MODELS, PRECISIONS)
+from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_ENSEMBLE, MAX_EPOCHS, MAX_SEED,
+                               MAX_STEPS_PER_CALL, OPTIMIZERS, PRECISIONS)
 
-from .options import (console, data_root_option, device_option, json_option, positive, printable, quiet_torch_logs,
-                      recipe_values)
+from .options import (MODEL_HELP, console, data_root_option, device_option, json_option, named_model, positive,
+                      printable, quiet_torch_logs, recipe_values)
 
 
 def _epoch_line(e: dict) -> str:
@@ -21,14 +21,20 @@ def _epoch_line(e: dict) -> str:
 
 
 @click.command()
-@click.argument("model", type=click.Choice(MODELS), metavar="MODEL", required=False)
+@click.argument("model", metavar="MODEL", required=False)
 @click.option("--recipe", "recipe_name", type=click.Choice(tuple(RECIPES)), default="default", show_default=True,
               help="default: the notebook's recipe (15 epochs for tuned); fast: tuned to 99.1 % in under a minute. "
                    "The options below override single values.")
 @click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), help=f"Passes over the training split ({recipe_values('epochs')}).")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), help=f"Images per step ({recipe_values('batch_size')}).")
 @click.option("--lr", type=float, callback=positive,
-              help=f"Adam's (peak) learning rate ({recipe_values('lr')}).")
+              help=f"The optimiser's (peak) learning rate ({recipe_values('lr')}).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="adam (default), adamw or sgd (with momentum).")
+@click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True),
+              help="adamw's decoupled weight decay, or sgd's L2 penalty (default 0).")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), help="sgd's momentum (default 0.9).")
+@click.option("--ensemble", type=click.IntRange(1, MAX_ENSEMBLE),
+              help="Train this many members in one vmapped step (default 1: a single model).")
 @click.option("--warmup", type=click.FloatRange(0, 1),
               help=f"Fraction of steps, at the start, over which the lr rises from lr/25 ({recipe_values('warmup')}).")
 @click.option("--decay", type=click.FloatRange(0, 1),
@@ -57,19 +63,24 @@ def _epoch_line(e: dict) -> str:
 @click.option("--resume", "resume_dir", type=click.Path(),
               help="Continue the interrupted run in this folder, with its own settings.")
 @click.option("--overwrite", is_flag=True, help="Replace the run the output folder holds (finished or not).")
+@click.option("--no-test", is_flag=True, help="Do not evaluate on the test set (for sweeps: choose on validation).")
 @json_option("Print a JSON summary on stdout (stderr: only a progress bar on a terminal, and errors).")
-def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoothing, clean_epochs, precision,
-          seed, device, out, no_compile, steps_per_call, no_augment, faithful_fill, val_size, train_size, data_root,
-          checkpoint_every, resume_dir, overwrite, as_json):
-    """Train MODEL (tuned or cnn) with a recipe; write weights, history and a checkpoint.
+def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, momentum, ensemble, warmup, decay,
+          label_smoothing, clean_epochs, precision, seed, device, out, no_compile, steps_per_call, no_augment,
+          faithful_fill, val_size, train_size, data_root, checkpoint_every, resume_dir, overwrite, no_test, as_json):
+    """Train MODEL with a recipe; write weights, history and a checkpoint.
 
-    The checkpoint (checkpoint.safetensors in the output folder) is written after every epoch;
-    `mnistfx train --resume FOLDER` continues an interrupted run from it, bit for bit.
+    MODEL is tuned or cnn, or a model of your own as MODULE:ATTR (e.g. mymodels:mlp, the Model
+    mlp in ./mymodels.py; only name code you trust). The checkpoint (checkpoint.safetensors in the
+    output folder) is written after every epoch; `mnistfx train --resume FOLDER` continues an
+    interrupted run from it, bit for bit (name MODULE:ATTR again for a model of your own).
     """
     if resume_dir is not None:
         _refuse_settings_with_resume(click.get_current_context())
     elif model is None:
-        raise click.UsageError("Missing argument 'MODEL': name a model (tuned or cnn), or pass --resume FOLDER.")
+        raise click.UsageError("Missing argument 'MODEL': name a model (tuned, cnn or MODULE:ATTR), or pass "
+                               "--resume FOLDER.")
+    model = None if model is None else named_model(model)
     if resume_dir is not None:
         cfg = mnistfx.load_checkpoint(resume_dir).config  # a folder, or the checkpoint file itself
         out = mnistfx.run_folder(resume_dir)
@@ -79,7 +90,8 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
         given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup": warmup, "decay": decay,
                  "label_smoothing": label_smoothing, "clean_epochs": clean_epochs, "precision": precision,
                  "val_size": val_size, "train_size": train_size, "data_root": data_root,
-                 "steps_per_call": steps_per_call}
+                 "steps_per_call": steps_per_call, "optimizer": optimizer, "weight_decay": weight_decay,
+                 "momentum": momentum, "ensemble": ensemble}
         cfg = mnistfx.recipe(model, recipe_name, seed=seed, device=device, compile=not no_compile,
                              augment=not no_augment, faithful_fill=faithful_fill,
                              **{k: v for k, v in given.items() if v is not None})
@@ -87,18 +99,35 @@ def train(model, recipe_name, epochs, batch_size, lr, warmup, decay, label_smoot
     mnistfx.use_compile_cache()
     quiet_torch_logs()
     run = _run_with_progress(console(stderr=as_json), cfg, out, resume_dir is not None, data_root,
-                             checkpoint_every or 0, overwrite, quiet=as_json)
+                             checkpoint_every or 0, overwrite, not no_test, quiet=as_json)
     paths = mnistfx.save_run(run, out)
     if as_json:
         click.echo(mnistfx.to_json({**run.summary(), "weights": str(paths["weights"]), "history_file": str(paths["history"])}))
         return
     out_console = console()
-    out_console.print(f"test accuracy {100 * run.test.accuracy:.2f}% ({run.test.correct}/{run.test.n}), "
-                      f"val {100 * run.val.accuracy:.2f}%, {run.seconds:.0f}s (compile {run.compile_seconds:.0f}s)")
+    for line in _result_lines(run):
+        out_console.print(line)
     out_console.print(printable(f"wrote {paths['weights']} and {paths['history']}"))
 
 
-def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, overwrite, quiet):
+def _result_lines(run) -> list[str]:
+    """What a finished run scored: test (unless skipped) and validation, and an ensemble's members."""
+    def pct(x):
+        return f"{100 * x:.2f}%"
+
+    test = f"test accuracy {pct(run.test.accuracy)} ({run.test.correct}/{run.test.n}), " if run.test else "test skipped, "
+    lines = [f"{test}val {pct(run.val.accuracy)}, {run.seconds:.0f}s (compile {run.compile_seconds:.0f}s)"]
+    members = run.member_test or run.member_val
+    if members:
+        accs = [m.accuracy for m in members]
+        mean = sum(accs) / len(accs)
+        std = (sum((a - mean) ** 2 for a in accs) / max(len(accs) - 1, 1)) ** 0.5
+        lines.append(f"{len(accs)} members, each alone ({'test' if run.member_test else 'val'}): "
+                     f"{' '.join(pct(a) for a in accs)} (mean {pct(mean)} ± {100 * std:.2f})")
+    return lines
+
+
+def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, overwrite, test, quiet):
     """Train (or resume) with a progress bar per epoch (on a terminal) and a line per finished epoch
     (unless ``quiet``: with --json, stderr holds only a transient bar and errors)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -133,14 +162,15 @@ def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, ove
         state["task"] = progress.add_task("starting…", total=None, loss="-", speed="")
         try:
             if resuming:
-                return mnistfx.resume(out, data_root=data_root, on_event=on_event, checkpoint_every=checkpoint_every)
+                return mnistfx.resume(out, data_root=data_root, on_event=on_event, checkpoint_every=checkpoint_every,
+                                      test=test)
             return mnistfx.train(cfg, on_event=on_event, checkpoint_dir=out, checkpoint_every=checkpoint_every,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, test=test)
         except mnistfx.RunFolderError as e:
             raise click.UsageError(str(e)) from None
 
 
-_RESUME_KEEPS = {"model", "resume_dir", "checkpoint_every", "as_json", "data_root"}
+_RESUME_KEEPS = {"model", "resume_dir", "checkpoint_every", "as_json", "data_root", "no_test"}
 
 
 def _refuse_settings_with_resume(ctx):

@@ -16,13 +16,16 @@ _PUBLIC = {
     "MNIST": "data", "load_mnist": "data", "verify_mnist": "data", "fetch_mnist": "fetch",
     "default_root": "idx",
     # models and their parts
-    "MODELS": "constants", "Model": "models", "get_model": "models", "check_params": "models",
+    "MODELS": "constants", "Model": "models", "get_model": "registry", "register_model": "registry",
+    "import_model": "registry", "model_names": "registry", "check_params": "models", "check_state": "models",
     "check_images": "models",
     "num_params": "models", "random_affine": "augment", "as_generator": "rng", "fold_in": "rng",
     # optimisation
-    "Optimizer": "optim", "adam": "optim", "lr_schedule": "optim",
+    "Optimizer": "optim", "adam": "optim", "adamw": "optim", "sgd": "optim", "lr_schedule": "optim",
     "make_train_step": "step", "make_multi_step": "step", "compile_step": "step", "batch_inputs": "step",
     "augment_batch": "step",
+    # ensembles
+    "stack": "ensemble", "unstack": "ensemble", "make_ensemble_step": "ensemble", "member_seed": "ensemble",
     # runs
     "TrainConfig": "config", "RECIPES": "config", "recipe": "config",
     "train": "training", "resume": "training", "train_val_split": "training",
@@ -30,16 +33,16 @@ _PUBLIC = {
     "run_folder": "runs", "check_run_dir": "runs", "run_lock": "runs",
     "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     # evaluation, weights, images
-    "Metrics": "metrics", "evaluate": "metrics", "logits": "metrics", "predict": "metrics",
-    "metrics_from_predictions": "metrics",
-    "save_weights": "weights", "load_weights": "weights", "load_model_weights": "weights",
-    "import_notebook_checkpoint": "weights", "export_notebook_checkpoint": "weights",
+    "Metrics": "metrics", "evaluate": "metrics", "evaluate_members": "metrics", "logits": "metrics",
+    "probabilities": "metrics", "predict": "metrics", "metrics_from_predictions": "metrics",
+    "save_weights": "weights", "load_weights": "weights", "load_model_weights": "weights", "Weights": "weights",
+    "import_notebook_checkpoint": "pth", "export_notebook_checkpoint": "pth",
     "read_digit_images": "images", "prepare_digit": "images",
     # where it runs, and how fast
     "resolve_device": "runtime", "use_compile_cache": "runtime", "environment": "runtime",
     "benchmark": "bench", "to_json": "_io",
     # pictures (matplotlib, the optional "plot" extra)
-    "plot_run": "plots", "plot_history": "plots", "plot_confusion": "plots", "plot_mistakes": "plots",
+    "plot_run": "plots", "plot_history": "plots", "plot_confusion": "plots", "plot_mistakes": "plots", "plot_members": "plots",
     # errors
     "MnistfxError": "errors", "ConfigError": "errors", "DataError": "errors", "WeightsError": "errors",
     "RunFolderError": "errors",
@@ -72,14 +75,17 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .fetch import fetch_mnist
     from .idx import default_root
     from .images import prepare_digit, read_digit_images
-    from .metrics import Metrics, evaluate, logits, metrics_from_predictions, predict
-    from .models import Model, check_images, check_params, get_model, num_params
-    from .optim import Optimizer, adam, lr_schedule
-    from .plots import plot_confusion, plot_history, plot_mistakes, plot_run
+    from .ensemble import make_ensemble_step, member_seed, stack, unstack
+    from .metrics import (Metrics, evaluate, evaluate_members, logits, metrics_from_predictions, predict,
+                          probabilities)
+    from .models import Model, check_images, check_params, check_state, num_params
+    from .optim import Optimizer, adam, adamw, lr_schedule, sgd
+    from .pth import export_notebook_checkpoint, import_notebook_checkpoint
+    from .registry import get_model, import_model, model_names, register_model
+    from .plots import plot_confusion, plot_history, plot_members, plot_mistakes, plot_run
     from .rng import as_generator, fold_in
     from .runs import Run, check_run_dir, default_run_dir, prepare_run_dir, run_folder, run_lock, save_run
     from .runtime import environment, resolve_device, use_compile_cache
     from .step import augment_batch, batch_inputs, compile_step, make_multi_step, make_train_step
     from .training import resume, train, train_val_split
-    from .weights import (export_notebook_checkpoint, import_notebook_checkpoint, load_model_weights, load_weights,
-                          save_weights)
+    from .weights import Weights, load_model_weights, load_weights, save_weights

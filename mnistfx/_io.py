@@ -126,3 +126,15 @@ def finite_json(value):
 def to_json(value, **kwargs) -> str:
     """``value`` as strict JSON (no ``NaN`` or ``Infinity``: non-finite numbers become ``null``)."""
     return json.dumps(finite_json(value), allow_nan=False, **kwargs)
+
+
+def write_new(path: Path, data: bytes, overwrite: bool, error: type = OSError) -> None:
+    """Write ``data`` atomically, refusing (with ``error``) to replace a file unless ``overwrite``."""
+    if not overwrite and os.path.lexists(path):
+        raise error(f"{path} exists: pass --overwrite to replace it, or another --out")
+    atomic_write_bytes(path, data)
+
+
+def first_line(e: Exception) -> str:
+    """The first line of an exception's message (its type's name if it has none), at most 80 characters."""
+    return (str(e).splitlines() or [type(e).__name__])[0][:80]

@@ -23,7 +23,7 @@ from .constants import (BENCH_BATCH_SIZES, BENCH_KINDS, BENCH_MAX_REPEATS, BENCH
                         PRECISIONS)
 from .data import MNIST, load_mnist
 from .errors import ConfigError
-from .models import get_model
+from .registry import get_model
 from .optim import adam
 from .runtime import resolve_device
 from .step import batch_inputs, compile_step, make_train_step
@@ -71,18 +71,21 @@ def _workload(kind: str, model, images, labels, batch: int, device, precision: s
             step = make_train_step(model, opt, precision=precision)
             step = compile_step(step, device) if compiled else step
             gens = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
-            return {"step": step, "params": init, "opt_state": opt.init(init), "gens": gens}
+            return {"step": step, "params": init, "state": model.init_state(init), "opt_state": opt.init(init),
+                    "gens": gens}
 
         def run(state, i):
             idx = indices(i)
             x, noise = batch_inputs(model, images, idx, aug_key=state["gens"][0], drop_key=state["gens"][1])
-            state["params"], state["opt_state"], loss = state["step"](
-                state["params"], state["opt_state"], x, labels[idx], noise)
+            state["params"], state["state"], state["opt_state"], loss, _ = state["step"](
+                state["params"], state["state"], state["opt_state"], x, labels[idx], noise)
             return loss
     else:
         def make(compiled):
+            model_state = model.init_state(init)
+
             def forward(params, x8):
-                return model.apply(params, model.preprocess(x8))
+                return model.forward(params, model_state, model.preprocess(x8))[0]
             forward = compile_step(forward, device) if compiled else forward
             return {"forward": forward, "params": init}
 

@@ -18,8 +18,10 @@ import torch
 from .config import TrainConfig
 from ._checks import check_whole, is_finite
 from .errors import MnistfxError, WeightsError
-from .models import check_params, get_model
-from .weights import check_finite, load_weights, save_weights
+from .models import check_finite, check_params, check_state
+from .optim import config_optimizer
+from .registry import get_model
+from .weights import load_weights, save_weights
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = "mnistfx-checkpoint/1"
@@ -38,8 +40,9 @@ class Checkpoint:
         epoch: the epoch in progress (from 1).
         step: steps of that epoch done; ``config.steps_per_epoch`` when it is finished
             (validated and in ``history``).
-        params: the parameters.
-        opt_state: the optimiser state (``step``, ``mu``, ``nu``).
+        params: the parameters (an ensemble's stacked on a leading member axis).
+        state: the model's state (``{}`` for a model without state).
+        opt_state: the optimiser state (``step`` and its buffers, e.g. Adam's ``mu`` and ``nu``).
         rng: the state of each generator in :data:`GENERATORS`, as uint8 tensors.
         perm: the epoch's order of training images (while the epoch is unfinished).
         loss_sum: the sum of the epoch's step losses so far.
@@ -51,6 +54,7 @@ class Checkpoint:
     epoch: int
     step: int
     params: dict
+    state: dict
     opt_state: dict
     rng: dict
     perm: torch.Tensor | None
@@ -67,9 +71,11 @@ class Checkpoint:
 def save_checkpoint(path, ckpt: Checkpoint) -> None:
     """Write ``ckpt`` to ``path`` atomically."""
     tensors = {f"params/{k}": v for k, v in ckpt.params.items()}
+    tensors.update({f"state/{k}": v for k, v in ckpt.state.items()})
     tensors["opt/step"] = ckpt.opt_state["step"]
-    for part in ("mu", "nu"):
-        tensors.update({f"opt/{part}/{k}": v for k, v in ckpt.opt_state[part].items()})
+    for part, values in ckpt.opt_state.items():
+        if part != "step":
+            tensors.update({f"opt/{part}/{k}": v for k, v in values.items()})
     tensors.update({f"rng/{k}": v for k, v in ckpt.rng.items()})
     tensors["loss_sum"] = ckpt.loss_sum
     if ckpt.perm is not None:
@@ -118,21 +124,28 @@ def load_checkpoint(path) -> Checkpoint:
         ckpt = Checkpoint(
             config=TrainConfig.from_dict(meta["config"]), epoch=check_whole("epoch", meta["epoch"], 1),
             step=check_whole("step", meta["step"], 0), params=_take(tensors, "params/"),
-            opt_state={"step": tensors.pop("opt/step"), "mu": _take(tensors, "opt/mu/"),
-                       "nu": _take(tensors, "opt/nu/")},
+            state=_take(tensors, "state/"), opt_state={"step": tensors.pop("opt/step")},
             rng={k: tensors.pop(f"rng/{k}") for k in GENERATORS},
             perm=tensors.pop("perm", None), loss_sum=tensors.pop("loss_sum"), history=meta["history"],
             compile_seconds=_seconds(meta.get("compile_seconds", 0.0)))
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise WeightsError(f"checkpoint {path} is incomplete or damaged ({type(e).__name__}: {e}): {_RESTART}") from None
+    cfg = ckpt.config
+    model = get_model(cfg.model)
+    members = cfg.ensemble if cfg.ensemble > 1 else None
+    for part in config_optimizer(cfg).buffers:
+        ckpt.opt_state[part] = _take(tensors, f"opt/{part}/")
     if tensors:
         raise WeightsError(f"checkpoint {path} has an unexpected tensor {next(iter(tensors))}: {_RESTART}")
-    model = get_model(ckpt.config.model)
-    check_params(model, ckpt.params, source=f"checkpoint {path}", dtype=torch.float32)
-    for part in ("mu", "nu"):
-        check_params(model, ckpt.opt_state[part], source=f"checkpoint {path} (Adam {part})", dtype=torch.float32)
-    for part in (ckpt.params, ckpt.opt_state["mu"], ckpt.opt_state["nu"]):
-        check_finite(part, source=f"checkpoint {path}", fix=f"the file is damaged; {_RESTART}")
+    source = f"checkpoint {path}"
+    check_params(model, ckpt.params, source=source, dtype=torch.float32, members=members)
+    check_state(model, ckpt.state, source=source, members=members)
+    for part, values in ckpt.opt_state.items():
+        if part != "step":
+            check_params(model, values, source=f"{source} ({cfg.optimizer} {part})", dtype=torch.float32,
+                         members=members)
+    for part in (ckpt.params, ckpt.state, *(v for k, v in ckpt.opt_state.items() if k != "step")):
+        check_finite(part, source=source, fix=f"the file is damaged; {_RESTART}")
     problem = _position_problem(ckpt) or _state_problem(ckpt)
     if problem:
         raise WeightsError(f"checkpoint {path} does not fit its run ({problem}): the file is damaged; {_RESTART}")
@@ -169,7 +182,8 @@ def _state_problem(ckpt: Checkpoint) -> str | None:
     """Why the optimiser step, loss sum, generator states or history cannot be right, if they cannot."""
     cfg, step, loss_sum = ckpt.config, ckpt.opt_state["step"], ckpt.loss_sum
     done = (ckpt.epoch - 1) * cfg.steps_per_epoch + ckpt.step
-    if step.dtype != torch.float32 or step.dim() != 0 or step.item() != done:
+    shape = (cfg.ensemble,) if cfg.ensemble > 1 else ()
+    if step.dtype != torch.float32 or tuple(step.shape) != shape or not bool((step == done).all()):
         return f"an optimiser step count that is not {done}"
     if loss_sum.dtype != torch.float32 or loss_sum.dim() != 0 or not math.isfinite(loss_sum.item()):
         return "a loss sum that is not one finite float32"
@@ -178,7 +192,7 @@ def _state_problem(ckpt: Checkpoint) -> str | None:
             return f"a {name} generator state that is not a uint8 vector"
         if cfg.device == "cpu" and state.numel() != _CPU_RNG_BYTES:
             return f"a {name} generator state of {state.numel()} bytes, not a CPU generator's {_CPU_RNG_BYTES}"
-    if any(bool((nu < 0).any()) for nu in ckpt.opt_state["nu"].values()):
+    if any(bool((nu < 0).any()) for nu in ckpt.opt_state.get("nu", {}).values()):
         return "an Adam second moment below zero"
     for entry in ckpt.history:
         if not isinstance(entry, dict) or set(entry) != _HISTORY_KEYS or not all(map(is_finite, entry.values())):

@@ -10,8 +10,8 @@ import functools
 from dataclasses import dataclass
 
 from ._checks import check_choice, check_fraction, check_positive, check_whole, is_whole
-from .constants import (MAX_BATCH_SIZE, MAX_EPOCHS, MAX_SEED, MAX_STEPS_PER_CALL, MNIST_TRAIN_SIZE, MODELS,
-                        PRECISIONS)
+from .constants import (MAX_BATCH_SIZE, MAX_ENSEMBLE, MAX_EPOCHS, MAX_SEED, MAX_STEPS_PER_CALL, MNIST_TRAIN_SIZE,
+                        MODEL_NAME, MODELS, OPTIMIZERS, PRECISIONS)
 from .errors import ConfigError
 
 
@@ -24,10 +24,14 @@ class TrainConfig:
     is available is checked when training starts.
 
     Attributes:
-        model: the model's name (``"tuned"``, ``"cnn"``).
+        model: the model's name (``"tuned"``, ``"cnn"``, or one registered with
+            :func:`~mnistfx.register_model`).
         epochs: passes over the training split.
         batch_size: images per step (the last partial batch of each epoch is dropped).
-        lr: Adam's (peak) learning rate.
+        lr: the optimiser's (peak) learning rate.
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (with momentum).
+        weight_decay: AdamW's decoupled weight decay, or SGD's L2 penalty (Adam: must be 0).
+        momentum: SGD's momentum (other optimisers ignore it).
         warmup: the fraction of steps, at the start, over which the learning rate rises
             linearly from ``lr / 25`` to ``lr`` (0: none).
         decay: the fraction of steps, at the end, over which the learning rate falls
@@ -43,6 +47,8 @@ class TrainConfig:
         val_size: training images held out for validation (chosen by the seed).
         train_size: use only this many of the remaining training images (default: all).
         seed: the root of all randomness: split, init, shuffling, augmentation, dropout.
+        ensemble: train this many members at once (1: a single model); each has its own
+            initialisation and dropout noise, from seeds derived from ``seed``.
         compile: compile the train step with ``torch.compile``.
         steps_per_call: compiled runs do this many steps per call of the compiled function
             (its per-call overhead, about 0.5 ms on a 2-core CPU, is then paid once per group);
@@ -56,6 +62,9 @@ class TrainConfig:
     epochs: int = 15
     batch_size: int = 32
     lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
     warmup: float = 0.0
     decay: float = 0.0
     label_smoothing: float = 0.0
@@ -66,6 +75,7 @@ class TrainConfig:
     val_size: int = 5000
     train_size: int | None = None
     seed: int = 0
+    ensemble: int = 1
     compile: bool = True
     steps_per_call: int = 1
     device: str = "cpu"
@@ -73,7 +83,7 @@ class TrainConfig:
     recipe: str = "default"
 
     def __post_init__(self):
-        for name in ("model", "device", "recipe"):
+        for name in ("model", "device", "recipe", "optimizer"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be a name (str), not {getattr(self, name)!r}")
         for name in ("augment", "faithful_fill", "compile"):
@@ -81,8 +91,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError(f"data_root must be a folder name (str) or None, not {self.data_root!r}")
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+        if not MODEL_NAME.fullmatch(self.model):
+            raise ConfigError(f"{self.model!r} is not a model name: choose one of {', '.join(MODELS)} or register yours")
         fix = functools.partial(object.__setattr__, self)  # numpy numbers become plain ones (JSON, repr)
         fix("seed", check_whole("seed", self.seed, -MAX_SEED, MAX_SEED))
         fix("epochs", check_whole("epochs", self.epochs, 1, MAX_EPOCHS))
@@ -96,6 +106,14 @@ class TrainConfig:
                               "make their sum at most 1")
         check_choice("precision", self.precision, PRECISIONS)
         fix("lr", check_positive("lr", self.lr))
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        fix("weight_decay", check_fraction("weight-decay", self.weight_decay))
+        fix("momentum", check_fraction("momentum", self.momentum))
+        if self.momentum >= 1:
+            raise ConfigError(f"momentum must be below 1, not {self.momentum}")
+        if self.weight_decay and self.optimizer == "adam":
+            raise ConfigError("adam has no weight decay: use --optimizer adamw (decoupled) or sgd")
+        fix("ensemble", check_whole("ensemble", self.ensemble, 1, MAX_ENSEMBLE))
         if not is_whole(self.val_size) or not 0 < self.val_size < MNIST_TRAIN_SIZE:
             raise ConfigError(f"val-size must be between 1 and {MNIST_TRAIN_SIZE - 1}, not {self.val_size!r}")
         fix("val_size", int(self.val_size))
@@ -172,22 +190,24 @@ def recipe(model: str, name: str = "default", /, **overrides) -> TrainConfig:
     """The :class:`TrainConfig` of recipe ``name`` for ``model``, with some fields replaced.
 
     Arguments:
-        model: a model name (see :data:`mnistfx.MODELS`).
+        model: a model name (see :data:`mnistfx.MODELS`); a model of your own gets the "default"
+            recipe's values of :class:`TrainConfig`.
         name: a key of :data:`RECIPES`.
         overrides: fields to replace (checked like any config's).
 
     Returns:
         A new, checked :class:`TrainConfig`.
     """
-    if model not in MODELS:
-        raise ConfigError(f"unknown model {model!r}: choose one of {', '.join(MODELS)}")
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
-    if model not in RECIPES[name]:
+    base = RECIPES[name].get(model)
+    if base is None and name == "default" and model not in MODELS:
+        base = TrainConfig(model=model)  # a model of one's own (checked when training starts)
+    if base is None:
         have = [r for r in RECIPES if model in RECIPES[r]]
         raise ConfigError(f"there is no {name!r} recipe for {model}: use one of {', '.join(have)}")
     unknown = sorted(set(overrides) - _FIELDS - {"recipe"}) or sorted({"model", "recipe"} & set(overrides))
     if unknown:
         raise ConfigError(f"recipe() cannot set {unknown[0]!r}: it sets the fields of TrainConfig except model and "
                           f"recipe, which are its first two arguments")
-    return dataclasses.replace(RECIPES[name][model], **{"recipe": name, **overrides})
+    return dataclasses.replace(base, **{"recipe": name, **overrides})

@@ -4,6 +4,7 @@ The ``mnistfx`` command builds its options from these before torch loads, so ``m
 stays fast; the library checks values against the same tuples.
 """
 
+import re
 from importlib import metadata
 
 try:
@@ -12,7 +13,10 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
     VERSION = "0+unknown"
 
 MODELS = ("tuned", "cnn")               # the built-in models, as mnistfx.models defines them
+MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")  # what a model may be called
+OPTIMIZERS = ("adam", "adamw", "sgd")   # as mnistfx.optim defines them
 PRECISIONS = ("fp32", "bf16")           # of the training forward pass
+MAX_ENSEMBLE = 64                       # members trained in one step
 MAX_STEPS_PER_CALL = 8                  # compiling more steps into one graph takes minutes
 MAX_EPOCHS = 10_000                     # bounds that keep a mistyped number from running for ever
 MAX_BATCH_SIZE = 8192                   # a batch's activations and gradients stay within a few GB

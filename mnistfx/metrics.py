@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.func import vmap
 from torch.nn import functional as F
 
-from .models import Model, check_images
+from .ensemble import unstack
+from .models import Model, check_images, check_params, check_state
 
 EVAL_BATCH = 1000
 
@@ -48,25 +50,35 @@ class Metrics:
         }
 
 
-def logits(model: Model, params: dict, images: torch.Tensor, *, batch_size: int = EVAL_BATCH,
-           forward=None) -> torch.Tensor:
+def logits(model: Model, params: dict, images: torch.Tensor, *, state: dict | None = None,
+           members: int | None = None, batch_size: int = EVAL_BATCH, forward=None) -> torch.Tensor:
     """Logits for uint8 images, computed in chunks of ``batch_size``.
 
     Arguments:
         model: the model.
         params: its parameters; the images are moved to their device.
         images: uint8 tensor (N, 28, 28), (N, 1, 28, 28) or (N, 784).
+        state: the model's state (a model with state, e.g. batch-norm statistics).
+        members: ``params`` (and ``state``) are an ensemble of this many members, stacked.
         batch_size: chunk size.
         forward: a function ``(params, x) -> logits`` to use instead of ``model.apply``
             (e.g. a compiled one); its last chunk is padded to ``batch_size`` so that it
             sees one shape only and never recompiles.
 
     Returns:
-        float32 logits (N, 10) on the parameters' device.
+        float32 logits (N, 10) on the parameters' device; (members, N, 10) for an ensemble.
     """
     images = check_images(images)
     pad = forward is not None  # a compiled forward must see one shape; eager needs no padding
-    forward = forward or model.apply
+    state = {} if state is None else state
+    if forward is None:
+        check_params(model, params, members=members)
+        def forward(p, x, s=state):
+            return model.forward(p, s, x)[0]
+        if members is not None:
+            forward = vmap(forward, in_dims=(0, None, 0))
+        elif model.has_state:
+            check_state(model, state)
     device = next(iter(params.values())).device
     n = images.shape[0]
     out = []
@@ -75,33 +87,55 @@ def logits(model: Model, params: dict, images: torch.Tensor, *, batch_size: int 
             chunk = images[start:start + batch_size].to(device)
             if pad and chunk.shape[0] < batch_size:
                 chunk = torch.cat([chunk, chunk.new_zeros((batch_size - chunk.shape[0], *chunk.shape[1:]))])
-            out.append(forward(params, model.preprocess(chunk)).float())
-    return torch.cat(out)[:n] if out else torch.empty(0, 10, device=device)
+            x = model.preprocess(chunk)
+            out.append((forward(params, x, state) if members is not None else forward(params, x)).float())
+    if not out:
+        return torch.empty(*(() if members is None else (members,)), 0, 10, device=device)
+    return torch.cat(out, dim=-2)[..., :n, :]
+
+
+def probabilities(model: Model, params: dict, images: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Class probabilities (N, 10) for uint8 images: the softmax of the logits, or for an ensemble
+    (``members=K``) the mean of its members' softmax. Keyword arguments as :func:`logits`."""
+    out = logits(model, params, images, **kwargs).softmax(-1)
+    return out.mean(0) if kwargs.get("members") is not None else out
 
 
 def predict(model: Model, params: dict, images: torch.Tensor, **kwargs) -> torch.Tensor:
     """Predicted digits (int64, shape (N,)) for uint8 images; keyword arguments as :func:`logits`."""
-    return logits(model, params, images, **kwargs).argmax(1)
+    return probabilities(model, params, images, **kwargs).argmax(1)
 
 
 def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Tensor, **kwargs) -> Metrics:
     """Accuracy, loss, per-class precision / recall / F1 and the confusion matrix.
 
     Arguments:
-        model, params, images: as :func:`logits` (keyword arguments are passed on).
+        model, params, images: as :func:`logits` (keyword arguments are passed on); an ensemble
+            (``members=K``) is scored on the mean of its members' probabilities.
         labels: int64 tensor (N,) of digits 0-9.
 
     Returns:
-        A :class:`Metrics`.
+        A :class:`Metrics`; its loss is the cross-entropy (an ensemble's: of the mean probabilities).
     """
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
         raise ValueError("labels must be a 1-D tensor of digits 0-9")
     if labels.shape[0] != images.shape[0]:
         raise ValueError(f"got {images.shape[0]} images but {labels.shape[0]} labels")
-    out = logits(model, params, images, **kwargs).cpu()
     labels = labels.cpu().long()
-    loss = F.cross_entropy(out, labels).item() if len(labels) else float("nan")
+    if kwargs.get("members") is None:
+        out = logits(model, params, images, **kwargs).cpu()
+        loss = F.cross_entropy(out, labels).item() if len(labels) else float("nan")
+    else:
+        out = probabilities(model, params, images, **kwargs).cpu()
+        loss = F.nll_loss(out.clamp(min=1e-30).log(), labels).item() if len(labels) else float("nan")
     return metrics_from_predictions(out.argmax(1), labels, loss=loss)
+
+
+def evaluate_members(model: Model, params: dict, images: torch.Tensor, labels: torch.Tensor, *,
+                     members: int, state: dict | None = None) -> list[Metrics]:
+    """Each ensemble member's :class:`Metrics` (``params`` and ``state`` stacked, as :func:`evaluate`)."""
+    states = unstack(state) if state else [{}] * members
+    return [evaluate(model, p, images, labels, state=s) for p, s in zip(unstack(params), states)]
 
 
 def metrics_from_predictions(pred: torch.Tensor, labels: torch.Tensor, *, loss: float = float("nan")) -> Metrics:

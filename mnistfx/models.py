@@ -1,170 +1,149 @@
-"""The two reference CNNs as pure functions: ``init(key) -> params``, ``apply(params, x)``.
+"""What a model is: :class:`Model`, pure functions over a flat parameter dict, and the checks on its inputs.
 
-A model's parameters are a flat ``dict[str, Tensor]`` (``conv1.weight``, ``fc1.bias``, ...).
-No object owns them: ``apply`` binds them to a stateless module skeleton that lives on the
-``meta`` device and runs it through :func:`torch.func.functional_call`.
+A model is made from plain functions (or the methods of a small class of your own)::
 
-Dropout takes its randomness as an argument too. ``dropout_noise`` draws one uniform number
-per dropped unit (per channel for the convolutions' ``Dropout2d``) from an explicit
-generator; the skeleton turns the noise into masks. The global RNG is never touched, and the
-compiled train step receives the noise as an ordinary input.
+    init(g: torch.Generator) -> dict[str, Tensor]               # required: fresh float32 CPU parameters
+    apply(params, x, *, train, noise[, state]) -> logits        # required: (N, 1, 28, 28) -> (N, 10)
+    noise(n, g, device) -> dict[str, Tensor]                    # optional: per-image randomness (dropout)
+    init_state(params) -> dict[str, Tensor]                     # optional: state such as batch-norm statistics
+    normalize = (mean, std)                                     # optional: input scaling after [0, 1]
+
+``apply`` is given only the keywords its signature names (``def apply(params, x)`` is a whole model).
+A model with state is called with ``state=`` too and returns ``(logits, new_state)``: in train mode
+the new running statistics, in eval mode the state unchanged. No object owns the parameters or the
+state: they are dicts that the train step carries, and the weights file stores.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import inspect
+from typing import Callable
 
 import torch
-from torch import nn
-from torch.func import functional_call
-from torch.nn import functional as F
 
 from ._checks import check_whole
-from .constants import MODELS
+from .constants import MODEL_NAME
 from .errors import ConfigError, WeightsError
 from .rng import as_generator
 
 
-@dataclass(frozen=True)
-class _Arch:
-    """One reference architecture (see SPEC: no activation after either convolution)."""
 
-    pool1: str                      # "max" or "avg", after conv1
-    pool2: str | None               # "max" or None, after conv2
-    fc: tuple[int, ...]             # widths of the linear layers, input first
-    conv_drop: tuple[float, float]  # Dropout2d after conv1, conv2
-    fc_drop: tuple[float, ...]      # Dropout after each hidden linear layer
-    normalize: bool                 # inputs are (x - 0.5) / 0.5 rather than x in [0, 1]
-
-
-ARCHS = {
-    "tuned": _Arch("avg", "max", (784, 512, 128, 64, 10), (0.4, 0.2), (0.5, 0.3, 0.15), True),
-    "cnn": _Arch("max", None, (3136, 784, 196, 49, 10), (0.4, 0.2), (0.6, 0.3, 0.15), False),
-}  # keyed by constants.MODELS (a test checks they agree)
-
-
-class _Skeleton(nn.Module):
-    """The module skeleton: layers for their shapes and names, never for their values."""
-
-    def __init__(self, arch: _Arch):
-        super().__init__()
-        self.arch = arch
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1, device="meta")
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1, device="meta")
-        self.fcs = [f"fc{i + 1}" for i in range(len(arch.fc) - 1)]
-        for name, n_in, n_out in zip(self.fcs, arch.fc[:-1], arch.fc[1:]):
-            self.add_module(name, nn.Linear(n_in, n_out, device="meta"))
-
-    def forward(self, x, noise=None):
-        a = self.arch
-        x = _drop(self.conv1(x), noise, "conv1", a.conv_drop[0])
-        x = F.max_pool2d(x, 2) if a.pool1 == "max" else F.avg_pool2d(x, 2)
-        x = _drop(self.conv2(x), noise, "conv2", a.conv_drop[1])
-        if a.pool2 == "max":
-            x = F.max_pool2d(x, 2)
-        x = x.flatten(1)
-        for name, p in zip(self.fcs[:-1], a.fc_drop):
-            x = _drop(F.relu(getattr(self, name)(x)), noise, name, p)
-        return getattr(self, self.fcs[-1])(x)
-
-
-def _drop(x, noise, name, p):
-    """Inverted dropout from given uniform noise: shape (N, C) for channels, (N, F) for units."""
-    if noise is None:
-        return x
-    keep = noise[name] >= p
-    if x.dim() == 4:
-        keep = keep[:, :, None, None]
-    return x * keep * (1.0 / (1.0 - p))
-
-
-@dataclass(frozen=True)
 class Model:
-    """A model as a pair of pure functions over a flat parameter dict.
+    """A model as pure functions over a flat parameter dict (see the module's docstring).
 
-    Attributes:
-        name: ``"cnn"`` or ``"tuned"``.
-        normalize: whether inputs are normalised with mean 0.5, std 0.5.
+    Arguments:
+        name: what runs, weights files and the command line call it (letters, digits, ``_.-``).
+        init: ``init(g) -> params`` with ``g`` a CPU ``torch.Generator``.
+        apply: ``apply(params, x, *, train, noise, state) -> logits`` (only the keywords it names).
+        noise: ``noise(n, g, device) -> dict`` of per-image randomness for training (default: none).
+        init_state: ``init_state(params) -> dict`` of state tensors (default: the model has none).
+        normalize: ``(mean, std)`` applied to [0, 1] images (default: none).
     """
 
-    name: str
-    arch: _Arch
-    skeleton: _Skeleton
+    def __init__(self, name: str, init: Callable, apply: Callable, *, noise: Callable | None = None,
+                 init_state: Callable | None = None, normalize: tuple[float, float] | None = None):
+        if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+            raise ConfigError(f"a model name must be a letter then up to 63 letters, digits or _.-, not {name!r}")
+        for what, fn in (("init", init), ("apply", apply), ("noise", noise), ("init_state", init_state)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{what} must be a function, not {type(fn).__name__}")
+        if normalize is not None and (len(normalize) != 2 or not float(normalize[1]) > 0):
+            raise ValueError(f"normalize must be (mean, std) with std > 0, not {normalize!r}")
+        self.name, self._init, self._apply, self._noise, self._init_state = name, init, apply, noise, init_state
+        self.normalize = None if normalize is None else (float(normalize[0]), float(normalize[1]))
+        self._keywords = _keywords(apply, ("train", "noise", "state"))
+        if init_state is not None and "state" not in self._keywords:
+            raise TypeError(f"{name}: a model with init_state needs an apply that takes state=")
+        self._shapes = self._state_shapes = None
+        # the noise of one image, drawn once here: checking noise later must not draw (it may run under vmap)
+        self._noise_shapes = {} if noise is None else {k: tuple(v.shape[1:]) for k, v in
+                                                       noise(1, torch.Generator(), "cpu").items()}
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r})"
 
     @property
-    def normalize(self) -> bool:
-        return self.arch.normalize
+    def has_state(self) -> bool:
+        """Whether the model carries state (e.g. batch norm's running statistics)."""
+        return self._init_state is not None
+
+    def init(self, key) -> dict[str, torch.Tensor]:
+        """Fresh parameters from ``key`` (an ``int`` seed or a CPU ``torch.Generator``)."""
+        params = self._init(as_generator(key))
+        if (not isinstance(params, dict) or not params
+                or not all(isinstance(k, str) and isinstance(v, torch.Tensor) and v.is_floating_point()
+                           for k, v in params.items())):
+            raise TypeError(f"{self.name}'s init must return a non-empty dict from names to float tensors")
+        return params
+
+    def init_state(self, params: dict) -> dict[str, torch.Tensor]:
+        """The state a fresh model starts with (``{}`` for a model without state)."""
+        if self._init_state is None:
+            return {}
+        state = self._init_state(params)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise TypeError(f"{self.name}'s init_state must return a dict of tensors")
+        return state
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """The name and shape of every parameter, in a fixed order."""
-        return {k: tuple(v.shape) for k, v in self.skeleton.named_parameters()}
+        if self._shapes is None:
+            self._shapes = {k: tuple(v.shape) for k, v in self.init(0).items()}
+        return self._shapes
 
-    def init(self, key) -> dict[str, torch.Tensor]:
-        """Fresh float32 CPU parameters.
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The name and shape of every state tensor (none for a model without state)."""
+        if self._state_shapes is None:
+            self._state_shapes = {k: tuple(v.shape) for k, v in self.init_state(self.init(0)).items()}
+        return self._state_shapes
 
-        Linear weights ~ Normal(0, 1/sqrt(fan_in)), linear biases 0; convolutions use
-        PyTorch's default scheme (weight and bias ~ Uniform(±1/sqrt(fan_in))).
-
-        Arguments:
-            key: an ``int`` seed or a CPU ``torch.Generator``.
-
-        Returns:
-            A dict from parameter name to tensor.
-        """
-        g = as_generator(key)
-        shapes = self.shapes()
-        params = {}
-        for name, shape in shapes.items():
-            layer, kind = name.split(".")
-            fan_in = math.prod(shapes[f"{layer}.weight"][1:])
-            bound = 1.0 / math.sqrt(fan_in)
-            t = torch.empty(shape)
-            if layer.startswith("conv"):
-                t.uniform_(-bound, bound, generator=g)
-            elif kind == "weight":
-                t.normal_(0.0, bound, generator=g)
-            else:
-                t.zero_()
-            params[name] = t
-        return params
-
-    def apply(self, params, x, *, train: bool = False, key=None, noise=None) -> torch.Tensor:
-        """Logits for a batch of (already preprocessed) images.
+    def forward(self, params, state, x, *, train: bool = False, noise=None) -> tuple[torch.Tensor, dict]:
+        """``(logits, state)`` for a batch of model inputs: the form the train step and evaluation use.
 
         Arguments:
             params: the parameter dict.
-            x: float tensor of shape (N, 1, 28, 28), see :meth:`preprocess`.
-            train: apply dropout; needs ``key`` (or ready-made ``noise``).
-            key: an ``int`` seed or ``torch.Generator`` for the dropout masks.
-            noise: dropout noise from :meth:`dropout_noise` (instead of ``key``).
+            state: the state dict (``{}`` for a model without state).
+            x: float tensor (N, 1, 28, 28), see :meth:`preprocess`.
+            train: training mode (dropout from ``noise``, batch statistics).
+            noise: from :meth:`dropout_noise` (training only).
+        """
+        kwargs = {"train": train, "noise": noise if train else None, "state": state}
+        out = self._apply(params, x, **{k: v for k, v in kwargs.items() if k in self._keywords})
+        if not self.has_state:
+            return out, state
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(f"{self.name}'s apply must return (logits, state) for a model with state")
+        return out
 
-        Returns:
-            Logits of shape (N, 10).
+    def apply(self, params, x, *, train: bool = False, key=None, noise=None, state=None) -> torch.Tensor:
+        """Logits (N, 10) for a batch of model inputs (N, 1, 28, 28), checked.
+
+        Arguments:
+            params: the parameter dict.
+            x: float tensor (N, 1, 28, 28), see :meth:`preprocess`.
+            train: training mode; needs ``key`` (or ready-made ``noise``) for a model with noise.
+            key: an ``int`` seed or ``torch.Generator`` for the noise.
+            noise: noise from :meth:`dropout_noise` (instead of ``key``).
+            state: the model's state (required for a model with state; use :meth:`forward` for
+                the new state a training pass makes).
         """
         check_params(self, params)
         _check_batch(x)
-        if train and noise is None:
+        if self.has_state:
+            if state is None:
+                raise ValueError(f"{self.name} has state (e.g. batch-norm statistics): pass state=, from "
+                                 "init_state(params) or from the weights file")
+            check_state(self, state)
+        if train and noise is None and self._noise is not None:
             if key is None:
                 raise ValueError("apply(train=True) needs a key for dropout (an int seed or a torch.Generator)")
             noise = self.dropout_noise(x.shape[0], key=key, device=x.device)
-        if train:
+        if train and self._noise is not None:
             self._check_noise(noise, x.shape[0])
-        return functional_call(self.skeleton, params, (x, noise if train else None))
-
-    def _check_noise(self, noise, n: int) -> None:
-        widths = self._noise_widths()
-        if not isinstance(noise, dict) or set(noise) != set(widths):
-            raise ValueError(f"noise must be a dict with keys {', '.join(widths)} (from {self.name}.dropout_noise)")
-        for k, w in widths.items():
-            if tuple(noise[k].shape) != (n, w):
-                raise ValueError(f"noise[{k!r}] has shape {tuple(noise[k].shape)}, expected {(n, w)} for {n} images")
-
-    def _noise_widths(self) -> dict[str, int]:
-        return {"conv1": 8, "conv2": 16, **dict(zip(self.skeleton.fcs, self.arch.fc[1:-1]))}
+        return self.forward(params, state if self.has_state else {}, x, train=train, noise=noise or {})[0]
 
     def dropout_noise(self, n: int, *, key, device=None) -> dict[str, torch.Tensor]:
-        """Uniform [0, 1) noise for every dropout layer of a batch of ``n`` images.
+        """The per-image randomness of a training batch of ``n`` images (``{}`` for a model without).
 
         Arguments:
             n: the batch size.
@@ -172,16 +151,40 @@ class Model:
             device: where the noise is made.
         """
         check_whole("n", n, 0, error=ValueError)
-        g = as_generator(key, device)
-        return {k: torch.rand(n, w, generator=g, device=device) for k, w in self._noise_widths().items()}
+        if self._noise is None:
+            return {}
+        return self._noise(n, as_generator(key, device), device)
+
+    def _check_noise(self, noise, n: int) -> None:
+        want = {k: (n, *shape) for k, shape in self._noise_shapes.items()}
+        if not isinstance(noise, dict) or set(noise) != set(want):
+            raise ValueError(f"noise must be a dict with keys {', '.join(want)} (from {self.name}.dropout_noise)")
+        for k, shape in want.items():
+            if not isinstance(noise[k], torch.Tensor) or tuple(noise[k].shape) != shape:
+                raise ValueError(f"noise[{k!r}] has shape {tuple(getattr(noise[k], 'shape', ()))}, expected {shape} "
+                                 f"for {n} images")
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 28, 28), (N, 1, 28, 28) or (N, 784) -> float (N, 1, 28, 28) as the model expects."""
         return self.normalize_input(check_images(images).reshape(-1, 1, 28, 28).float() / 255.0)
 
     def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Images scaled to [0, 1] -> the model's input (mean 0.5, std 0.5 normalisation if it uses one)."""
-        return (x - 0.5) / 0.5 if self.normalize else x
+        """Images scaled to [0, 1] -> the model's input (its ``normalize`` applied, if it has one)."""
+        if self.normalize is None:
+            return x
+        mean, std = self.normalize
+        return (x - mean) / std
+
+
+def _keywords(fn: Callable, names: tuple[str, ...]) -> set[str]:
+    """Which of ``names`` ``fn`` takes as keywords (all of them if it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: give it everything
+        return set(names)
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return set(names)
+    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} & set(names)
 
 
 def _check_batch(x) -> None:
@@ -193,14 +196,25 @@ def _check_batch(x) -> None:
         raise ValueError(f"x must have shape (N, 1, 28, 28), not {tuple(x.shape)}: make it with Model.preprocess")
 
 
-def get_model(name: str) -> Model:
-    """The model called ``name`` (one of :data:`MODELS`)."""
-    if name not in ARCHS:
-        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
-    return Model(name, ARCHS[name], _Skeleton(ARCHS[name]))
+def _check_tensors(expected: dict, tensors, *, what: str, model: str, source: str, dtype, members) -> None:
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise TypeError(f"{what} must be a dict of tensors (from {model}.init), not {type(tensors).__name__}")
+    missing = [k for k in expected if k not in tensors]
+    extra = [k for k in tensors if k not in expected]
+    if missing or extra:
+        problem = f"lacks {missing[0]}" if missing else f"has an unexpected tensor {extra[0]}"
+        raise WeightsError(f"{source} {problem}: these are not {model} weights")
+    lead = () if members is None else (members,)
+    for k, shape in expected.items():
+        if tuple(tensors[k].shape) != lead + shape:
+            raise WeightsError(f"{source}: {k} has shape {tuple(tensors[k].shape)}, {model} expects {lead + shape}: "
+                               f"these are weights of another model{' or ensemble size' if members else ''}")
+        if dtype is not None and tensors[k].dtype != dtype:
+            raise WeightsError(f"{source}: {k} is {tensors[k].dtype}, expected {dtype}")
 
 
-def check_params(model: Model, params, *, source: str = "params", dtype: torch.dtype | None = None) -> None:
+def check_params(model: Model, params, *, source: str = "params", dtype: torch.dtype | None = None,
+                 members: int | None = None) -> None:
     """Raise unless ``params`` holds exactly ``model``'s parameter names and shapes.
 
     Arguments:
@@ -208,25 +222,21 @@ def check_params(model: Model, params, *, source: str = "params", dtype: torch.d
         params: the parameter dict to check.
         source: what to call the parameters in the message (e.g. the file they came from).
         dtype: if given, every tensor must have it too.
+        members: the parameters of an ensemble of this many members, stacked on a leading axis.
 
     Raises:
         TypeError: ``params`` is not a dict of tensors.
         WeightsError: a name is missing or unexpected, or a shape (or dtype) is wrong.
     """
-    if not isinstance(params, dict) or not all(isinstance(v, torch.Tensor) for v in params.values()):
-        raise TypeError(f"params must be a dict of tensors (from {model.name}.init), not {type(params).__name__}")
-    expected = model.shapes()
-    missing = [k for k in expected if k not in params]
-    extra = [k for k in params if k not in expected]
-    if missing or extra:
-        what = f"lacks {missing[0]}" if missing else f"has an unexpected tensor {extra[0]}"
-        raise WeightsError(f"{source} {what}: these are not {model.name} weights")
-    for k, shape in expected.items():
-        if tuple(params[k].shape) != shape:
-            raise WeightsError(f"{source}: {k} has shape {tuple(params[k].shape)}, {model.name} expects "
-                               f"{shape}: these are weights of another model")
-        if dtype is not None and params[k].dtype != dtype:
-            raise WeightsError(f"{source}: {k} is {params[k].dtype}, expected {dtype}")
+    _check_tensors(model.shapes(), params, what="params", model=model.name, source=source, dtype=dtype,
+                   members=members)
+
+
+def check_state(model: Model, state, *, source: str = "state", dtype: torch.dtype | None = None,
+                members: int | None = None) -> None:
+    """:func:`check_params` for the model's state (``{}`` for a model without state)."""
+    _check_tensors(model.state_shapes(), state, what="state", model=model.name, source=source, dtype=dtype,
+                   members=members)
 
 
 _IMAGE_SHAPES = ((28, 28), (1, 28, 28), (784,))
@@ -246,6 +256,13 @@ def check_images(images) -> torch.Tensor:
     if tuple(images.shape[1:]) not in _IMAGE_SHAPES:
         raise ValueError(f"images must have shape (N, 28, 28), (N, 1, 28, 28) or (N, 784), not {tuple(images.shape)}")
     return images
+
+
+def check_finite(tensors: dict, *, source: str, fix: str = "the run diverged: train again with a lower --lr") -> None:
+    """Raise :class:`~mnistfx.WeightsError` if a float tensor of ``tensors`` holds NaN or infinity."""
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise WeightsError(f"{source}: {k} holds NaN or infinite values: {fix}")
 
 
 def num_params(params: dict[str, torch.Tensor]) -> int:

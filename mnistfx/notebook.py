@@ -8,8 +8,8 @@ from __future__ import annotations
 from torch import nn
 from torchvision import transforms
 
-from .models import ARCHS
-from .weights import to_notebook_state_dict  # noqa: F401 (loads mnistfx params into NotebookNet)
+from .pth import to_notebook_state_dict  # noqa: F401 (loads mnistfx params into NotebookNet)
+from .reference import ARCHS
 
 
 class NotebookNet(nn.Module):

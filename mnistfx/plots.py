@@ -16,7 +16,7 @@ from ._checks import is_finite
 from ._io import atomic_write_bytes, read_limited
 from .data import MNIST, load_mnist
 from .errors import MnistfxError
-from .metrics import Metrics, logits, metrics_from_predictions
+from .metrics import Metrics, evaluate_members, metrics_from_predictions
 from .runtime import resolve_device
 from .weights import load_model_weights
 
@@ -99,33 +99,57 @@ def _save(fig, path) -> Path:
     return path
 
 
-def plot_run(run_dir, *, out=None, data: MNIST | None = None, device: str = "cpu") -> list[Path]:
+def plot_members(member_accuracies: list[float], ensemble_accuracy: float, path) -> Path:
+    """A bar per ensemble member's test accuracy, and the ensemble's beside them, as a PNG."""
+    plt = _pyplot()
+    k = len(member_accuracies)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * k + 2.5), 3.6))
+    values = [100 * a for a in member_accuracies] + [100 * ensemble_accuracy]
+    bars = ax.bar(range(k + 1), values, color=["tab:blue"] * k + ["tab:orange"])
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(range(k + 1), [str(i + 1) for i in range(k)] + ["ensemble"])
+    low = min(values)
+    ax.set_ylim(max(0.0, low - 2 * (max(values) - low) - 0.1), min(100.0, max(values) + 0.1))
+    ax.set_xlabel("member")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{k} members alone (mean {sum(values[:-1]) / k:.2f} %) and their ensemble ({values[-1]:.2f} %)")
+    return _save(fig, path)
+
+
+def plot_run(run_dir, *, out=None, data: MNIST | None = None, device: str = "cpu", model: str | None = None) -> list[Path]:
     """Draw a run folder's pictures: ``history.png`` (learning curves), ``confusion.png`` and
-    ``mistakes.png`` (its test-set mistakes), from its ``weights.safetensors`` and ``history.json``.
+    ``mistakes.png`` (its test-set mistakes), and for an ensemble ``members.png`` (each member
+    beside the ensemble), from its ``weights.safetensors`` and ``history.json``.
 
     Arguments:
         run_dir: the folder ``mnistfx train`` wrote.
         out: where to write the PNGs (default: the run folder).
         data: MNIST already loaded (default: :func:`~mnistfx.load_mnist`).
         device: where to evaluate.
+        model: the model's name, for weights of a model of one's own (registered).
 
     Returns:
         The paths written.
     """
     run_dir = Path(run_dir)
     _pyplot()  # before any work: say how to install it
-    model, params, _ = load_model_weights(run_dir / "weights.safetensors")
+    weights = load_model_weights(run_dir / "weights.safetensors", model=model)
     history = _read_history(run_dir / "history.json")
     out = Path(out) if out is not None else run_dir
     if not out.is_dir():
         raise MnistfxError(f"{out} is not a folder: pass an existing folder to --out")
     dev = resolve_device(device)
     data = data or load_mnist()
-    params = {k: v.to(dev) for k, v in params.items()}
-    probs = logits(model, params, data.test_images).softmax(1).cpu()
+    weights = weights.to(dev)
+    probs = weights.probabilities(data.test_images).cpu()
     metrics = metrics_from_predictions(probs.argmax(1), data.test_labels)
-    return [plot_history(history, out / "history.png"), plot_confusion(metrics, out / "confusion.png"),
-            plot_mistakes(data.test_images, data.test_labels, probs, out / "mistakes.png")]
+    paths = [plot_history(history, out / "history.png"), plot_confusion(metrics, out / "confusion.png"),
+             plot_mistakes(data.test_images, data.test_labels, probs, out / "mistakes.png")]
+    if weights.members is not None:
+        members = evaluate_members(weights.model, weights.params, data.test_images, data.test_labels,
+                                   members=weights.members, state=weights.state)
+        paths.append(plot_members([m.accuracy for m in members], metrics.accuracy, out / "members.png"))
+    return paths
 
 
 _HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy")

@@ -21,7 +21,7 @@ from .config import TrainConfig
 from .constants import VERSION
 from .errors import MnistfxError, RunFolderError
 from .metrics import Metrics
-from .weights import save_weights
+from .weights import STATE_PREFIX, save_weights
 
 try:
     import fcntl
@@ -39,10 +39,13 @@ class Run:
 
     Attributes:
         config: what produced it.
-        params: the trained parameters (on the config's device).
+        params: the trained parameters (on the config's device); an ensemble's stacked.
+        state: the model's state (``{}`` for a model without state).
         history: one dict per epoch (train loss, val loss and accuracy, seconds, img/s).
         val: metrics on the validation split after the last epoch.
-        test: metrics on the full 10,000-image test set.
+        test: metrics on the full 10,000-image test set (``None`` if it was not evaluated);
+            an ensemble's from the mean of its members' probabilities.
+        member_val, member_test: an ensemble's metrics of each member.
         seconds: wall time of the whole run; compile_seconds: of the first (compiling) step.
     """
 
@@ -51,6 +54,9 @@ class Run:
     history: list[dict] = field(default_factory=list)
     val: Metrics | None = None
     test: Metrics | None = None
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    member_val: list[Metrics] | None = None
+    member_test: list[Metrics] | None = None
     seconds: float = 0.0
     compile_seconds: float = 0.0
 
@@ -58,9 +64,11 @@ class Run:
         """What :func:`save_run` stores beside the weights: config, accuracies, times, versions."""
         return {
             "model": self.config.model, "config": self.config.to_dict(), "seed": self.config.seed,
-            "epochs": self.config.epochs,
+            "epochs": self.config.epochs, "members": self.config.ensemble if self.config.ensemble > 1 else None,
             "val_accuracy": self.val.accuracy if self.val else None,
             "test_accuracy": self.test.accuracy if self.test else None,
+            "member_val_accuracy": [m.accuracy for m in self.member_val] if self.member_val else None,
+            "member_test_accuracy": [m.accuracy for m in self.member_test] if self.member_test else None,
             "seconds": round(self.seconds, 2), "compile_seconds": round(self.compile_seconds, 2),
             "mnistfx_version": VERSION, "torch_version": torch.__version__,
         }
@@ -72,9 +80,11 @@ class Run:
 
 
 def default_run_dir(config: TrainConfig) -> Path:
-    """``runs/<model>-seed<N>``, or ``runs/<model>-<recipe>-seed<N>`` for a recipe other than the default."""
+    """``runs/<model>-seed<N>``, with ``-<recipe>`` for a recipe other than the default and ``-ens<K>``
+    for an ensemble (``runs/tuned-fast-ens5-seed0``)."""
     recipe_part = "" if config.recipe == "default" else f"-{config.recipe}"
-    return Path("runs") / f"{config.model}{recipe_part}-seed{config.seed}"
+    ensemble_part = f"-ens{config.ensemble}" if config.ensemble > 1 else ""
+    return Path("runs") / f"{config.model}{recipe_part}{ensemble_part}-seed{config.seed}"
 
 
 def run_folder(path) -> Path:
@@ -169,7 +179,8 @@ def save_run(run: Run, out_dir) -> dict[str, Path]:
     paths = {"weights": out / WEIGHTS_FILE, "history": out / HISTORY_FILE}
     with run_lock(out):
         try:
-            save_weights(paths["weights"], run.params, run.metadata())
+            save_weights(paths["weights"], {**run.params, **{STATE_PREFIX + k: v for k, v in run.state.items()}},
+                         run.metadata())
             atomic_write_bytes(paths["history"], (to_json(run.summary(), indent=2) + "\n").encode())
         except OSError as e:
             raise MnistfxError(f"cannot write the run's files into {out} ({e.strerror}); its checkpoint is whole: "

@@ -1,7 +1,7 @@
 """The pure train step, several steps as one call, their inputs, and how they are compiled.
 
 The train step (forward, loss, gradient through ``torch.func``, optimiser update) is one pure
-function ``(params, opt_state, x, y, noise) -> (params, opt_state, loss)``. A batch's inputs are
+function ``(params, state, opt_state, x, y, noise) -> (params, state, opt_state, loss, aux)``. A batch's inputs are
 made outside it: an index gather from the uint8 images resident on the device, one batched
 affine warp, and the dropout noise (aten's ``grid_sample`` is faster here than inductor's
 version of it).
@@ -18,9 +18,11 @@ from torch.nn import functional as F
 from ._checks import check_choice
 from .augment import random_affine
 from .constants import PRECISIONS
+from .ensemble import stack
 from .errors import MnistfxError
 from .models import Model, check_images
 from .optim import Optimizer
+from .rng import as_generator
 
 # On the CPU, inductor's C++ wrapper launches the kernels from C++ instead of Python, and the
 # runtime size and alignment asserts only repeat what dynamo's guards already check (shapes are
@@ -30,14 +32,16 @@ CPU_COMPILE_OPTIONS = {"cpp_wrapper": True, "size_asserts": False, "alignment_as
                        "scalar_asserts": False}
 
 
-def make_train_step(model: Model, opt: Optimizer, *, label_smoothing: float = 0.0,
+def make_train_step(model: Model, opt: Optimizer, *, loss: Callable | None = None, label_smoothing: float = 0.0,
                     precision: str = "fp32") -> Callable:
-    """The pure train step ``(params, opt_state, x, y, noise) -> (params, opt_state, loss)``.
+    """The pure train step ``(params, state, opt_state, x, y, noise) -> (params, state, opt_state, loss, aux)``.
 
     Arguments:
-        model: the model.
+        model: the model (``state`` is ``{}`` for a model without state).
         opt: a pure optimiser (e.g. :func:`~mnistfx.adam`).
-        label_smoothing: cross-entropy label smoothing.
+        loss: ``loss(logits, y) -> loss`` or ``-> (loss, aux)`` with ``aux`` a dict of tensors the step
+            returns as they are (default: cross-entropy with ``label_smoothing``).
+        label_smoothing: the default loss's label smoothing.
         precision: ``"bf16"`` runs the forward pass under bf16 autocast (the loss, gradients
             and update stay float32); ``"fp32"`` does not.
 
@@ -45,32 +49,44 @@ def make_train_step(model: Model, opt: Optimizer, *, label_smoothing: float = 0.
         The step; ``x`` and ``noise`` come from :func:`batch_inputs`.
     """
     check_choice("precision", precision, PRECISIONS)
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss must be a function (logits, y) -> loss, not {type(loss).__name__}")
+    if loss is not None and label_smoothing:
+        raise ValueError("label_smoothing belongs to the default loss: put it in your loss function instead")
+    if loss is None:
+        def loss(logits, y):
+            return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
-    def loss_fn(params, x, y, noise):
+    def loss_fn(params, state, x, y, noise):
         with torch.autocast(x.device.type, torch.bfloat16, enabled=precision == "bf16"):
-            logits = model.apply(params, x, train=True, noise=noise)
-        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            logits, new_state = model.forward(params, state, x, train=True, noise=noise)
+        new_state = {k: v.to(state[k].dtype) for k, v in new_state.items()}
+        out = loss(logits.float(), y)
+        value, aux = out if isinstance(out, tuple) else (out, {})
+        return value, (new_state, aux)
 
-    def step(params, opt_state, x, y, noise):
-        grads, loss = grad_and_value(loss_fn)(params, x, y, noise)
+    def step(params, state, opt_state, x, y, noise):
+        grads, (value, (state, aux)) = grad_and_value(loss_fn, has_aux=True)(params, state, x, y, noise)
         params, opt_state = opt.update(grads, opt_state, params)
-        return params, opt_state, loss
+        return params, state, opt_state, value, aux
 
     return step
 
 
 def make_multi_step(step: Callable, k: int) -> Callable:
-    """``k`` train steps as one pure function ``(params, opt_state, x, y, noise) -> (params,
-    opt_state, losses)``: ``x``, ``y`` and ``noise`` hold ``k`` batches one after another, which
-    are taken in order; ``losses`` has the ``k`` losses."""
+    """``k`` train steps as one pure function with the step's signature: ``x``, ``y`` and ``noise`` hold
+    ``k`` batches one after another, taken in order; the loss (and each ``aux`` value) has the ``k``
+    steps' values stacked."""
 
-    def multi_step(params, opt_state, x, y, noise):
-        losses = []
+    def multi_step(params, state, opt_state, x, y, noise):
+        losses, auxes = [], []
         chunks = {name: n.chunk(k) for name, n in noise.items()}
         for j, (xj, yj) in enumerate(zip(x.chunk(k), y.chunk(k))):
-            params, opt_state, loss = step(params, opt_state, xj, yj, {name: c[j] for name, c in chunks.items()})
+            params, state, opt_state, loss, aux = step(params, state, opt_state, xj, yj,
+                                                       {name: c[j] for name, c in chunks.items()})
             losses.append(loss)
-        return params, opt_state, torch.stack(losses)
+            auxes.append(aux)
+        return params, state, opt_state, torch.stack(losses), {a: torch.stack([x[a] for x in auxes]) for a in auxes[0]}
 
     return multi_step
 
@@ -115,7 +131,7 @@ def augment_batch(model: Model, x01: torch.Tensor, *, key, faithful_fill: bool =
 
 
 def batch_inputs(model: Model, images: torch.Tensor, idx: torch.Tensor, *, aug_key, drop_key,
-                 augment: bool = True, faithful_fill: bool = False):
+                 augment: bool = True, faithful_fill: bool = False, members: int | None = None):
     """The model input and dropout noise for the training batch ``images[idx]``.
 
     Arguments:
@@ -124,10 +140,15 @@ def batch_inputs(model: Model, images: torch.Tensor, idx: torch.Tensor, *, aug_k
         idx: the batch's indices into ``images``.
         aug_key, drop_key: ``torch.Generator`` (or seeds) for the augmentation and dropout.
         augment, faithful_fill: as in :class:`~mnistfx.TrainConfig`.
+        members: for an ensemble step, draw this many members' noise (stacked on a leading axis);
+            the images are shared.
 
     Returns:
         ``(x, noise)`` for the train step.
     """
     x = check_images(images)[idx].reshape(-1, 1, 28, 28).float() / 255.0
     x = augment_batch(model, x, key=aug_key, faithful_fill=faithful_fill) if augment else model.normalize_input(x)
-    return x, model.dropout_noise(x.shape[0], key=drop_key, device=images.device)
+    g = as_generator(drop_key, images.device)  # one generator: each member's noise is its own
+    if members is None:
+        return x, model.dropout_noise(x.shape[0], key=g, device=images.device)
+    return x, stack([model.dropout_noise(x.shape[0], key=g, device=images.device) for _ in range(members)])

@@ -25,9 +25,10 @@ from .config import TrainConfig
 from .data import MNIST, load_mnist
 from .constants import MAX_CHECKPOINT_EVERY, MNIST_TRAIN_SIZE
 from .errors import ConfigError, MnistfxError, RunFolderError, WeightsError
-from .metrics import evaluate
-from .models import get_model
-from .optim import adam, lr_schedule
+from .ensemble import make_ensemble_step, member_seed, stack
+from .metrics import evaluate, evaluate_members
+from .optim import config_optimizer
+from .registry import get_model
 from .rng import fold_in
 from .runs import (CHECKPOINT_FILE, HISTORY_FILE, WEIGHTS_FILE, Run, check_run_dir, prepare_run_dir, run_folder,
                    run_lock)
@@ -35,8 +36,14 @@ from .runtime import resolve_device
 from .step import batch_inputs, compile_step, make_multi_step, make_train_step
 
 
+def _to(tree, device):
+    """A dict of tensors (nested dicts too) on ``device``."""
+    return tree.to(device) if isinstance(tree, torch.Tensor) else {k: _to(v, device) for k, v in tree.items()}
+
+
 def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable | None = None,
-          checkpoint_dir=None, checkpoint_every: int = 0, overwrite: bool = False) -> Run:
+          checkpoint_dir=None, checkpoint_every: int = 0, overwrite: bool = False, loss: Callable | None = None,
+          test: bool = True) -> Run:
     """Train a model from scratch as ``config`` says, then evaluate it on the full test set.
 
     Everything that can be checked is checked before any work: the device, the model, the
@@ -57,9 +64,13 @@ def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable 
             atomically after every epoch, from which :func:`resume` continues the run.
         checkpoint_every: also write it every this many steps (0: only after epochs).
         overwrite: replace the run (finished or not) that ``checkpoint_dir`` holds.
+        loss: the loss function of :func:`~mnistfx.make_train_step` (default: cross-entropy with the
+            config's label smoothing); pass the same one to :func:`resume`.
+        test: evaluate on the test set at the end (``False`` for sweeps, which must not look at it).
 
     Returns:
-        A :class:`~mnistfx.Run` with the parameters, per-epoch history and validation / test metrics.
+        A :class:`~mnistfx.Run` with the parameters (and state), per-epoch history and validation /
+        test metrics; for an ensemble also each member's.
 
     Raises:
         RunFolderError: ``checkpoint_dir`` holds a run, or another process is writing into it.
@@ -68,11 +79,12 @@ def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable 
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig (see mnistfx.recipe), not {type(config).__name__}")
-    return _Loop(config, None, data, on_event, checkpoint_dir, checkpoint_every, overwrite=overwrite).run()
+    return _Loop(config, None, data, on_event, checkpoint_dir, checkpoint_every, overwrite=overwrite, loss=loss,
+                 test=test).run()
 
 
 def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = None,
-           checkpoint_every: int = 0, data_root=None) -> Run:
+           checkpoint_every: int = 0, data_root=None, loss: Callable | None = None, test: bool = True) -> Run:
     """Continue the run whose checkpoint is in ``run_dir``, as :func:`train` would have gone on.
 
     On the CPU the result is bit-identical to the uninterrupted run's. Checkpoints keep being
@@ -90,7 +102,8 @@ def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = No
     except ConfigError:
         raise ConfigError(f"{run_dir} was trained on {ckpt.config.device}, which is not available here: resume it "
                           "where that device is (its checkpoint holds that device's random state)") from None
-    return _Loop(ckpt.config, ckpt, data, on_event, run_dir, checkpoint_every, data_root=data_root).run()
+    return _Loop(ckpt.config, ckpt, data, on_event, run_dir, checkpoint_every, data_root=data_root, loss=loss,
+                 test=test).run()
 
 
 def train_val_split(seed: int, val_size: int, n: int = MNIST_TRAIN_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,9 +121,11 @@ class _Loop:
     """One run: checked and set up when made, trained by :meth:`run` (from ``start`` if given)."""
 
     def __init__(self, config: TrainConfig, start: Checkpoint | None, data, on_event, checkpoint_dir,
-                 checkpoint_every, *, data_root=None, overwrite: bool = False):
+                 checkpoint_every, *, data_root=None, overwrite: bool = False, loss=None, test: bool = True):
         self.t_start = time.perf_counter()
         self.config, self.start, self.data, self.overwrite = config, start, data, overwrite
+        self.loss, self.test = loss, test
+        self.members = config.ensemble if config.ensemble > 1 else None
         self.data_root = config.data_root if start is None else data_root
         self.every = check_whole("checkpoint-every", checkpoint_every, 0, MAX_CHECKPOINT_EVERY)
         self.device = resolve_device(config.device)
@@ -145,10 +160,12 @@ class _Loop:
         train_y = self.data.train_labels[train_idx].to(device)
         val_x, val_y = self.data.train_images[val_idx].to(device), self.data.train_labels[val_idx]
 
-        n_steps, total = cfg.steps_per_epoch, cfg.epochs * cfg.steps_per_epoch
-        self.opt = adam(lr_schedule(cfg.lr, total, round(cfg.decay * total), round(cfg.warmup * total)))
-        step = make_multi_step(make_train_step(model, self.opt, label_smoothing=cfg.label_smoothing,
+        n_steps = cfg.steps_per_epoch
+        self.opt = config_optimizer(cfg)
+        step = make_multi_step(make_train_step(model, self.opt, loss=self.loss, label_smoothing=cfg.label_smoothing,
                                                precision=cfg.precision), cfg.group)
+        if self.members:
+            step = make_ensemble_step(step)
         self.step = compile_step(step, device) if cfg.compile else step
         self.generators = {name: torch.Generator(device=device).manual_seed(fold_in(cfg.seed, name))
                            for name in GENERATORS}
@@ -163,7 +180,7 @@ class _Loop:
             begin = first_step if epoch == first_epoch else 0
             t_epoch += self._train_epoch(epoch, begin, train_x, train_y)
             train_seconds = time.perf_counter() - t_epoch
-            val = evaluate(model, self.params, val_x, val_y)
+            val = self._evaluate(val_x, val_y)
             entry = {
                 "epoch": epoch, "train_loss": (self.loss_sum / n_steps).item(), "val_loss": val.loss,
                 "val_accuracy": val.accuracy, "seconds": round(time.perf_counter() - t_epoch, 3),
@@ -175,23 +192,36 @@ class _Loop:
             self._save(epoch, n_steps, None)
 
         run = self.result
-        run.params = self.params
-        run.val = run.val or evaluate(model, self.params, val_x, val_y)
-        run.test = evaluate(model, self.params, self.data.test_images, self.data.test_labels)
+        run.params, run.state = self.params, self.state
+        run.val = run.val or self._evaluate(val_x, val_y)
+        if self.members:
+            run.member_val = evaluate_members(model, self.params, val_x, val_y, members=self.members,
+                                              state=self.state)
+        if self.test:
+            run.test = self._evaluate(self.data.test_images, self.data.test_labels)
+            if self.members:
+                run.member_test = evaluate_members(model, self.params, self.data.test_images, self.data.test_labels,
+                                                   members=self.members, state=self.state)
+            self.emit("test", accuracy=run.test.accuracy, loss=run.test.loss)
         run.seconds = time.perf_counter() - self.t_start
-        self.emit("test", accuracy=run.test.accuracy, loss=run.test.loss)
         return run
+
+    def _evaluate(self, images, labels):
+        return evaluate(self.model, self.params, images, labels, state=self.state, members=self.members)
 
     def _initial_state(self) -> tuple[int, int]:
         """Set the parameters and optimiser state, fresh or from the checkpoint; return where to start."""
-        device, start = self.device, self.start
+        device, start, seed = self.device, self.start, self.config.seed
         if start is None:
-            self.params = {k: v.to(device) for k, v in self.model.init(fold_in(self.config.seed, "init")).items()}
-            self.opt_state = self.opt.init(self.params)
+            seeds = [seed] if self.members is None else [member_seed(seed, i) for i in range(self.members)]
+            params = [{k: v.to(device) for k, v in self.model.init(fold_in(s, "init")).items()} for s in seeds]
+            states = [self.model.init_state(p) for p in params]
+            opt_states = [self.opt.init(p) for p in params]
+            self.params, self.state, self.opt_state = ((xs[0] if self.members is None else stack(xs))
+                                                       for xs in (params, states, opt_states))
             return 1, 0
-        self.params = {k: v.to(device) for k, v in start.params.items()}
-        self.opt_state = {"step": start.opt_state["step"].to(device),
-                          **{part: {k: v.to(device) for k, v in start.opt_state[part].items()} for part in ("mu", "nu")}}
+        self.params, self.state, self.opt_state = (_to(part, device) for part in (start.params, start.state,
+                                                                                start.opt_state))
         try:
             for name, g in self.generators.items():
                 g.set_state(start.rng[name])
@@ -217,11 +247,14 @@ class _Loop:
             end = i + group  # this call does steps i+1 .. end of the epoch, from one gather and warp
             idx = self.perm[i * batch:end * batch]
             x, noise = batch_inputs(self.model, train_x, idx, aug_key=g["augment"], drop_key=g["dropout"],
-                                    augment=augment, faithful_fill=cfg.faithful_fill)
+                                    augment=augment, faithful_fill=cfg.faithful_fill, members=self.members)
             if self.compiling:
                 self.emit("compiling")
                 t_compile = time.perf_counter()
-            self.params, self.opt_state, losses = self.step(self.params, self.opt_state, x, train_y[idx], noise)
+            self.params, self.state, self.opt_state, losses, _ = self.step(self.params, self.state, self.opt_state, x,
+                                                                           train_y[idx], noise)
+            if self.members:
+                losses = losses.mean(0)  # the members' mean loss of each step
             self.loss_sum = self.loss_sum + losses.detach().sum()
             if self.compiling:
                 self.compiling = False
@@ -252,7 +285,7 @@ class _Loop:
         path = self.dir / CHECKPOINT_FILE
         try:
             save_checkpoint(path, Checkpoint(
-                self.config, epoch, step, self.params, self.opt_state,
+                self.config, epoch, step, self.params, self.state, self.opt_state,
                 {k: g.get_state() for k, g in self.generators.items()}, perm, self.loss_sum,
                 self.result.history, self.result.compile_seconds))
         except OSError as e:

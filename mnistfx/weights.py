@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import json
 import os
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -13,24 +12,24 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ._io import atomic_write_bytes, open_checked, to_json
-from .constants import MODELS
+from dataclasses import dataclass
+
+from ._checks import is_whole
+from ._io import first_line, open_checked, to_json, write_new
+from .constants import MAX_ENSEMBLE, MODELS
 from .errors import WeightsError
-from .models import Model, check_params, get_model
+from .metrics import Metrics, evaluate, probabilities
+from .models import Model, check_finite, check_params, check_state
+from .pth import import_notebook_checkpoint
+from .registry import get_model, guess_model, model_names
 
 WEIGHTS_MAX_BYTES = 1 << 30  # far above any model's weights or checkpoint (an 8-member cnn ensemble's is 0.25 GB)
-PTH_MAX_BYTES = 256 << 20    # a notebook checkpoint, inflated (the published one is 1.9 MB)
 _HEADER_MAX_BYTES = 8 << 20  # a checkpoint's header (names, shapes, history) is a few kB
 _MAX_TENSORS = 10_000
 _DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}  # what torch and mnistfx read
 _FIX = "pass a weights.safetensors written by `mnistfx train`"
-_LAYER_MAX_ELEMENTS = 4_000_000  # the largest notebook layer, cnn's fc1, has 2,458,624
+STATE_PREFIX = "state/"  # a model's state tensors sit beside its parameters under this prefix  # the largest notebook layer, cnn's fc1, has 2,458,624
 
-# The notebook saved an nn.Module with two nn.Sequential blocks; its indices map to our names.
-NOTEBOOK_KEYS = {
-    "Convolutional_layers.0": "conv1", "Convolutional_layers.3": "conv2",
-    "Linear_layers.0": "fc1", "Linear_layers.3": "fc2", "Linear_layers.6": "fc3", "Linear_layers.9": "fc4",
-}
 
 
 def save_weights(path, params: dict[str, torch.Tensor], metadata: dict | None = None, *,
@@ -50,14 +49,7 @@ def save_weights(path, params: dict[str, torch.Tensor], metadata: dict | None = 
     check_finite(params, source=f"not saving {path}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
     meta = {str(k): to_json(v) for k, v in (metadata or {}).items()}
-    _write_new(Path(path), st_save(tensors, metadata=meta), overwrite)
-
-
-def _write_new(path: Path, data: bytes, overwrite: bool) -> None:
-    """Write ``data`` atomically, refusing to replace a file unless ``overwrite``."""
-    if not overwrite and os.path.lexists(path):
-        raise WeightsError(f"{path} exists: pass --overwrite to replace it, or another --out")
-    atomic_write_bytes(path, data)
+    write_new(Path(path), st_save(tensors, metadata=meta), overwrite, WeightsError)
 
 
 def load_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -87,7 +79,7 @@ def load_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         params = st_load(data)
     except Exception as e:  # safetensors' own checks (offsets, sizes): all mean "not safetensors"
-        raise WeightsError(f"{path} is not a safetensors file ({_first_line(e)}): {_FIX}") from None
+        raise WeightsError(f"{path} is not a safetensors file ({first_line(e)}): {_FIX}") from None
     meta = {}
     for k, v in raw_meta.items():
         try:
@@ -110,7 +102,7 @@ def _read_header(path: Path, data: bytes) -> dict:
     try:
         header = json.loads(data[8:8 + size])
     except (ValueError, RecursionError) as e:
-        raise bad(f"invalid JSON in header: {_first_line(e)}") from None
+        raise bad(f"invalid JSON in header: {first_line(e)}") from None
     if not isinstance(header, dict):
         raise bad("the header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
@@ -126,29 +118,52 @@ def _read_header(path: Path, data: bytes) -> dict:
     return meta
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:80]
+@dataclass(frozen=True)
+class Weights:
+    """Trained weights as :func:`load_model_weights` reads them.
+
+    Attributes:
+        model: the :class:`~mnistfx.Model` they belong to.
+        params: the parameters (an ensemble's stacked on a leading member axis).
+        state: the model's state (``{}`` for a model without state).
+        metadata: what the file says about them (config, accuracies, versions).
+        members: the ensemble's size, or ``None`` for a single model.
+    """
+
+    model: Model
+    params: dict
+    state: dict
+    metadata: dict
+    members: int | None = None
+
+    def to(self, device) -> "Weights":
+        """The same weights on ``device``."""
+        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return dataclasses.replace(self, params=move(self.params), state=move(self.state))
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, 10) for uint8 images (an ensemble's: the mean of its members')."""
+        return probabilities(self.model, self.params, images, state=self.state, members=self.members)
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> Metrics:
+        """:func:`~mnistfx.evaluate` of these weights."""
+        return evaluate(self.model, self.params, images, labels, state=self.state, members=self.members)
 
 
-def check_finite(params: dict, *, source: str, fix: str = "the run diverged: train again with a lower --lr") -> None:
-    """Raise :class:`WeightsError` if a float tensor of ``params`` holds NaN or infinity."""
-    for k, v in params.items():
-        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise WeightsError(f"{source}: {k} holds NaN or infinite values: {fix}")
-
-
-def load_model_weights(path, model: str | None = None) -> tuple[Model, dict[str, torch.Tensor], dict]:
+def load_model_weights(path, model: str | None = None) -> Weights:
     """Load weights and the model they belong to, checking that they fit.
 
-    Reads mnistfx safetensors files, and also the original notebook's ``.pth`` checkpoints
-    (with ``torch.load(weights_only=True)``, which refuses pickled code).
+    Reads mnistfx safetensors files (a single model's or an ensemble's), and also the original
+    notebook's ``.pth`` checkpoints (with ``torch.load(weights_only=True)``, which refuses pickled
+    code). The model is looked up by name among the built-in and registered ones: nothing is
+    imported because a file names it.
 
     Arguments:
         path: a ``.safetensors`` (or notebook ``.pth``) file.
         model: the expected model name; default: the one named in the file.
 
     Returns:
-        ``(model, params, metadata)``.
+        A :class:`Weights`.
 
     Raises:
         WeightsError: unreadable file, unknown model, or weights that do not fit the model.
@@ -163,108 +178,22 @@ def load_model_weights(path, model: str | None = None) -> tuple[Model, dict[str,
             raise WeightsError(f"{path} is a training checkpoint, not weights: pass the weights.safetensors "
                                "beside it (or continue the run with --resume)")
         name = meta.get("model")
+    state = {k[len(STATE_PREFIX):]: params.pop(k) for k in [k for k in params if k.startswith(STATE_PREFIX)]}
     if name is None:
-        name = model or _guess_model(params, source=str(path))
-    if name not in MODELS:
-        raise WeightsError(f"{path} is for model {name!r}, which mnistfx does not know ({', '.join(MODELS)})")
+        name = model or guess_model(params, source=str(path))
+    if not isinstance(name, str) or name not in model_names():
+        raise WeightsError(f"{path} is for model {name!r}, which is not built in ({', '.join(MODELS)}) or registered "
+                           "here: pass --model MODULE:ATTR to import yours (in Python: mnistfx.register_model)")
     if model is not None and model != name:
         raise WeightsError(f"{path} holds {name} weights, not {model}: pass --model {name} or other weights")
+    members = meta.get("members")
+    if members is not None and not (is_whole(members) and 2 <= members <= MAX_ENSEMBLE):
+        raise WeightsError(f"{path} says it holds {members!r} ensemble members, which cannot be: {_FIX}")
     m = get_model(name)
-    check_params(m, params, source=str(path), dtype=torch.float32)
+    check_params(m, params, source=str(path), dtype=torch.float32, members=members)
+    check_state(m, state, source=str(path), members=members)
     check_finite(params, source=str(path))
-    return m, params, meta
+    check_finite(state, source=str(path))
+    return Weights(m, params, state, meta, members)
 
 
-def _guess_model(params: dict, *, source: str) -> str:
-    for name in MODELS:
-        if {k: tuple(v.shape) for k, v in params.items()} == get_model(name).shapes():
-            return name
-    raise WeightsError(f"{source} holds weights that match no model and name none: pass weights written by "
-                       "`mnistfx train`")
-
-
-def import_notebook_checkpoint(path) -> tuple[str, dict[str, torch.Tensor]]:
-    """Read the original notebook's ``state_dict`` checkpoint (``.pth``) as mnistfx params.
-
-    Loaded with ``torch.load(..., map_location="cpu", weights_only=True)``: a file that
-    carries pickled code is refused without running it.
-
-    Returns:
-        ``(model_name, params)``.
-    """
-    _check_zip(Path(path))
-    try:
-        with warnings.catch_warnings():  # its notes on what it checks would be lines of their own
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError, zip errors: all mean "not weights"
-        raise WeightsError(f"{path} is not a plain PyTorch state_dict ({str(e).splitlines()[0][:100]}): "
-                           "only tensors are loaded, never pickled code") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} is not a state_dict of tensors")
-    if len(state) > 2 * len(NOTEBOOK_KEYS):
-        raise WeightsError(f"{path} holds {len(state)} tensors, more than the notebook's models have: "
-                           "not a notebook checkpoint")
-    for key, value in state.items():  # every check before any copy: views may share one storage
-        layer, _, kind = key.rpartition(".") if isinstance(key, str) else ("", "", "")
-        if not isinstance(key, str):
-            raise WeightsError(f"{path} has a key {key!r} that is not a tensor name: not a notebook checkpoint")
-        if layer not in NOTEBOOK_KEYS or kind not in ("weight", "bias"):
-            raise WeightsError(f"{path} has an unexpected tensor {key}: not a notebook checkpoint")
-        if not isinstance(key, str):
-            raise WeightsError(f"{path} has a key {key!r} that is not a tensor name: not a notebook checkpoint")
-        if value.layout != torch.strided or value.is_meta or not value.is_floating_point():
-            raise WeightsError(f"{path}: {key} is not a dense float tensor with data ({value.layout}, "
-                               f"{value.dtype}, {value.device}): not a notebook checkpoint")
-        if value.numel() > _LAYER_MAX_ELEMENTS:  # a zero-stride view claims what it lacks
-            raise WeightsError(f"{path}: {key} has shape {tuple(value.shape)}, more elements than any notebook "
-                               "layer: not a notebook checkpoint")
-    params = {}
-    for key, value in state.items():
-        layer, _, kind = key.rpartition(".")
-        params[f"{NOTEBOOK_KEYS[layer]}.{kind}"] = value.float().contiguous()
-    return _guess_model(params, source=str(path)), params
-
-
-def to_notebook_state_dict(params: dict) -> dict:
-    """mnistfx parameters (``conv1.weight`` ...) under the notebook's names (``Convolutional_layers.0.weight`` ...)."""
-    theirs = {v: k for k, v in NOTEBOOK_KEYS.items()}
-    return {f"{theirs[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in params.items()}
-
-
-def export_notebook_checkpoint(path, model: Model, params: dict, *, overwrite: bool = False) -> Path:
-    """Write ``params`` as the notebook's ``state_dict`` checkpoint (``.pth``), atomically.
-
-    The notebook's own ``nn.Module`` loads it with ``load_state_dict(strict=True)`` and then
-    predicts what mnistfx predicts.
-
-    Arguments:
-        path: the ``.pth`` file to write.
-        model: the model the parameters are for (checked: names, shapes, float32, finite).
-        params: the parameters.
-        overwrite: replace an existing file (default: refuse to).
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    check_params(model, params, source="params", dtype=torch.float32)
-    check_finite(params, source="params")
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu().contiguous() for k, v in to_notebook_state_dict(params).items()}, buffer)
-    _write_new(path, buffer.getvalue(), overwrite)
-    return path
-
-
-def _check_zip(path: Path) -> None:
-    """Refuse a ``.pth`` (a zip) that is too large, or whose entries would inflate past the limit."""
-    fix = "pass the notebook's .pth checkpoint or a weights.safetensors"
-    try:
-        with open_checked(path, PTH_MAX_BYTES, what="notebook checkpoint", fix=fix, error=WeightsError) as (f, _), \
-                zipfile.ZipFile(f) as zf:
-            inflated = sum(info.file_size for info in zf.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise WeightsError(f"{path} is not a readable zip ({_first_line(e)}): {fix}") from None
-    if inflated > PTH_MAX_BYTES:
-        raise WeightsError(f"{path} would inflate to {inflated:,} bytes, more than any notebook checkpoint "
-                           f"({PTH_MAX_BYTES:,}): {fix}")

@@ -92,9 +92,12 @@ def test_the_version_lives_in_one_place():
 
 
 def test_the_builtin_model_names_are_the_models():
-    from mnistfx.models import ARCHS
+    from mnistfx.constants import OPTIMIZERS as OPTIMIZER_NAMES
+    from mnistfx.optim import OPTIMIZERS
+    from mnistfx.reference import ARCHS
 
-    assert mnistfx.MODELS == tuple(ARCHS)
+    assert mnistfx.MODELS == tuple(ARCHS) == mnistfx.model_names()[:2]
+    assert OPTIMIZER_NAMES == tuple(OPTIMIZERS)
 
 
 def test_the_package_root_and_the_cli_constants_load_without_torch():

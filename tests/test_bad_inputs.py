@@ -171,7 +171,7 @@ def pth_that_runs_code_when_unpickled(tmp_path, ctx):
     return ["eval", str(path)]
 
 
-@case("'resnet' is not one of")
+@case("unknown model 'resnet': choose one of tuned, cnn")
 def unknown_model(tmp_path, ctx):
     return _train(tmp_path, "resnet")
 

@@ -23,8 +23,8 @@ def test_help_does_not_import_torch():
 def test_console_script_exit_code_and_message():
     done = subprocess.run([MNISTFX, "train", "resnet"],
                           capture_output=True, text=True)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().startswith("error: ") and "'resnet' is not one of" in done.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("error: ") and "unknown model 'resnet'" in done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,8 @@ def test_predict_reads_png_files(trained, mnist, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "predict", str(trained / "weights.safetensors"), *paths, "--json")
     assert code == 0
     rows = json.loads(out)
-    model, params, _ = mnistfx.load_model_weights(trained / "weights.safetensors")
-    expected = mnistfx.predict(model, params, mnistfx.read_digit_images(paths)).tolist()
+    w = mnistfx.load_model_weights(trained / "weights.safetensors")
+    expected = mnistfx.predict(w.model, w.params, mnistfx.read_digit_images(paths)).tolist()
     assert [r["digit"] for r in rows] == expected
     for r in rows:  # all ten probabilities, the top one the digit
         assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4
@@ -150,11 +150,11 @@ def test_the_notebook_checkpoint_both_ways(notebook_ckpt, trained, mnist, tmp_pa
     with torch.random.fork_rng():  # the notebook's module draws its own init from the global RNG
         net = NotebookNet("tuned").eval()
     net.load_state_dict(torch.load(mine, weights_only=True), strict=True)
-    model, params, _ = mnistfx.load_model_weights(run / "weights.safetensors")
+    w = mnistfx.load_model_weights(run / "weights.safetensors")
     images = mnist.test_images[:1000]
     with torch.no_grad():
-        theirs = net(model.preprocess(images)).argmax(1)
-    assert torch.equal(theirs, mnistfx.predict(model, params, images))
+        theirs = net(w.model.preprocess(images)).argmax(1)
+    assert torch.equal(theirs, mnistfx.predict(w.model, w.params, images))
 
 
 def test_terminal_escapes_in_paths_never_reach_the_terminal(tmp_path, capsys):

@@ -130,7 +130,8 @@ def test_photos_of_digits_are_prepared_as_mnist_was(mnist, photos):
 
 def test_prepared_photos_are_read_right_and_plain_resizes_are_not(mnist, photos, notebook_ckpt):
     indices, paths, prepared = photos
-    model, params, _ = mnistfx.load_model_weights(notebook_ckpt)
+    w = mnistfx.load_model_weights(notebook_ckpt)
+    model, params = w.model, w.params
     labels = mnist.test_labels[indices]
     assert (mnistfx.predict(model, params, prepared) == labels).float().mean() >= 0.95
     plain = mnistfx.read_digit_images(paths, prepare=False)

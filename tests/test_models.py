@@ -56,9 +56,9 @@ def test_apply_matches_the_notebook_module(name, test_slice):
 
 
 def test_notebook_checkpoint_scores_9905_on_the_full_test_set(mnist, notebook_ckpt):
-    model, params, meta = mnistfx.load_model_weights(notebook_ckpt)
-    assert model.name == "tuned" and mnistfx.num_params(params) == 477_738
-    m = mnistfx.evaluate(model, params, mnist.test_images, mnist.test_labels)
+    w = mnistfx.load_model_weights(notebook_ckpt)
+    assert w.model.name == "tuned" and mnistfx.num_params(w.params) == 477_738 and w.members is None
+    m = w.evaluate(mnist.test_images, mnist.test_labels)
     assert m.correct == 9905 and m.n == 10000
 
 
@@ -80,7 +80,7 @@ def test_dropout_is_keyed_and_drops_at_its_rate(test_slice):
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model 'resnet': choose one of tuned, cnn"):
+    with pytest.raises(ValueError, match="unknown model 'resnet': choose one of tuned, cnn, or name your own"):
         mnistfx.get_model("resnet")
 
 

@@ -54,8 +54,9 @@ def test_validation_split_is_fixed_by_the_seed_and_disjoint():
 def test_save_run_writes_weights_and_history(small_run, tmp_path):
     run, _ = small_run
     paths = mnistfx.save_run(run, tmp_path / "out")
-    model, params, meta = mnistfx.load_model_weights(paths["weights"])
-    assert model.name == "tuned" and meta["seed"] == 0 and meta["epochs"] == 2
+    w = mnistfx.load_model_weights(paths["weights"])
+    model, params, meta = w.model, w.params, w.metadata
+    assert model.name == "tuned" and meta["seed"] == 0 and meta["epochs"] == 2 and w.members is None
     assert meta["config"] == run.config.to_dict() and meta["test_accuracy"] == run.test.accuracy
     assert meta["torch_version"] == torch.__version__ and meta["mnistfx_version"] == mnistfx.__version__
     assert all(torch.equal(params[k], run.params[k]) for k in params)
@@ -100,8 +101,8 @@ def test_compiled_step_matches_eager(compiled_step, test_slice):
     x = model.preprocess(test_slice[0][:64])
     y = test_slice[1][:64]
     noise = model.dropout_noise(64, key=0)
-    p1, s1, l1 = eager(params, opt_state, x, y, noise)
-    p2, s2, l2 = compiled(params, opt_state, x, y, noise)
+    p1, _, s1, l1, _ = eager(params, {}, opt_state, x, y, noise)
+    p2, _, s2, l2, _ = compiled(params, {}, opt_state, x, y, noise)
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
     for k in p1:
         # Adam's first step is ±lr wherever |grad| >> eps; allow 1 % of one step.
@@ -169,7 +170,7 @@ def test_the_step_uses_label_smoothing(test_slice):
     x, y = model.preprocess(test_slice[0][:64]), test_slice[1][:64]
     noise = model.dropout_noise(64, key=0)
     logits = model.apply(params, x, train=True, noise=noise)
-    _, _, loss = make_train_step(model, opt, label_smoothing=0.1)(params, opt.init(params), x, y, noise)
+    loss = make_train_step(model, opt, label_smoothing=0.1)(params, {}, opt.init(params), x, y, noise)[3]
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1).item(), rel=1e-6)
     assert loss.item() != pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-3)
 
@@ -179,8 +180,8 @@ def test_bf16_step_tracks_the_fp32_step(test_slice):
     params = model.init(0)
     x, y = model.preprocess(test_slice[0][:256]), test_slice[1][:256]
     noise = model.dropout_noise(256, key=0)
-    _, _, l32 = make_train_step(model, opt)(params, opt.init(params), x, y, noise)
-    _, _, l16 = make_train_step(model, opt, precision="bf16")(params, opt.init(params), x, y, noise)
+    l32 = make_train_step(model, opt)(params, {}, opt.init(params), x, y, noise)[3]
+    l16 = make_train_step(model, opt, precision="bf16")(params, {}, opt.init(params), x, y, noise)[3]
     assert l16.dtype == torch.float32 and abs(l16.item() - l32.item()) < 0.02 * l32.item()
     assert l16.item() != l32.item()  # the forward really ran in bf16
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
