@@ -19,7 +19,7 @@ _PUBLIC = {
     "MODELS": "constants", "Model": "models", "get_model": "registry", "register_model": "registry",
     "import_model": "registry", "model_names": "registry", "check_params": "models", "check_state": "models",
     "check_images": "models",
-    "num_params": "models", "random_affine": "augment", "as_generator": "rng", "fold_in": "rng",
+    "num_params": "models", "to_module": "modules", "random_affine": "augment", "as_generator": "rng", "fold_in": "rng",
     # optimisation
     "Optimizer": "optim", "adam": "optim", "adamw": "optim", "sgd": "optim", "lr_schedule": "optim",
     "make_train_step": "step", "make_multi_step": "step", "compile_step": "step", "batch_inputs": "step",
@@ -40,7 +40,7 @@ _PUBLIC = {
     "read_digit_images": "images", "prepare_digit": "images",
     # where it runs, and how fast
     "resolve_device": "runtime", "use_compile_cache": "runtime", "environment": "runtime",
-    "benchmark": "bench", "to_json": "_io",
+    "benchmark": "bench", "benchmark_ensemble": "bench_ensemble", "keep_freed_memory": "runtime", "to_json": "_io",
     # pictures (matplotlib, the optional "plot" extra)
     "plot_run": "plots", "plot_history": "plots", "plot_confusion": "plots", "plot_mistakes": "plots", "plot_members": "plots",
     # errors
@@ -67,6 +67,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from ._io import to_json
     from .augment import random_affine
     from .bench import benchmark
+    from .bench_ensemble import benchmark_ensemble
     from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from .config import RECIPES, TrainConfig, recipe
     from .constants import MODELS
@@ -79,13 +80,14 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .metrics import (Metrics, evaluate, evaluate_members, logits, metrics_from_predictions, predict,
                           probabilities)
     from .models import Model, check_images, check_params, check_state, num_params
+    from .modules import to_module
     from .optim import Optimizer, adam, adamw, lr_schedule, sgd
     from .pth import export_notebook_checkpoint, import_notebook_checkpoint
     from .registry import get_model, import_model, model_names, register_model
     from .plots import plot_confusion, plot_history, plot_members, plot_mistakes, plot_run
     from .rng import as_generator, fold_in
     from .runs import Run, check_run_dir, default_run_dir, prepare_run_dir, run_folder, run_lock, save_run
-    from .runtime import environment, resolve_device, use_compile_cache
+    from .runtime import environment, keep_freed_memory, resolve_device, use_compile_cache
     from .step import augment_batch, batch_inputs, compile_step, make_multi_step, make_train_step
     from .training import resume, train, train_val_split
     from .weights import Weights, load_model_weights, load_weights, save_weights

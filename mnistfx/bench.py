@@ -149,11 +149,23 @@ def _measure(m, data, dev, batch_sizes, kinds, precision, seconds, repeats, on_r
 
 def _compare(make, run, dev, batch, seconds, repeats) -> dict:
     """Eager against compiled for one workload: img/s of each, and the compile time."""
-    timer = _Timer(dev)
     states = {"eager": make(False), "compiled": make(True)}
     t0 = time.perf_counter()  # host time: compiling is CPU work even for CUDA
     run(states["compiled"], 0).sum().item()
     compile_seconds = time.perf_counter() - t0
+    rates = race(states, run, dev, batch, seconds, repeats)
+    eager, compiled = rates["eager"], rates["compiled"]
+    return {"eager": round(eager, 1), "compiled": round(compiled, 1), "speedup": round(compiled / eager, 3),
+            "compile_seconds": round(compile_seconds, 2)}
+
+
+def race(states: dict, run: Callable, dev, images: int, seconds: float, repeats: int) -> dict[str, float]:
+    """Images per second of each mode: ``run(states[mode], i)`` does call ``i`` on ``images`` images.
+
+    After warm-up, blocks of about ``seconds`` alternate between the modes (so a noisy machine
+    affects them alike), ``repeats`` blocks each; the median block counts.
+    """
+    timer = _Timer(dev)
     steps = {}
     for mode, state in states.items():  # warm up, then size the blocks to `seconds`
         for i in range(3):
@@ -170,7 +182,5 @@ def _compare(make, run, dev, batch, seconds, repeats) -> dict:
             for i in range(steps[mode]):
                 out = run(state, i)
             out.sum().item()
-            rates[mode].append(steps[mode] * batch / timer.stop())
-    eager, compiled = statistics.median(rates["eager"]), statistics.median(rates["compiled"])
-    return {"eager": round(eager, 1), "compiled": round(compiled, 1), "speedup": round(compiled / eager, 3),
-            "compile_seconds": round(compile_seconds, 2)}
+            rates[mode].append(steps[mode] * images / timer.stop())
+    return {mode: statistics.median(r) for mode, r in rates.items()}

@@ -32,7 +32,7 @@ from .registry import get_model
 from .rng import fold_in
 from .runs import (CHECKPOINT_FILE, HISTORY_FILE, WEIGHTS_FILE, Run, check_run_dir, prepare_run_dir, run_folder,
                    run_lock)
-from .runtime import resolve_device
+from .runtime import keep_freed_memory, resolve_device
 from .step import batch_inputs, compile_step, make_multi_step, make_train_step
 
 
@@ -162,6 +162,8 @@ class _Loop:
 
         n_steps = cfg.steps_per_epoch
         self.opt = config_optimizer(cfg)
+        if self.members and device.type == "cpu":
+            keep_freed_memory()
         step = make_multi_step(make_train_step(model, self.opt, loss=self.loss, label_smoothing=cfg.label_smoothing,
                                                precision=cfg.precision), cfg.group)
         if self.members:

@@ -118,6 +118,11 @@ def _read_header(path: Path, data: bytes) -> dict:
     return meta
 
 
+def printable_name(name) -> str:
+    """A model name read from a file, shown safely (a file may hold anything there)."""
+    return repr(name)[:70] if not (isinstance(name, str) and name.isprintable() and len(name) <= 64) else name
+
+
 @dataclass(frozen=True)
 class Weights:
     """Trained weights as :func:`load_model_weights` reads them.
@@ -181,11 +186,12 @@ def load_model_weights(path, model: str | None = None) -> Weights:
     state = {k[len(STATE_PREFIX):]: params.pop(k) for k in [k for k in params if k.startswith(STATE_PREFIX)]}
     if name is None:
         name = model or guess_model(params, source=str(path))
-    if not isinstance(name, str) or name not in model_names():
-        raise WeightsError(f"{path} is for model {name!r}, which is not built in ({', '.join(MODELS)}) or registered "
-                           "here: pass --model MODULE:ATTR to import yours (in Python: mnistfx.register_model)")
     if model is not None and model != name:
-        raise WeightsError(f"{path} holds {name} weights, not {model}: pass --model {name} or other weights")
+        raise WeightsError(f"{path} holds {printable_name(name)} weights, not {model}: pass the model they are for, "
+                           "or other weights")
+    if not isinstance(name, str) or name not in model_names():
+        raise WeightsError(f"{path} is for model {printable_name(name)}, which is not built in ({', '.join(MODELS)}) or "
+                           "registered here: pass --model MODULE:ATTR to import yours (in Python: mnistfx.register_model)")
     members = meta.get("members")
     if members is not None and not (is_whole(members) and 2 <= members <= MAX_ENSEMBLE):
         raise WeightsError(f"{path} says it holds {members!r} ensemble members, which cannot be: {_FIX}")

@@ -59,3 +59,66 @@ def test_schedule_receives_the_step_count():
 def test_bad_learning_rates_are_refused(lr):
     with pytest.raises(ValueError, match="lr must be a positive number"):
         mnistfx.adam(lr=lr)
+
+
+def _trajectory(mnist, opt, torch_opt_class, steps=60, **torch_kwargs):
+    """Parameters after ``steps`` updates from the same gradients of real MNIST batches, ours and torch's."""
+    model = mnistfx.get_model("tuned")
+    params = model.init(0)
+    state = opt.init(params)
+    torch_params = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    torch_opt = torch_opt_class(torch_params.values(), **torch_kwargs)
+
+    def loss_fn(p, x, y):
+        return F.cross_entropy(model.apply(p, x), y)
+
+    for i in range(steps):
+        x = model.preprocess(mnist.train_images[32 * i:32 * (i + 1)])
+        grads = grad(loss_fn)(params, x, mnist.train_labels[32 * i:32 * (i + 1)])
+        params, state = opt.update(grads, state, params)
+        for k, p in torch_params.items():
+            p.grad = grads[k].clone()
+        torch_opt.step()
+    return params, {k: p.detach() for k, p in torch_params.items()}, state
+
+
+@pytest.mark.parametrize("make, torch_class, kwargs", [
+    (lambda: mnistfx.adamw(2e-3, weight_decay=0.05), torch.optim.AdamW, dict(lr=2e-3, weight_decay=0.05)),
+    (lambda: mnistfx.sgd(0.01, 0.9), torch.optim.SGD, dict(lr=0.01, momentum=0.9)),
+    (lambda: mnistfx.sgd(0.01, 0.9, nesterov=True, weight_decay=1e-3), torch.optim.SGD,
+     dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    (lambda: mnistfx.sgd(0.05, 0.0), torch.optim.SGD, dict(lr=0.05)),
+], ids=["adamw", "sgd-momentum", "sgd-nesterov-decay", "sgd-plain"])
+def test_adamw_and_sgd_match_torch_optim(mnist, make, torch_class, kwargs):
+    ours, theirs, state = _trajectory(mnist, make(), torch_class, **kwargs)
+    assert state["step"].item() == 60
+    for k, p in ours.items():
+        assert (p - theirs[k]).norm() <= 2e-6 * theirs[k].norm(), k
+        torch.testing.assert_close(p, theirs[k], rtol=1e-5, atol=1e-5 * theirs[k].abs().max().item(), msg=k)
+
+
+def test_the_config_names_the_optimiser():
+    from mnistfx.optim import config_optimizer
+    base = mnistfx.recipe("tuned", epochs=1)
+    assert config_optimizer(base).name == "adam"
+    assert config_optimizer(mnistfx.recipe("tuned", optimizer="adamw", weight_decay=0.01)).buffers == ("mu", "nu")
+    assert config_optimizer(mnistfx.recipe("tuned", optimizer="sgd", lr=0.05)).buffers == ("momentum",)
+    assert config_optimizer(mnistfx.recipe("tuned", optimizer="sgd", lr=0.05, momentum=0.0)).buffers == ()
+    with pytest.raises(mnistfx.ConfigError, match="adam has no weight decay"):
+        mnistfx.recipe("tuned", weight_decay=0.01)
+    with pytest.raises(ValueError, match="nesterov needs a momentum"):
+        mnistfx.sgd(0.1, 0.0, nesterov=True)
+
+
+def test_sgd_runs_train_and_resume(mnist, tmp_path):
+    import shutil
+
+    def keep(kind, **info):
+        if kind == "checkpoint" and info["step"] == 30:
+            shutil.copytree(tmp_path / "run", tmp_path / "at-30")
+
+    cfg = mnistfx.recipe("tuned", epochs=1, train_size=1600, val_size=500, compile=False, optimizer="sgd", lr=0.02)
+    full = mnistfx.train(cfg, data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=10, on_event=keep)
+    again = mnistfx.resume(tmp_path / "at-30", data=mnist)
+    assert all(torch.equal(again.params[k], full.params[k]) for k in full.params)
+    assert full.test.accuracy > 0.2  # 50 steps of plain SGD: learning, not yet good
