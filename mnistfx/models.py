@@ -196,21 +196,22 @@ def _check_batch(x) -> None:
         raise ValueError(f"x must have shape (N, 1, 28, 28), not {tuple(x.shape)}: make it with Model.preprocess")
 
 
-def _check_tensors(expected: dict, tensors, *, what: str, model: str, source: str, dtype, members) -> None:
+def _check_tensors(expected: dict, tensors, *, what: str, model: str, source: str, dtype, members,
+                   prefix: str = "") -> None:
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise TypeError(f"{what} must be a dict of tensors (from {model}.init), not {type(tensors).__name__}")
     missing = [k for k in expected if k not in tensors]
     extra = [k for k in tensors if k not in expected]
     if missing or extra:
-        problem = f"lacks {missing[0]}" if missing else f"has an unexpected tensor {extra[0]}"
+        problem = f"lacks {prefix}{missing[0]}" if missing else f"has an unexpected tensor {prefix}{extra[0]}"
         raise WeightsError(f"{source} {problem}: these are not {model} weights")
     lead = () if members is None else (members,)
     for k, shape in expected.items():
         if tuple(tensors[k].shape) != lead + shape:
-            raise WeightsError(f"{source}: {k} has shape {tuple(tensors[k].shape)}, {model} expects {lead + shape}: "
+            raise WeightsError(f"{source}: {prefix}{k} has shape {tuple(tensors[k].shape)}, {model} expects {lead + shape}: "
                                f"these are weights of another model{' or ensemble size' if members else ''}")
         if dtype is not None and tensors[k].dtype != dtype:
-            raise WeightsError(f"{source}: {k} is {tensors[k].dtype}, expected {dtype}")
+            raise WeightsError(f"{source}: {prefix}{k} is {tensors[k].dtype}, expected {dtype}")
 
 
 def check_params(model: Model, params, *, source: str = "params", dtype: torch.dtype | None = None,
@@ -236,7 +237,7 @@ def check_state(model: Model, state, *, source: str = "state", dtype: torch.dtyp
                 members: int | None = None) -> None:
     """:func:`check_params` for the model's state (``{}`` for a model without state)."""
     _check_tensors(model.state_shapes(), state, what="state", model=model.name, source=source, dtype=dtype,
-                   members=members)
+                   members=members, prefix="state/")
 
 
 _IMAGE_SHAPES = ((28, 28), (1, 28, 28), (784,))

@@ -120,7 +120,7 @@ def _read_header(path: Path, data: bytes) -> dict:
 
 def printable_name(name) -> str:
     """A model name read from a file, shown safely (a file may hold anything there)."""
-    return repr(name)[:70] if not (isinstance(name, str) and name.isprintable() and len(name) <= 64) else name
+    return repr(name)[:70]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ def noise(n, g, device):
     return {"h": torch.rand(n, 256, generator=g, device=device)}
 
 
-mlp = mnistfx.Model("mlp", init, apply, noise=noise, normalize=(0.1307, 0.3081))
+mlp = mnistfx.Model("own_mlp", init, apply, noise=noise, normalize=(0.1307, 0.3081))
 
 
 def bn_init_state(params):
@@ -44,4 +44,4 @@ def bn_apply(params, x, *, train=False, state):
     return h @ params["w2"] + params["b2"], state
 
 
-bn_mlp = mnistfx.Model("bn_mlp", init, bn_apply, init_state=bn_init_state, normalize=(0.1307, 0.3081))
+bn_mlp = mnistfx.Model("own_bn_mlp", init, bn_apply, init_state=bn_init_state, normalize=(0.1307, 0.3081))

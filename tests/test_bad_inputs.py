@@ -176,6 +176,78 @@ def unknown_model(tmp_path, ctx):
     return _train(tmp_path, "resnet")
 
 
+def _weights_meta(tmp_path, params, meta):
+    path = tmp_path / "w.safetensors"
+    mnistfx.save_weights(path, params, meta)
+    return ["eval", str(path)]
+
+
+@case("says it holds 1 ensemble members, which cannot be")
+def weights_with_an_ensemble_of_one(tmp_path, ctx):
+    return _weights_meta(tmp_path, mnistfx.get_model("tuned").init(0), {"model": "tuned", "members": 1})
+
+
+@case("says it holds 'three' ensemble members")
+def weights_with_a_member_count_that_is_not_a_number(tmp_path, ctx):
+    return _weights_meta(tmp_path, mnistfx.get_model("tuned").init(0), {"model": "tuned", "members": "three"})
+
+
+@case("conv1.weight has shape (8, 1, 3, 3), tuned expects (3, 8, 1, 3, 3)", "ensemble size")
+def weights_of_one_model_that_claim_to_be_an_ensemble(tmp_path, ctx):
+    return _weights_meta(tmp_path, mnistfx.get_model("tuned").init(0), {"model": "tuned", "members": 3})
+
+
+@case("is for model '\\x1b[31mred', which is not built in", "--model MODULE:ATTR")
+def weights_naming_a_model_with_terminal_escapes(tmp_path, ctx):
+    return _weights_meta(tmp_path, mnistfx.get_model("tuned").init(0), {"model": "\x1b[31mred"})
+
+
+@case("is for model 'mymlp', which is not built in", "--model MODULE:ATTR")
+def weights_of_a_model_that_is_not_imported(tmp_path, ctx):
+    return _weights_meta(tmp_path, {"w": torch.zeros(3)}, {"model": "mymlp"})
+
+
+@case("has an unexpected tensor state/mean")
+def weights_with_state_a_model_does_not_have(tmp_path, ctx):
+    params = {**mnistfx.get_model("tuned").init(0), "state/mean": torch.zeros(3)}
+    return _weights_meta(tmp_path, params, {"model": "tuned"})
+
+
+@case("--ensemble", "0 is not in the range 1<=x<=64")
+def an_ensemble_of_none(tmp_path, ctx):
+    return _train(tmp_path, "tuned", "--ensemble", "0")
+
+
+@case("adam has no weight decay", "--optimizer adamw")
+def weight_decay_with_adam(tmp_path, ctx):
+    return _train(tmp_path, "tuned", "--weight-decay", "0.01")
+
+
+@case("--optimizer", "'lbfgs' is not one of")
+def an_unknown_optimizer(tmp_path, ctx):
+    return _train(tmp_path, "tuned", "--optimizer", "lbfgs")
+
+
+@case("--momentum", "1.0 is not in the range 0<=x<1")
+def momentum_of_one(tmp_path, ctx):
+    return _train(tmp_path, "tuned", "--optimizer", "sgd", "--momentum", "1")
+
+
+@case("is not MODULE:ATTR")
+def a_model_spec_without_an_attribute(tmp_path, ctx):
+    return ["eval", str(ctx["weights"]), "--model", "json:"]
+
+
+@case("json:dumps is a function, not a mnistfx.Model")
+def a_model_spec_that_is_not_a_model(tmp_path, ctx):
+    return _train(tmp_path, "json:dumps")
+
+
+@case("--ensemble", "1 is not in the range 2<=x<=64")
+def bench_an_ensemble_of_one(tmp_path, ctx):
+    return ["bench", "--ensemble", "1"]
+
+
 @case("--epochs", "0 is not in the range 1<=x<=10000")
 def zero_epochs(tmp_path, ctx):
     return _train(tmp_path, "tuned", "--epochs", "0")

@@ -103,7 +103,7 @@ def test_bad_arguments(capsys, tuned_weights, args, fragments):
 
 def test_weights_of_the_other_model(tmp_path):
     cnn = mnistfx.get_model("cnn").init(0)
-    with pytest.raises(mnistfx.WeightsError, match="holds cnn weights, not tuned"):
+    with pytest.raises(mnistfx.WeightsError, match="holds .cnn. weights, not tuned"):
         mnistfx.load_model_weights(_saved(tmp_path, cnn, "cnn"), model="tuned")
 
 

@@ -28,7 +28,7 @@ def _small(model, **overrides):
 
 
 def test_own_model_trains_evaluates_saves_and_loads(mnist, tmp_path):
-    run = mnistfx.train(_small("mlp"), data=mnist)
+    run = mnistfx.train(_small("own_mlp"), data=mnist)
     assert run.test.accuracy > 0.85 and run.history[-1]["train_loss"] < run.history[0]["train_loss"]
     paths = mnistfx.save_run(run, tmp_path / "run")
     weights = mnistfx.load_model_weights(paths["weights"])
@@ -41,7 +41,7 @@ def test_a_model_with_state_carries_it_stores_it_and_resumes_bit_for_bit(mnist, 
         if kind == "checkpoint" and (info["epoch"], info["step"]) == (1, 40):
             shutil.copytree(tmp_path / "run", tmp_path / "at-40")
 
-    full = mnistfx.train(_small("bn_mlp"), data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=20,
+    full = mnistfx.train(_small("own_bn_mlp"), data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=20,
                          on_event=keep)
     assert full.test.accuracy > 0.8
     assert set(full.state) == {"mean", "var"} and not torch.equal(full.state["mean"], torch.zeros(256))
@@ -59,7 +59,7 @@ def test_a_model_with_state_carries_it_stores_it_and_resumes_bit_for_bit(mnist, 
 
 
 def test_a_compiled_ensemble_of_a_model_with_state_trains(mnist):
-    run = mnistfx.train(_small("bn_mlp", ensemble=2, compile=True, epochs=1), data=mnist)
+    run = mnistfx.train(_small("own_bn_mlp", ensemble=2, compile=True, epochs=1), data=mnist)
     assert run.state["mean"].shape == (2, 256) and len(run.member_test) == 2
     assert run.test.accuracy > 0.8
 
@@ -83,13 +83,13 @@ def test_the_loss_function_and_its_extra_outputs(mnist):
 
 
 def test_train_can_skip_the_test_set(mnist, tmp_path):
-    run = mnistfx.train(_small("mlp", epochs=1), data=mnist, test=False)
+    run = mnistfx.train(_small("own_mlp", epochs=1), data=mnist, test=False)
     assert run.test is None and run.val is not None
     meta = mnistfx.load_model_weights(mnistfx.save_run(run, tmp_path)["weights"]).metadata
     assert meta["test_accuracy"] is None and meta["val_accuracy"] == run.val.accuracy
 
 
-@pytest.mark.parametrize("name", ["tuned", "mlp", "bn_mlp"])
+@pytest.mark.parametrize("name", ["tuned", "own_mlp", "own_bn_mlp"])
 def test_to_module_is_a_working_nn_module(mnist, name):
     model = mnistfx.get_model(name)
     params, state = model.init(3), model.init_state(model.init(3))
@@ -115,7 +115,7 @@ def test_own_models_on_the_command_line(tmp_path):
     done = mnistfx_cli("train", "own_models:mlp", "--epochs", "1", "--train-size", "2000", "--val-size", "500",
                        "--no-compile", "--out", out, "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["model"] == "mlp"
+    assert json.loads(done.stdout)["model"] == "own_mlp"
     weights = out / "weights.safetensors"
     done = mnistfx_cli("eval", weights)  # nothing is imported because a file names a model
     assert done.returncode == 1 and done.stderr.startswith("error: ") and "--model MODULE:ATTR" in done.stderr
@@ -125,7 +125,7 @@ def test_own_models_on_the_command_line(tmp_path):
                        "--seconds", "0.1", "--repeats", "1", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["results"][0]["compiled"] > 0
     done = mnistfx_cli("eval", weights, "--model", "own_models:bn_mlp")
-    assert done.returncode == 1 and "holds mlp weights, not bn_mlp" in done.stderr
+    assert done.returncode == 1 and "holds 'own_mlp' weights, not own_bn_mlp" in done.stderr
 
 
 @pytest.mark.parametrize("spec, message", [

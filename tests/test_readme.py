@@ -22,3 +22,11 @@ def test_readme_library_examples_run(tmp_path, monkeypatch, mnist):
         alone = torch.func.grad(loss)(params, x[i], y[i], {k: v[i] for k, v in noise.items()})
         for k in params:
             torch.testing.assert_close(namespace["per_sample"][k][i], alone[k], rtol=1e-4, atol=1e-6)
+
+    # Your own model, the ensemble and the plain nn.Module did what the README says.
+    assert namespace["run"].config.ensemble == 3 and len(namespace["run"].member_test) == 3
+    assert namespace["losses"].shape == (4,) and namespace["probs"].shape == (5, 10)
+    weights = namespace["weights"]
+    with torch.no_grad():
+        seen = namespace["net"](weights.model.preprocess(mnist.test_images[:64]))
+    torch.testing.assert_close(seen.softmax(1), weights.probabilities(mnist.test_images[:64]))
