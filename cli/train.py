@@ -92,6 +92,8 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
                  "val_size": val_size, "train_size": train_size, "data_root": data_root,
                  "steps_per_call": steps_per_call, "optimizer": optimizer, "weight_decay": weight_decay,
                  "momentum": momentum, "ensemble": ensemble}
+        if momentum is not None and optimizer != "sgd":
+            raise click.UsageError("--momentum is sgd's: pass --optimizer sgd with it")
         cfg = mnistfx.recipe(model, recipe_name, seed=seed, device=device, compile=not no_compile,
                              augment=not no_augment, faithful_fill=faithful_fill,
                              **{k: v for k, v in given.items() if v is not None})

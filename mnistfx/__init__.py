@@ -17,7 +17,7 @@ _PUBLIC = {
     "default_root": "idx",
     # models and their parts
     "MODELS": "constants", "Model": "models", "get_model": "registry", "register_model": "registry",
-    "import_model": "registry", "model_names": "registry", "check_params": "models", "check_state": "models",
+    "import_model": "registry", "model_names": "registry", "check_params": "contract", "check_state": "contract", "check_model": "contract",
     "check_images": "models",
     "num_params": "models", "to_module": "modules", "random_affine": "augment", "as_generator": "rng", "fold_in": "rng",
     # optimisation
@@ -28,7 +28,7 @@ _PUBLIC = {
     "stack": "ensemble", "unstack": "ensemble", "make_ensemble_step": "ensemble", "member_seed": "ensemble",
     # runs
     "TrainConfig": "config", "RECIPES": "config", "recipe": "config",
-    "train": "training", "resume": "training", "train_val_split": "training",
+    "train": "training", "resume": "training", "train_val_split": "data",
     "Run": "runs", "save_run": "runs", "default_run_dir": "runs", "prepare_run_dir": "runs",
     "run_folder": "runs", "check_run_dir": "runs", "run_lock": "runs",
     "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
@@ -44,7 +44,7 @@ _PUBLIC = {
     # pictures (matplotlib, the optional "plot" extra)
     "plot_run": "plots", "plot_history": "plots", "plot_confusion": "plots", "plot_mistakes": "plots", "plot_members": "plots",
     # errors
-    "MnistfxError": "errors", "ConfigError": "errors", "DataError": "errors", "WeightsError": "errors",
+    "MnistfxError": "errors", "ConfigError": "errors", "DataError": "errors", "WeightsError": "errors", "ModelError": "errors",
     "RunFolderError": "errors",
 }
 
@@ -71,15 +71,16 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from .config import RECIPES, TrainConfig, recipe
     from .constants import MODELS
-    from .data import MNIST, load_mnist, verify_mnist
-    from .errors import ConfigError, DataError, MnistfxError, RunFolderError, WeightsError
+    from .data import MNIST, load_mnist, train_val_split, verify_mnist
+    from .errors import ConfigError, DataError, MnistfxError, ModelError, RunFolderError, WeightsError
     from .fetch import fetch_mnist
     from .idx import default_root
     from .images import prepare_digit, read_digit_images
     from .ensemble import make_ensemble_step, member_seed, stack, unstack
     from .metrics import (Metrics, evaluate, evaluate_members, logits, metrics_from_predictions, predict,
                           probabilities)
-    from .models import Model, check_images, check_params, check_state, num_params
+    from .contract import check_model, check_params, check_state
+    from .models import Model, check_images, num_params
     from .modules import to_module
     from .optim import Optimizer, adam, adamw, lr_schedule, sgd
     from .pth import export_notebook_checkpoint, import_notebook_checkpoint
@@ -89,5 +90,5 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .runs import Run, check_run_dir, default_run_dir, prepare_run_dir, run_folder, run_lock, save_run
     from .runtime import environment, keep_freed_memory, resolve_device, use_compile_cache
     from .step import augment_batch, batch_inputs, compile_step, make_multi_step, make_train_step
-    from .training import resume, train, train_val_split
+    from .training import resume, train
     from .weights import Weights, load_model_weights, load_weights, save_weights

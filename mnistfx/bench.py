@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .registry import get_model
 from .optim import adam
 from .runtime import resolve_device
-from .step import batch_inputs, compile_step, make_train_step
+from .step import batch_inputs, check_trainable, compile_step, make_train_step
 
 
 class _Timer:
@@ -134,6 +134,8 @@ def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=BENCH_BA
 
 def _measure(m, data, dev, batch_sizes, kinds, precision, seconds, repeats, on_result) -> list[dict]:
     images, labels = data.train_images.to(dev), data.train_labels.to(dev)
+    params = {k: v.to(dev) for k, v in m.init(0).items()}
+    check_trainable(m, params, {k: v.to(dev) for k, v in m.init_state(params).items()}, images, labels)
     results = []
     for kind in kinds:
         for batch in batch_sizes:

@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .optim import adam
 from .registry import get_model
 from .runtime import keep_freed_memory, resolve_device
-from .step import batch_inputs, compile_step, make_train_step
+from .step import batch_inputs, check_trainable, compile_step, make_train_step
 
 
 def benchmark_ensemble(model: str = "tuned", *, members=(2, 4, 8), batch_size: int = 32, device: str = "cpu",
@@ -59,6 +59,8 @@ def benchmark_ensemble(model: str = "tuned", *, members=(2, 4, 8), batch_size: i
     if dev.type == "cpu":
         keep_freed_memory()  # as train() does for ensembles; both modes run under it
     images, labels = data.train_images.to(dev), data.train_labels.to(dev)
+    params = {k: v.to(dev) for k, v in m.init(0).items()}
+    check_trainable(m, params, {k: v.to(dev) for k, v in m.init_state(params).items()}, images, labels)
     results = []
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         for k in members:

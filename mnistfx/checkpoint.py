@@ -17,11 +17,11 @@ import torch
 
 from .config import TrainConfig
 from ._checks import check_whole, is_finite
-from .errors import MnistfxError, WeightsError
-from .models import check_finite, check_params, check_state
+from .errors import ConfigError, MnistfxError, WeightsError
+from .contract import check_finite, check_params, check_state
 from .optim import config_optimizer
 from .registry import get_model
-from .weights import load_weights, save_weights
+from .weights import WEIGHTS_MAX_BYTES, load_weights, save_weights
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = "mnistfx-checkpoint/1"
@@ -84,6 +84,16 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
             "history": ckpt.history, "compile_seconds": ckpt.compile_seconds,
             "torch_version": torch.__version__}
     save_weights(path, tensors, meta)
+
+
+def check_checkpoint_size(model, config: TrainConfig) -> None:
+    """Refuse, before any work, a run whose checkpoint would be larger than mnistfx reads back."""
+    n = sum(math.prod(shape) for shape in model.shapes().values())
+    state = sum(math.prod(shape) for shape in model.state_shapes().values())
+    size = 4 * config.ensemble * (n * (1 + len(config_optimizer(config).buffers)) + state)
+    if size > WEIGHTS_MAX_BYTES:
+        raise ConfigError(f"the checkpoint of {config.ensemble} {config.model} would be {size:,} bytes, more than "
+                          f"mnistfx reads back ({WEIGHTS_MAX_BYTES:,}): train fewer members at once")
 
 
 def _checkpoint_file(path) -> Path:

@@ -203,6 +203,9 @@ def recipe(model: str, name: str = "default", /, **overrides) -> TrainConfig:
     base = RECIPES[name].get(model)
     if base is None and name == "default" and model not in MODELS:
         base = TrainConfig(model=model)  # a model of one's own (checked when training starts)
+    if base is None and not any(model in configs for configs in RECIPES.values()):
+        raise ConfigError(f"the {name!r} recipe is for {', '.join(RECIPES[name])}: a model of your own takes the "
+                          "default recipe's values, with the options you give")
     if base is None:
         have = [r for r in RECIPES if model in RECIPES[r]]
         raise ConfigError(f"there is no {name!r} recipe for {model}: use one of {', '.join(have)}")

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .constants import MNIST_TRAIN_SIZE
 from .errors import DataError
 from .fetch import fetch_mnist
 from ._io import read_limited
 from .idx import IDX_FILES, check_raw_dir, file_size, missing_files, raw_dir, read_idx, sha256
+from .rng import fold_in
 
 
 @dataclass(frozen=True)
@@ -86,3 +88,10 @@ def verify_mnist(root=None) -> dict[str, str]:
                 "run `mnistfx data --force` to fetch it again")
         sums[name] = got
     return sums
+
+
+def train_val_split(seed: int, val_size: int, n: int = MNIST_TRAIN_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's fixed ``(train, validation)`` index split of the ``n`` training images."""
+    g = torch.Generator().manual_seed(fold_in(seed, "split"))
+    perm = torch.randperm(n, generator=g)
+    return perm[val_size:], perm[:val_size]

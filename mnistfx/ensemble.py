@@ -26,6 +26,9 @@ def stack(trees: list) -> dict:
         raise ValueError("stack takes a non-empty list of dicts of tensors")
     first = trees[0]
     if isinstance(first, torch.Tensor):
+        if any(not isinstance(t, torch.Tensor) or t.shape != first.shape or t.dtype != first.dtype
+               or t.device != first.device for t in trees):
+            raise ValueError("stack: the members' tensors under one name differ in kind, shape, dtype or device")
         return torch.stack(trees)
     if not isinstance(first, dict) or any(not isinstance(t, dict) or t.keys() != first.keys() for t in trees):
         raise ValueError("stack takes dicts with the same keys (and tensors of the same shapes under them)")
@@ -35,6 +38,8 @@ def stack(trees: list) -> dict:
 def unstack(tree) -> list:
     """The inverse of :func:`stack`: a dict of stacked tensors -> a list of K dicts (views, not copies)."""
     if isinstance(tree, torch.Tensor):
+        if tree.dim() == 0:
+            raise ValueError("unstack: a 0-d tensor has no member axis")
         return list(tree.unbind(0))
     if not isinstance(tree, dict) or not tree:
         raise ValueError("unstack takes a non-empty dict of stacked tensors")

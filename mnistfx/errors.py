@@ -13,6 +13,10 @@ class ConfigError(MnistfxError, ValueError):
     """A setting no run can use (a config field, an argument, a model or recipe name)."""
 
 
+class ModelError(MnistfxError, TypeError):
+    """A model of one's own does not keep the model contract (what init, apply, noise or the loss return)."""
+
+
 class DataError(MnistfxError):
     """MNIST is missing, corrupt, or could not be fetched."""
 

@@ -9,7 +9,8 @@ from torch.func import vmap
 from torch.nn import functional as F
 
 from .ensemble import unstack
-from .models import Model, check_images, check_params, check_state
+from .contract import check_params, check_state
+from .models import Model, check_images
 
 EVAL_BATCH = 1000
 

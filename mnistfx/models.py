@@ -21,9 +21,10 @@ from typing import Callable
 
 import torch
 
-from ._checks import check_whole
+from ._checks import check_whole, is_finite
 from .constants import MODEL_NAME
-from .errors import ConfigError, WeightsError
+from .contract import check_params, check_state
+from .errors import ConfigError, ModelError
 from .rng import as_generator
 
 
@@ -45,10 +46,11 @@ class Model:
         if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
             raise ConfigError(f"a model name must be a letter then up to 63 letters, digits or _.-, not {name!r}")
         for what, fn in (("init", init), ("apply", apply), ("noise", noise), ("init_state", init_state)):
-            if fn is not None and not callable(fn):
+            if (fn is not None or what in ("init", "apply")) and not callable(fn):
                 raise TypeError(f"{what} must be a function, not {type(fn).__name__}")
-        if normalize is not None and (len(normalize) != 2 or not float(normalize[1]) > 0):
-            raise ValueError(f"normalize must be (mean, std) with std > 0, not {normalize!r}")
+        if normalize is not None and not (isinstance(normalize, (tuple, list)) and len(normalize) == 2
+                                          and all(is_finite(v) for v in normalize) and normalize[1] > 0):
+            raise ValueError(f"normalize must be (mean, std), two finite numbers with std > 0, not {normalize!r}")
         self.name, self._init, self._apply, self._noise, self._init_state = name, init, apply, noise, init_state
         self.normalize = None if normalize is None else (float(normalize[0]), float(normalize[1]))
         self._keywords = _keywords(apply, ("train", "noise", "state"))
@@ -56,8 +58,7 @@ class Model:
             raise TypeError(f"{name}: a model with init_state needs an apply that takes state=")
         self._shapes = self._state_shapes = None
         # the noise of one image, drawn once here: checking noise later must not draw (it may run under vmap)
-        self._noise_shapes = {} if noise is None else {k: tuple(v.shape[1:]) for k, v in
-                                                       noise(1, torch.Generator(), "cpu").items()}
+        self._noise_shapes = {} if noise is None else _noise_shapes(name, noise)
 
     def __repr__(self) -> str:
         return f"Model({self.name!r})"
@@ -71,9 +72,12 @@ class Model:
         """Fresh parameters from ``key`` (an ``int`` seed or a CPU ``torch.Generator``)."""
         params = self._init(as_generator(key))
         if (not isinstance(params, dict) or not params
-                or not all(isinstance(k, str) and isinstance(v, torch.Tensor) and v.is_floating_point()
+                or not all(isinstance(k, str) and isinstance(v, torch.Tensor) and v.dtype == torch.float32
                            for k, v in params.items())):
-            raise TypeError(f"{self.name}'s init must return a non-empty dict from names to float tensors")
+            raise ModelError(f"{self.name}'s init must return a non-empty dict from names to float32 tensors")
+        if any(k.startswith("state/") or not k for k in params):
+            raise ModelError(f"{self.name}'s init: a parameter name may not be empty or start with state/ "
+                             "(that is where weights files keep a model's state)")
         return params
 
     def init_state(self, params: dict) -> dict[str, torch.Tensor]:
@@ -81,8 +85,9 @@ class Model:
         if self._init_state is None:
             return {}
         state = self._init_state(params)
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise TypeError(f"{self.name}'s init_state must return a dict of tensors")
+        if not isinstance(state, dict) or not all(isinstance(k, str) and k and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise ModelError(f"{self.name}'s init_state must return a dict from names to tensors")
         return state
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -93,8 +98,11 @@ class Model:
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         """The name and shape of every state tensor (none for a model without state)."""
+        return {k: shape for k, (shape, _) in self._state_specs().items()}
+
+    def _state_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         if self._state_shapes is None:
-            self._state_shapes = {k: tuple(v.shape) for k, v in self.init_state(self.init(0)).items()}
+            self._state_shapes = {k: (tuple(v.shape), v.dtype) for k, v in self.init_state(self.init(0)).items()}
         return self._state_shapes
 
     def forward(self, params, state, x, *, train: bool = False, noise=None) -> tuple[torch.Tensor, dict]:
@@ -112,7 +120,7 @@ class Model:
         if not self.has_state:
             return out, state
         if not (isinstance(out, tuple) and len(out) == 2):
-            raise TypeError(f"{self.name}'s apply must return (logits, state) for a model with state")
+            raise ModelError(f"{self.name}'s apply must return (logits, state) for a model with state")
         return out
 
     def apply(self, params, x, *, train: bool = False, key=None, noise=None, state=None) -> torch.Tensor:
@@ -176,6 +184,15 @@ class Model:
         return (x - mean) / std
 
 
+def _noise_shapes(name: str, noise: Callable) -> dict[str, tuple[int, ...]]:
+    """The shape of one image's noise, drawn once (checking noise later must not draw: it may run under vmap)."""
+    one = noise(1, torch.Generator(), "cpu")
+    if not isinstance(one, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) and v.dim() >= 1
+                                            and v.shape[0] == 1 for k, v in one.items()):
+        raise ModelError(f"{name}'s noise(n, g, device) must return a dict of tensors with n rows")
+    return {k: tuple(v.shape[1:]) for k, v in one.items()}
+
+
 def _keywords(fn: Callable, names: tuple[str, ...]) -> set[str]:
     """Which of ``names`` ``fn`` takes as keywords (all of them if it takes ``**kwargs``)."""
     try:
@@ -196,50 +213,6 @@ def _check_batch(x) -> None:
         raise ValueError(f"x must have shape (N, 1, 28, 28), not {tuple(x.shape)}: make it with Model.preprocess")
 
 
-def _check_tensors(expected: dict, tensors, *, what: str, model: str, source: str, dtype, members,
-                   prefix: str = "") -> None:
-    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
-        raise TypeError(f"{what} must be a dict of tensors (from {model}.init), not {type(tensors).__name__}")
-    missing = [k for k in expected if k not in tensors]
-    extra = [k for k in tensors if k not in expected]
-    if missing or extra:
-        problem = f"lacks {prefix}{missing[0]}" if missing else f"has an unexpected tensor {prefix}{extra[0]}"
-        raise WeightsError(f"{source} {problem}: these are not {model} weights")
-    lead = () if members is None else (members,)
-    for k, shape in expected.items():
-        if tuple(tensors[k].shape) != lead + shape:
-            raise WeightsError(f"{source}: {prefix}{k} has shape {tuple(tensors[k].shape)}, {model} expects {lead + shape}: "
-                               f"these are weights of another model{' or ensemble size' if members else ''}")
-        if dtype is not None and tensors[k].dtype != dtype:
-            raise WeightsError(f"{source}: {prefix}{k} is {tensors[k].dtype}, expected {dtype}")
-
-
-def check_params(model: Model, params, *, source: str = "params", dtype: torch.dtype | None = None,
-                 members: int | None = None) -> None:
-    """Raise unless ``params`` holds exactly ``model``'s parameter names and shapes.
-
-    Arguments:
-        model: the model the parameters are for.
-        params: the parameter dict to check.
-        source: what to call the parameters in the message (e.g. the file they came from).
-        dtype: if given, every tensor must have it too.
-        members: the parameters of an ensemble of this many members, stacked on a leading axis.
-
-    Raises:
-        TypeError: ``params`` is not a dict of tensors.
-        WeightsError: a name is missing or unexpected, or a shape (or dtype) is wrong.
-    """
-    _check_tensors(model.shapes(), params, what="params", model=model.name, source=source, dtype=dtype,
-                   members=members)
-
-
-def check_state(model: Model, state, *, source: str = "state", dtype: torch.dtype | None = None,
-                members: int | None = None) -> None:
-    """:func:`check_params` for the model's state (``{}`` for a model without state)."""
-    _check_tensors(model.state_shapes(), state, what="state", model=model.name, source=source, dtype=dtype,
-                   members=members, prefix="state/")
-
-
 _IMAGE_SHAPES = ((28, 28), (1, 28, 28), (784,))
 
 
@@ -257,13 +230,6 @@ def check_images(images) -> torch.Tensor:
     if tuple(images.shape[1:]) not in _IMAGE_SHAPES:
         raise ValueError(f"images must have shape (N, 28, 28), (N, 1, 28, 28) or (N, 784), not {tuple(images.shape)}")
     return images
-
-
-def check_finite(tensors: dict, *, source: str, fix: str = "the run diverged: train again with a lower --lr") -> None:
-    """Raise :class:`~mnistfx.WeightsError` if a float tensor of ``tensors`` holds NaN or infinity."""
-    for k, v in tensors.items():
-        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise WeightsError(f"{source}: {k} holds NaN or infinite values: {fix}")
 
 
 def num_params(params: dict[str, torch.Tensor]) -> int:

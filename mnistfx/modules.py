@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models import Model, check_params, check_state
+from .contract import check_params, check_state
+from .models import Model
 
 
 class FunctionalModule(nn.Module):
@@ -68,6 +69,10 @@ def to_module(model: Model, params: dict, state: dict | None = None) -> Function
         params: its parameters (one model, not an ensemble's stack).
         state: its state, for a model with state.
     """
+    lead = {v.shape[:1] for v in params.values()} if isinstance(params, dict) else set()
+    if len(lead) == 1 and model.shapes() and not any(len(s) == 0 for s in model.shapes().values()) and \
+            all(tuple(v.shape[1:]) == model.shapes().get(k) for k, v in params.items()):
+        raise ValueError("these are an ensemble's stacked params: take one member with mnistfx.unstack(params)[i]")
     check_params(model, params)
     state = {} if state is None else state
     check_state(model, state)

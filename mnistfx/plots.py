@@ -103,16 +103,19 @@ def plot_members(member_accuracies: list[float], ensemble_accuracy: float, path)
     """A bar per ensemble member's test accuracy, and the ensemble's beside them, as a PNG."""
     plt = _pyplot()
     k = len(member_accuracies)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * k + 2.5), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.7 * k + 3.0), 4.0))
     values = [100 * a for a in member_accuracies] + [100 * ensemble_accuracy]
     bars = ax.bar(range(k + 1), values, color=["tab:blue"] * k + ["tab:orange"])
     ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.set_xticks(range(k + 1), [str(i + 1) for i in range(k)] + ["ensemble"])
-    low = min(values)
-    ax.set_ylim(max(0.0, low - 2 * (max(values) - low) - 0.1), min(100.0, max(values) + 0.1))
+    low, high = min(values), max(values)
+    span = max(high - low, 0.1)
+    bottom = max(0.0, low - span)  # the differences are what matters: start the axis near them
+    ax.set_ylim(bottom, high + 0.15 * (high - bottom))  # room for the labels above the bars
     ax.set_xlabel("member")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{k} members alone (mean {sum(values[:-1]) / k:.2f} %) and their ensemble ({values[-1]:.2f} %)")
+    ax.set_title(f"{k} members alone: mean {sum(values[:-1]) / k:.2f} %\ntheir ensemble (mean of probabilities): "
+                 f"{values[-1]:.2f} %", fontsize=10)
     return _save(fig, path)
 
 

@@ -16,7 +16,8 @@ import torch
 from ._io import first_line, open_checked, write_new
 from .constants import MODELS
 from .errors import WeightsError
-from .models import Model, check_finite, check_params
+from .contract import check_finite, check_params
+from .models import Model
 from .registry import guess_model
 
 PTH_MAX_BYTES = 256 << 20    # a notebook checkpoint, inflated (the published one is 1.9 MB)

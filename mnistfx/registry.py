@@ -69,18 +69,24 @@ def import_model(spec: str) -> Model:
     module_name, sep, attr = spec.partition(":") if isinstance(spec, str) else ("", "", "")
     if not sep or not module_name or not attr:
         raise ConfigError(f"{spec!r} is not MODULE:ATTR (for example mymodels:mlp, for the Model mlp in mymodels.py)")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:  # for this import only: later imports must not find files of the current folder first
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"cannot import {module_name!r} for model {spec} ({e}): run from the folder that holds "
                           f"{module_name.replace('.', '/')}.py, or install it") from None
-    except Exception as e:
-        raise ConfigError(f"importing {module_name!r} for model {spec} failed: {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:
+        raise ConfigError(f"importing {module_name!r} for model {spec} failed: {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:120]}") from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     model = getattr(module, attr, None)
     if not isinstance(model, Model):
-        what = "nothing" if model is None else f"a {type(model).__name__}"
+        what = "nothing" if model is None else f"of type {type(model).__name__}"
         raise ConfigError(f"{spec} is {what}, not a mnistfx.Model: point at the Model(...) your module makes")
     return register_model(model, replace=True)
 

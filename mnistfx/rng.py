@@ -20,6 +20,8 @@ def as_generator(key, device=None) -> torch.Generator:
         return key
     if not is_whole(key):
         raise TypeError(f"key must be an int seed or a torch.Generator, not {type(key).__name__}")
+    if not -2**63 <= int(key) < 2**64:
+        raise ValueError(f"key {key} is out of a seed's range (-2**63 to 2**64 - 1)")
     g = torch.Generator(device=device if device is not None else "cpu")
     g.manual_seed(int(key))
     return g

@@ -20,6 +20,7 @@ from .augment import random_affine
 from .constants import PRECISIONS
 from .ensemble import stack
 from .errors import MnistfxError
+from .contract import check_model
 from .models import Model, check_images
 from .optim import Optimizer
 from .rng import as_generator
@@ -115,6 +116,16 @@ def compile_step(fn: Callable, device) -> Callable:
         return out
 
     return call
+
+
+def check_trainable(model: Model, params: dict, state: dict, images: torch.Tensor, labels: torch.Tensor, *,
+                    loss: Callable | None = None) -> None:
+    """:func:`~mnistfx.models.check_model` on two of ``images`` prepared as a training batch (with
+    generators of its own, so a run's random streams are untouched), before a step is compiled."""
+    idx = torch.arange(2, device=images.device)
+    x, noise = batch_inputs(model, images, idx, aug_key=0, drop_key=0)
+    with torch.no_grad():
+        check_model(model, params, state, x, labels[idx], noise, loss)
 
 
 def augment_batch(model: Model, x01: torch.Tensor, *, key, faithful_fill: bool = False) -> torch.Tensor:

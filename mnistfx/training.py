@@ -20,12 +20,12 @@ from typing import Callable
 import torch
 
 from ._checks import check_whole
-from .checkpoint import GENERATORS, Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import GENERATORS, Checkpoint, check_checkpoint_size, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import MNIST, load_mnist
-from .constants import MAX_CHECKPOINT_EVERY, MNIST_TRAIN_SIZE
+from .data import MNIST, load_mnist, train_val_split
+from .constants import MAX_CHECKPOINT_EVERY
 from .errors import ConfigError, MnistfxError, RunFolderError, WeightsError
-from .ensemble import make_ensemble_step, member_seed, stack
+from .ensemble import make_ensemble_step, member_seed, stack, unstack
 from .metrics import evaluate, evaluate_members
 from .optim import config_optimizer
 from .registry import get_model
@@ -33,7 +33,7 @@ from .rng import fold_in
 from .runs import (CHECKPOINT_FILE, HISTORY_FILE, WEIGHTS_FILE, Run, check_run_dir, prepare_run_dir, run_folder,
                    run_lock)
 from .runtime import keep_freed_memory, resolve_device
-from .step import batch_inputs, compile_step, make_multi_step, make_train_step
+from .step import batch_inputs, check_trainable, compile_step, make_multi_step, make_train_step
 
 
 def _to(tree, device):
@@ -79,6 +79,8 @@ def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable 
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig (see mnistfx.recipe), not {type(config).__name__}")
+    if not isinstance(test, bool):
+        raise TypeError(f"test must be True or False, not {test!r}")
     return _Loop(config, None, data, on_event, checkpoint_dir, checkpoint_every, overwrite=overwrite, loss=loss,
                  test=test).run()
 
@@ -106,13 +108,6 @@ def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = No
                  test=test).run()
 
 
-def train_val_split(seed: int, val_size: int, n: int = MNIST_TRAIN_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seed's fixed ``(train, validation)`` index split of the ``n`` training images."""
-    g = torch.Generator().manual_seed(fold_in(seed, "split"))
-    perm = torch.randperm(n, generator=g)
-    return perm[val_size:], perm[:val_size]
-
-
 def _ignore(kind, **info):
     pass
 
@@ -130,6 +125,7 @@ class _Loop:
         self.every = check_whole("checkpoint-every", checkpoint_every, 0, MAX_CHECKPOINT_EVERY)
         self.device = resolve_device(config.device)
         self.model = get_model(config.model)
+        check_checkpoint_size(self.model, config)
         self.emit = on_event or _ignore
         self.made_dir = checkpoint_dir is not None and not os.path.lexists(checkpoint_dir)
         self.dir = None if checkpoint_dir is None else prepare_run_dir(checkpoint_dir)
@@ -173,6 +169,8 @@ class _Loop:
                            for name in GENERATORS}
         self.result = Run(cfg, {})
         first_epoch, first_step = self._initial_state()
+        first = (lambda tree: unstack(tree)[0] if self.members and tree else tree)  # noqa: E731 (a member's part)
+        check_trainable(model, first(self.params), first(self.state), train_x, train_y, loss=self.loss)
         self.compiling = cfg.compile
         self.emit("start", steps_per_epoch=n_steps, epochs=cfg.epochs, device=str(device),
                   epoch=first_epoch, step=first_step)

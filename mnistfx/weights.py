@@ -19,11 +19,12 @@ from ._io import first_line, open_checked, to_json, write_new
 from .constants import MAX_ENSEMBLE, MODELS
 from .errors import WeightsError
 from .metrics import Metrics, evaluate, probabilities
-from .models import Model, check_finite, check_params, check_state
+from .contract import check_finite, check_params, check_state
+from .models import Model
 from .pth import import_notebook_checkpoint
 from .registry import get_model, guess_model, model_names
 
-WEIGHTS_MAX_BYTES = 1 << 30  # far above any model's weights or checkpoint (an 8-member cnn ensemble's is 0.25 GB)
+WEIGHTS_MAX_BYTES = 2 << 30  # a 64-member cnn ensemble's checkpoint (with Adam) is 2.0 GB; train refuses larger
 _HEADER_MAX_BYTES = 8 << 20  # a checkpoint's header (names, shapes, history) is a few kB
 _MAX_TENSORS = 10_000
 _DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}  # what torch and mnistfx read
@@ -198,8 +199,8 @@ def load_model_weights(path, model: str | None = None) -> Weights:
     m = get_model(name)
     check_params(m, params, source=str(path), dtype=torch.float32, members=members)
     check_state(m, state, source=str(path), members=members)
-    check_finite(params, source=str(path))
-    check_finite(state, source=str(path))
+    for part in (params, state):
+        check_finite(part, source=str(path), fix="the file is damaged, or the run that wrote it diverged")
     return Weights(m, params, state, meta, members)
 
 

@@ -133,7 +133,7 @@ def test_own_models_on_the_command_line(tmp_path):
     ("own_models:", "is not MODULE:ATTR"),
     ("no_such_module_here:mlp", "cannot import 'no_such_module_here'"),
     ("own_models:nothing", "own_models:nothing is nothing, not a mnistfx.Model"),
-    ("own_models:init", "own_models:init is a function, not a mnistfx.Model"),
+    ("own_models:init", "own_models:init is of type function, not a mnistfx.Model"),
 ])
 def test_bad_model_specs_are_one_line(capsys, monkeypatch, spec, message):
     monkeypatch.chdir(HERE)
@@ -149,3 +149,37 @@ def test_a_model_needs_a_name_and_functions():
         mnistfx.register_model(mnistfx.Model("tuned", own_models.init, own_models.apply))
     with pytest.raises(TypeError, match="must return a non-empty dict"):
         mnistfx.Model("empty", lambda g: {}, own_models.apply).init(0)
+
+
+def _model(name, init=own_models.init, apply=own_models.apply, **kwargs):
+    return mnistfx.register_model(mnistfx.Model(name, init, apply, **kwargs), replace=True)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: _model("bad_shape", apply=lambda p, x: torch.zeros(x.shape[0], 5)),
+     r"must return float logits of shape \(2, 10\) for 2 images, not torch.float32 \(2, 5\)"),
+    (lambda: _model("bad_dtype", apply=lambda p, x: torch.zeros(x.shape[0], 10, dtype=torch.long)),
+     "must return float logits"),
+    (lambda: _model("raises", apply=lambda p, x: {}["oops"]), r"raises's apply failed on a batch of 2 images \(KeyError"),
+    (lambda: _model("f64", init=lambda g: {"w": torch.zeros(3, dtype=torch.float64)}), "float32 tensors"),
+    (lambda: _model("slash", init=lambda g: {"state/w": torch.zeros(3)}), "may not be empty or start with state/"),
+    (lambda: _model("new_key", apply=lambda p, x, state: (torch.zeros(x.shape[0], 10), {**state, "extra": x}),
+                    init_state=lambda p: {"m": torch.zeros(2)}), "has an unexpected tensor state/extra"),
+    (lambda: _model("bad_noise", noise=lambda n, g, device: torch.rand(n, 3, generator=g)), r"noise\(n, g, device\) must return"),
+])
+def test_a_model_that_breaks_the_contract_is_one_clear_error(mnist, make, message):
+    with pytest.raises(mnistfx.ModelError, match=message):
+        mnistfx.train(_small(make().name), data=mnist)
+
+
+def test_a_loss_that_is_not_a_scalar_is_refused_before_compiling(mnist):
+    with pytest.raises(mnistfx.ModelError, match="the loss must return a 0-d float tensor"):
+        mnistfx.train(_small("own_mlp"), data=mnist, loss=lambda logits, y: logits.sum(1))
+
+
+def test_a_broken_model_on_the_command_line_is_one_line(capsys, monkeypatch):
+    monkeypatch.chdir(HERE)
+    code, _, err = run_cli(capsys, "train", "own_models:broken", "--epochs", "1", "--train-size", "100",
+                           "--no-compile", "--no-test", "--out", str(HERE / "never-written"))
+    assert_one_line_error(code, err, "own_broken's apply must return float logits of shape (2, 10)")
+    assert not (HERE / "never-written").exists()
