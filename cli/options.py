@@ -17,8 +17,6 @@ data_root_option = click.option("--data-root", type=click.Path(), help=DATA_ROOT
 device_option = click.option("--device", default="cpu", show_default=True, help=f"{DEVICES_HINT}.")
 
 
-MODEL_HELP = ("The model: tuned, cnn, or one of your own as MODULE:ATTR (e.g. mymodels:mlp for the Model mlp in "
-              "./mymodels.py; importing runs its code, so only name code you trust).")
 model_option = click.option("--model", "model_spec", metavar="MODEL",
                             help="The weights' model when it is your own: MODULE:ATTR (imported; only name code you "
                                  "trust). Default: the model the file names, if built in.")

@@ -11,7 +11,7 @@ from mnistfx.config import RECIPES
 from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_ENSEMBLE, MAX_EPOCHS, MAX_SEED,
                                MAX_STEPS_PER_CALL, OPTIMIZERS, PRECISIONS)
 
-from .options import (MODEL_HELP, console, data_root_option, device_option, json_option, named_model, positive,
+from .options import (console, data_root_option, device_option, json_option, named_model, positive,
                       printable, quiet_torch_logs, recipe_values)
 
 

@@ -121,10 +121,7 @@ def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=BENCH_BA
         raise ConfigError(f"batch sizes must be whole numbers from 1 to {MAX_BATCH_SIZE}, not {list(batch_sizes)!r}")
     if not kinds or set(kinds) - set(BENCH_KINDS):
         raise ConfigError(f"kinds must be some of {', '.join(BENCH_KINDS)}, not {list(kinds)!r}")
-    check_positive("seconds", seconds)
-    if seconds > BENCH_MAX_SECONDS:
-        raise ConfigError(f"seconds must be at most {BENCH_MAX_SECONDS:g} (per timed block), not {seconds!r}")
-    check_whole("repeats", repeats, 1, BENCH_MAX_REPEATS)
+    check_timing(seconds, repeats)
     dev = resolve_device(device)
     data = data or load_mnist()
     # CUDA events and synchronize() act on the current device: make it the one measured.
@@ -132,10 +129,24 @@ def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=BENCH_BA
         return _measure(m, data, dev, batch_sizes, kinds, precision, seconds, repeats, on_result)
 
 
-def _measure(m, data, dev, batch_sizes, kinds, precision, seconds, repeats, on_result) -> list[dict]:
+def check_timing(seconds: float, repeats: int) -> None:
+    """Timed blocks of at most :data:`BENCH_MAX_SECONDS`, at most :data:`BENCH_MAX_REPEATS` of them."""
+    check_positive("seconds", seconds)
+    if seconds > BENCH_MAX_SECONDS:
+        raise ConfigError(f"seconds must be at most {BENCH_MAX_SECONDS:g} (per timed block), not {seconds!r}")
+    check_whole("repeats", repeats, 1, BENCH_MAX_REPEATS)
+
+
+def training_data(model, data: MNIST, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST's training images and labels on ``dev``, once ``model`` passed one eager batch of them."""
     images, labels = data.train_images.to(dev), data.train_labels.to(dev)
-    params = {k: v.to(dev) for k, v in m.init(0).items()}
-    check_trainable(m, params, {k: v.to(dev) for k, v in m.init_state(params).items()}, images, labels)
+    params = {k: v.to(dev) for k, v in model.init(0).items()}
+    check_trainable(model, params, {k: v.to(dev) for k, v in model.init_state(params).items()}, images, labels)
+    return images, labels
+
+
+def _measure(m, data, dev, batch_sizes, kinds, precision, seconds, repeats, on_result) -> list[dict]:
+    images, labels = training_data(m, data, dev)
     results = []
     for kind in kinds:
         for batch in batch_sizes:

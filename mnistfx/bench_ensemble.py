@@ -15,16 +15,16 @@ from typing import Callable
 
 import torch
 
-from ._checks import check_choice, check_positive, check_whole
-from .constants import BENCH_MAX_REPEATS, BENCH_MAX_SECONDS, MAX_BATCH_SIZE, MAX_ENSEMBLE, PRECISIONS
-from .bench import race
+from ._checks import check_choice, check_whole
+from .bench import check_timing, race, training_data
+from .constants import MAX_BATCH_SIZE, MAX_ENSEMBLE, PRECISIONS
 from .data import MNIST, load_mnist
 from .ensemble import make_ensemble_step, stack
 from .errors import ConfigError
 from .optim import adam
 from .registry import get_model
 from .runtime import keep_freed_memory, resolve_device
-from .step import batch_inputs, check_trainable, compile_step, make_train_step
+from .step import batch_inputs, compile_step, make_train_step
 
 
 def benchmark_ensemble(model: str = "tuned", *, members=(2, 4, 8), batch_size: int = 32, device: str = "cpu",
@@ -50,17 +50,12 @@ def benchmark_ensemble(model: str = "tuned", *, members=(2, 4, 8), batch_size: i
     for k in members:
         check_whole("members", k, 2, MAX_ENSEMBLE)
     check_whole("batch-size", batch_size, 1, MAX_BATCH_SIZE)
-    check_positive("seconds", seconds)
-    if seconds > BENCH_MAX_SECONDS:
-        raise ConfigError(f"seconds must be at most {BENCH_MAX_SECONDS:g} (per timed block), not {seconds!r}")
-    check_whole("repeats", repeats, 1, BENCH_MAX_REPEATS)
+    check_timing(seconds, repeats)
     dev = resolve_device(device)
     data = data or load_mnist()
     if dev.type == "cpu":
         keep_freed_memory()  # as train() does for ensembles; both modes run under it
-    images, labels = data.train_images.to(dev), data.train_labels.to(dev)
-    params = {k: v.to(dev) for k, v in m.init(0).items()}
-    check_trainable(m, params, {k: v.to(dev) for k, v in m.init_state(params).items()}, images, labels)
+    images, labels = training_data(m, data, dev)
     results = []
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         for k in members:

@@ -32,7 +32,7 @@ def _check_tensors(expected: dict, tensors, *, what: str, model: str, source: st
             raise WeightsError(f"{source}: {prefix}{k} is {tensors[k].dtype}, expected {dtype}")
 
 
-def check_params(model: "Model", params, *, source: str = "params", dtype: torch.dtype | None = None,
+def check_params(model, params, *, source: str = "params", dtype: torch.dtype | None = None,
                  members: int | None = None) -> None:
     """Raise unless ``params`` holds exactly ``model``'s parameter names and shapes.
 
@@ -51,7 +51,7 @@ def check_params(model: "Model", params, *, source: str = "params", dtype: torch
                    members=members)
 
 
-def check_state(model: "Model", state, *, source: str = "state", members: int | None = None) -> None:
+def check_state(model, state, *, source: str = "state", members: int | None = None) -> None:
     """:func:`check_params` for the model's state (``{}`` for a model without state): names, shapes
     and the dtypes ``init_state`` gives."""
     specs = model._state_specs()
@@ -62,7 +62,7 @@ def check_state(model: "Model", state, *, source: str = "state", members: int | 
             raise WeightsError(f"{source}: state/{k} is {state[k].dtype}, {model.name} keeps it as {dtype}")
 
 
-def check_model(model: "Model", params: dict, state: dict, x: torch.Tensor, y: torch.Tensor, noise: dict,
+def check_model(model, params: dict, state: dict, x: torch.Tensor, y: torch.Tensor, noise: dict,
                 loss: Callable | None = None) -> None:
     """Run ``model`` once, eagerly, on a small batch in training and in eval mode (and ``loss`` on its
     logits), before anything is compiled: a :class:`~mnistfx.ModelError` that says what is wrong
