@@ -31,7 +31,7 @@ def _epoch_line(e: dict) -> str:
               help=f"The optimiser's (peak) learning rate ({recipe_values('lr')}).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="adam (default), adamw or sgd (with momentum).")
 @click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True),
-              help="adamw's decoupled weight decay, or sgd's L2 penalty (default 0).")
+              help="adamw's decoupled weight decay (default 0.01), or sgd's L2 penalty (default 0).")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), help="sgd's momentum (default 0.9).")
 @click.option("--ensemble", type=click.IntRange(1, MAX_ENSEMBLE),
               help="Train this many members in one vmapped step (default 1: a single model).")

@@ -141,7 +141,7 @@ def training_data(model, data: MNIST, dev) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST's training images and labels on ``dev``, once ``model`` passed one eager batch of them."""
     images, labels = data.train_images.to(dev), data.train_labels.to(dev)
     params = {k: v.to(dev) for k, v in model.init(0).items()}
-    check_trainable(model, params, {k: v.to(dev) for k, v in model.init_state(params).items()}, images, labels)
+    check_trainable(model, params, model.init_state(params), images, labels)
     return images, labels
 
 

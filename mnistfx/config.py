@@ -30,7 +30,8 @@ class TrainConfig:
         batch_size: images per step (the last partial batch of each epoch is dropped).
         lr: the optimiser's (peak) learning rate.
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (with momentum).
-        weight_decay: AdamW's decoupled weight decay, or SGD's L2 penalty (Adam: must be 0).
+        weight_decay: AdamW's decoupled weight decay (default 0.01, below 1), or SGD's L2 penalty
+            (default 0); Adam has none.
         momentum: SGD's momentum (other optimisers ignore it).
         warmup: the fraction of steps, at the start, over which the learning rate rises
             linearly from ``lr / 25`` to ``lr`` (0: none).
@@ -63,7 +64,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     optimizer: str = "adam"
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
     momentum: float = 0.9
     warmup: float = 0.0
     decay: float = 0.0
@@ -107,11 +108,14 @@ class TrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         fix("lr", check_positive("lr", self.lr))
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        fix("weight_decay", check_fraction("weight-decay", self.weight_decay))
+        if self.weight_decay is not None:
+            fix("weight_decay", check_fraction("weight-decay", self.weight_decay))
+            if self.optimizer == "adamw" and self.weight_decay >= 1:
+                raise ConfigError("adamw's weight-decay must be below 1 (each step shrinks by lr times it)")
         fix("momentum", check_fraction("momentum", self.momentum))
         if self.momentum >= 1:
             raise ConfigError(f"momentum must be below 1, not {self.momentum}")
-        if self.weight_decay and self.optimizer == "adam":
+        if self.weight_decay is not None and self.optimizer == "adam":
             raise ConfigError("adam has no weight decay: use --optimizer adamw (decoupled) or sgd")
         fix("ensemble", check_whole("ensemble", self.ensemble, 1, MAX_ENSEMBLE))
         if not is_whole(self.val_size) or not 0 < self.val_size < MNIST_TRAIN_SIZE:

@@ -90,7 +90,11 @@ def check_model(model, params: dict, state: dict, x: torch.Tensor, y: torch.Tens
             raise ModelError(str(e).replace(": these are not", ": not") + " (it must keep init_state's names, "
                              "shapes and dtypes)") from None
     if loss is not None:
-        out = loss(logits.float(), y)
+        try:
+            out = loss(logits.float(), y)
+        except Exception as e:  # the user's own code, as for apply
+            raise ModelError(f"the loss failed on {model.name}'s logits ({type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:120]})") from e
         value, aux = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
         if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 0):
             raise ModelError("the loss must return a 0-d float tensor, or (that, a dict of tensors)")

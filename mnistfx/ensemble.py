@@ -65,14 +65,10 @@ def make_ensemble_step(step: Callable) -> Callable:
     """
 
     def ensemble_step(params, state, opt_state, x, y, noise):
-        count = opt_state.get("step")
-        shared = count is not None and count.dim() == 1
-        dims = {k: None if (k == "step" and shared) else 0 for k in opt_state}
+        count = opt_state["step"]  # (K,): one count per member, all equal
+        dims = {k: None if k == "step" else 0 for k in opt_state}
         mapped = vmap(step, in_dims=(0, 0, dims, None, None, 0), out_dims=(0, 0, dims, 0, 0))
-        params, state, opt_state, loss, aux = mapped(params, state, {**opt_state, "step": count[0]} if shared
-                                                     else opt_state, x, y, noise)
-        if shared:
-            opt_state = {**opt_state, "step": opt_state["step"].expand(count.shape[0]).clone()}
-        return params, state, opt_state, loss, aux
+        params, state, opt_state, loss, aux = mapped(params, state, {**opt_state, "step": count[0]}, x, y, noise)
+        return params, state, {**opt_state, "step": opt_state["step"].expand(count.shape[0]).clone()}, loss, aux
 
     return ensemble_step

@@ -71,15 +71,18 @@ def logits(model: Model, params: dict, images: torch.Tensor, *, state: dict | No
     """
     images = check_images(images)
     pad = forward is not None  # a compiled forward must see one shape; eager needs no padding
+    if state is None and model.has_state:
+        raise ValueError(f"{model.name} has state (e.g. batch-norm statistics): pass state=, from the weights file "
+                         "or the run")
     state = {} if state is None else state
     if forward is None:
         check_params(model, params, members=members)
+        check_state(model, state, members=members)
+
         def forward(p, x, s=state):
             return model.forward(p, s, x)[0]
         if members is not None:
             forward = vmap(forward, in_dims=(0, None, 0))
-        elif model.has_state:
-            check_state(model, state)
     device = next(iter(params.values())).device
     n = images.shape[0]
     out = []

@@ -81,13 +81,16 @@ class Model:
         return params
 
     def init_state(self, params: dict) -> dict[str, torch.Tensor]:
-        """The state a fresh model starts with (``{}`` for a model without state)."""
+        """The state a fresh model starts with (``{}`` for a model without state), on the parameters' device."""
         if self._init_state is None:
             return {}
         state = self._init_state(params)
         if not isinstance(state, dict) or not all(isinstance(k, str) and k and isinstance(v, torch.Tensor)
                                                   for k, v in state.items()):
             raise ModelError(f"{self.name}'s init_state must return a dict from names to tensors")
+        if isinstance(params, dict) and params:  # beside the parameters, wherever init_state made it
+            device = next(iter(params.values())).device
+            state = {k: v.to(device) for k, v in state.items()}
         return state
 
     def shapes(self) -> dict[str, tuple[int, ...]]:

@@ -27,8 +27,10 @@ class FunctionalModule(nn.Module):
         params, state = dict(self.named_parameters()), dict(self.named_buffers())
         noise = None
         if self.training:
-            g = (torch.cuda.default_generators[x.device.index or torch.cuda.current_device()]
-                 if x.device.type == "cuda" else torch.default_generator)
+            g = torch.default_generator
+            if x.device.type == "cuda":
+                g = torch.cuda.default_generators[x.device.index if x.device.index is not None
+                                                  else torch.cuda.current_device()]
             noise = self.mnistfx_model.dropout_noise(x.shape[0], key=g, device=x.device)
         logits, new_state = self.mnistfx_model.forward(params, state, x, train=self.training, noise=noise)
         if self.training:
@@ -61,8 +63,8 @@ def to_module(model: Model, params: dict, state: dict | None = None) -> Function
     """An ``nn.Module`` that runs ``model`` with a copy of ``params`` (and ``state``) as its parameters
     (and buffers), under the same names: ``module.state_dict()`` has mnistfx's names, ``module(x)``
     gives ``model.apply``'s logits, and ``module.train()`` / ``module.eval()`` switch dropout and
-    batch statistics. It lives on the device of the tensors given (a real device: nothing of it is
-    on ``meta``), and works with ``torch.optim``, ``torch.compile`` and ``torch.export``.
+    batch statistics (updating the state's buffers in place in training mode). It lives on the
+    device of the tensors given (a real device: nothing of it is on ``meta``).
 
     Arguments:
         model: a :class:`~mnistfx.Model`.

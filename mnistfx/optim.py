@@ -165,9 +165,9 @@ def config_optimizer(config: TrainConfig) -> Optimizer:
     total = config.epochs * config.steps_per_epoch
     lr = lr_schedule(config.lr, total, round(config.decay * total), round(config.warmup * total))
     if config.optimizer == "sgd":
-        return sgd(lr, config.momentum, weight_decay=config.weight_decay)
+        return sgd(lr, config.momentum, weight_decay=config.weight_decay or 0.0)
     if config.optimizer == "adamw":
-        return adamw(lr, weight_decay=config.weight_decay)
+        return adamw(lr, weight_decay=1e-2 if config.weight_decay is None else config.weight_decay)
     return adam(lr)
 
 

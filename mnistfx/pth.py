@@ -53,13 +53,11 @@ def import_notebook_checkpoint(path) -> tuple[str, dict[str, torch.Tensor]]:
         raise WeightsError(f"{path} holds {len(state)} tensors, more than the notebook's models have: "
                            "not a notebook checkpoint")
     for key, value in state.items():  # every check before any copy: views may share one storage
-        layer, _, kind = key.rpartition(".") if isinstance(key, str) else ("", "", "")
         if not isinstance(key, str):
             raise WeightsError(f"{path} has a key {key!r} that is not a tensor name: not a notebook checkpoint")
+        layer, _, kind = key.rpartition(".")
         if layer not in NOTEBOOK_KEYS or kind not in ("weight", "bias"):
             raise WeightsError(f"{path} has an unexpected tensor {key}: not a notebook checkpoint")
-        if not isinstance(key, str):
-            raise WeightsError(f"{path} has a key {key!r} that is not a tensor name: not a notebook checkpoint")
         if value.layout != torch.strided or value.is_meta or not value.is_floating_point():
             raise WeightsError(f"{path}: {key} is not a dense float tensor with data ({value.layout}, "
                                f"{value.dtype}, {value.device}): not a notebook checkpoint")

@@ -76,8 +76,9 @@ def import_model(spec: str) -> Model:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"cannot import {module_name!r} for model {spec} ({e}): run from the folder that holds "
-                          f"{module_name.replace('.', '/')}.py, or install it") from None
+        hint = (f": run from the folder that holds {module_name.replace('.', '/')}.py, or install it"
+                if e.name and module_name.startswith(e.name) else "")  # else the module itself lacks something
+        raise ConfigError(f"cannot import {module_name!r} for model {spec} ({e}){hint}") from None
     except (Exception, SystemExit) as e:
         raise ConfigError(f"importing {module_name!r} for model {spec} failed: {type(e).__name__}: "
                           f"{(str(e).splitlines() or [''])[0][:120]}") from None
@@ -89,8 +90,3 @@ def import_model(spec: str) -> Model:
         what = "nothing" if model is None else f"of type {type(model).__name__}"
         raise ConfigError(f"{spec} is {what}, not a mnistfx.Model: point at the Model(...) your module makes")
     return register_model(model, replace=True)
-
-
-def resolve_model(name_or_spec: str) -> Model:
-    """:func:`import_model` for ``module:attr``, else :func:`get_model`."""
-    return import_model(name_or_spec) if ":" in str(name_or_spec) else get_model(name_or_spec)

@@ -42,8 +42,8 @@ def keep_freed_memory() -> bool:
 
     Every call of a compiled step allocates its outputs afresh. An ensemble's tensors are tens of
     MB each, above glibc's default limits, so each step would map fresh pages and fault on every
-    one of them: measured on the 2-core CPU, an 8-member ``tuned`` step takes 17.0 ms with this
-    and 21.8 ms without. A single model's tensors are small enough not to notice. The setting is
+    one of them (measured on the 2-core CPU: an 8-member ``tuned`` step about a fifth slower
+    without this). A single model's tensors are small enough not to notice. The setting is
     process-wide: :func:`~mnistfx.train` makes it for ensembles on the CPU.
     """
     global _ALLOCATOR_TUNED

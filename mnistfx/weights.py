@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from dataclasses import dataclass
 
 from ._checks import is_whole
 from ._io import first_line, open_checked, to_json, write_new
@@ -28,7 +27,7 @@ _HEADER_MAX_BYTES = 8 << 20  # a checkpoint's header (names, shapes, history) is
 _MAX_TENSORS = 10_000
 _DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}  # what torch and mnistfx read
 _FIX = "pass a weights.safetensors written by `mnistfx train`"
-STATE_PREFIX = "state/"  # a model's state tensors sit beside its parameters under this prefix  # the largest notebook layer, cnn's fc1, has 2,458,624
+STATE_PREFIX = "state/"  # a model's state tensors sit beside its parameters under this prefix
 
 
 
@@ -123,7 +122,7 @@ def printable_name(name) -> str:
     return repr(name)[:70]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Weights:
     """Trained weights as :func:`load_model_weights` reads them.
 

@@ -106,6 +106,14 @@ def test_the_config_names_the_optimiser():
     assert config_optimizer(mnistfx.recipe("tuned", optimizer="sgd", lr=0.05, momentum=0.0)).buffers == ()
     with pytest.raises(mnistfx.ConfigError, match="adam has no weight decay"):
         mnistfx.recipe("tuned", weight_decay=0.01)
+    with pytest.raises(mnistfx.ConfigError, match="weight-decay must be below 1"):
+        mnistfx.recipe("tuned", optimizer="adamw", weight_decay=1.0)
+    # adamw alone decays as torch.optim.AdamW does by default; sgd alone does not
+    params = {"w": torch.ones(3)}
+    for name, shrunk in (("adamw", True), ("sgd", False)):
+        opt = config_optimizer(mnistfx.recipe("tuned", optimizer=name, lr=0.1, decay=0.0))
+        new, _ = opt.update({"w": torch.zeros(3)}, opt.init(params), params)
+        assert bool((new["w"] < 1).all()) == shrunk, name
     with pytest.raises(ValueError, match="nesterov needs a momentum"):
         mnistfx.sgd(0.1, 0.0, nesterov=True)
 

@@ -105,6 +105,8 @@ def test_to_module_is_a_working_nn_module(mnist, name):
         loss = torch.nn.functional.cross_entropy(module(x), mnist.test_labels[:32])
         loss.backward()
     assert all(p.grad is not None for p in module.parameters())
+    if state:  # training mode moved the running statistics, in place, as nn.BatchNorm's are
+        assert not torch.equal(module.state_dict()["mean"], state["mean"])
 
 
 def test_own_models_on_the_command_line(tmp_path):
