@@ -137,4 +137,8 @@ def write_new(path: Path, data: bytes, overwrite: bool, error: type = OSError) -
 
 def first_line(e: Exception) -> str:
     """The first line of an exception's message (its type's name if it has none), at most 80 characters."""
-    return (str(e).splitlines() or [type(e).__name__])[0][:80]
+    try:
+        text = str(e)
+    except Exception:  # an exception whose message itself fails (user code can raise anything)
+        text = ""
+    return (text.splitlines() or [type(e).__name__])[0][:80]

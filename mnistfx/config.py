@@ -115,7 +115,7 @@ class TrainConfig:
         fix("momentum", check_fraction("momentum", self.momentum))
         if self.momentum >= 1:
             raise ConfigError(f"momentum must be below 1, not {self.momentum}")
-        if self.weight_decay is not None and self.optimizer == "adam":
+        if self.weight_decay and self.optimizer == "adam":
             raise ConfigError("adam has no weight decay: use --optimizer adamw (decoupled) or sgd")
         fix("ensemble", check_whole("ensemble", self.ensemble, 1, MAX_ENSEMBLE))
         if not is_whole(self.val_size) or not 0 < self.val_size < MNIST_TRAIN_SIZE:

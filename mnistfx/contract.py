@@ -7,11 +7,41 @@ a train step is compiled, so a model of one's own that breaks the contract is on
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
 
+from ._io import first_line
+from .constants import MODELS
 from .errors import MnistfxError, ModelError, WeightsError
+
+# what a state may hold: the dtypes a weights file can store and mnistfx reads back
+STATE_DTYPES = {torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+                torch.int8, torch.uint8, torch.bool}
+
+
+@contextlib.contextmanager
+def blaming(model, what: str):
+    """Turn an error raised inside, by a model of one's own, into one :class:`~mnistfx.ModelError` that
+    names the model and what failed; mnistfx's own models' errors stay as they are (bugs to see whole)."""
+    try:
+        yield
+    except MnistfxError:
+        raise
+    except (Exception, SystemExit) as e:
+        if model.name in MODELS:
+            raise
+        raise ModelError(f"{model.name}'s {what} failed ({type(e).__name__}: {first_line(e)})") from e
+
+
+def check_logits(model, logits, n: int) -> None:
+    """:class:`~mnistfx.ModelError` unless ``logits`` are float logits (n, 10) on a real device."""
+    if (not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.is_meta
+            or tuple(logits.shape) != (n, 10)):
+        got = (f"{logits.dtype} {tuple(logits.shape)}{' on meta' if logits.is_meta else ''}"
+               if isinstance(logits, torch.Tensor) else type(logits).__name__)
+        raise ModelError(f"{model.name}'s apply must return float logits of shape ({n}, 10) for {n} images, not {got}")
 
 
 def _check_tensors(expected: dict, tensors, *, what: str, model: str, source: str, dtype, members,
@@ -73,28 +103,17 @@ def check_model(model, params: dict, state: dict, x: torch.Tensor, y: torch.Tens
     except ValueError as e:
         raise ModelError(f"{model.name}'s noise: {e}") from None
     for train in (True, False):
-        try:
+        with blaming(model, f"apply on a batch of {n} images"):
             logits, new_state = model.forward(params, state, x, train=train, noise=noise)
-        except MnistfxError:
-            raise
-        except Exception as e:  # the user's own code: say where, in one line
-            raise ModelError(f"{model.name}'s apply failed on a batch of {n} images ({type(e).__name__}: "
-                             f"{(str(e).splitlines() or [''])[0][:120]})") from e
-        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or tuple(logits.shape) != (n, 10):
-            got = f"{logits.dtype} {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ModelError(f"{model.name}'s apply must return float logits of shape ({n}, 10) for {n} images, "
-                             f"not {got}")
+        check_logits(model, logits, n)
         try:
             check_state(model, new_state, source=f"the state {model.name}'s apply returned")
         except (TypeError, WeightsError) as e:
             raise ModelError(str(e).replace(": these are not", ": not") + " (it must keep init_state's names, "
                              "shapes and dtypes)") from None
     if loss is not None:
-        try:
+        with blaming(model, "loss"):
             out = loss(logits.float(), y)
-        except Exception as e:  # the user's own code, as for apply
-            raise ModelError(f"the loss failed on {model.name}'s logits ({type(e).__name__}: "
-                             f"{(str(e).splitlines() or [''])[0][:120]})") from e
         value, aux = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
         if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 0):
             raise ModelError("the loss must return a 0-d float tensor, or (that, a dict of tensors)")

@@ -9,7 +9,7 @@ from torch.func import vmap
 from torch.nn import functional as F
 
 from .ensemble import unstack
-from .contract import check_params, check_state
+from .contract import blaming, check_logits, check_params, check_state
 from .models import Model, check_images
 
 EVAL_BATCH = 1000
@@ -92,7 +92,10 @@ def logits(model: Model, params: dict, images: torch.Tensor, *, state: dict | No
             if pad and chunk.shape[0] < batch_size:
                 chunk = torch.cat([chunk, chunk.new_zeros((batch_size - chunk.shape[0], *chunk.shape[1:]))])
             x = model.preprocess(chunk)
-            out.append((forward(params, x, state) if members is not None else forward(params, x)).float())
+            with blaming(model, "apply"):
+                y = forward(params, x, state) if members is not None else forward(params, x)
+            check_logits(model, y if members is None else y[0], x.shape[0])
+            out.append(y.float())
     if not out:
         return torch.empty(*(() if members is None else (members,)), 0, 10, device=device)
     return torch.cat(out, dim=-2)[..., :n, :]

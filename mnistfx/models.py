@@ -23,7 +23,7 @@ import torch
 
 from ._checks import check_whole, is_finite
 from .constants import MODEL_NAME
-from .contract import check_params, check_state
+from .contract import STATE_DTYPES, blaming, check_params, check_state
 from .errors import ConfigError, ModelError
 from .rng import as_generator
 
@@ -70,11 +70,15 @@ class Model:
 
     def init(self, key) -> dict[str, torch.Tensor]:
         """Fresh parameters from ``key`` (an ``int`` seed or a CPU ``torch.Generator``)."""
-        params = self._init(as_generator(key))
+        g = as_generator(key)
+        with blaming(self, "init"):
+            params = self._init(g)
         if (not isinstance(params, dict) or not params
                 or not all(isinstance(k, str) and isinstance(v, torch.Tensor) and v.dtype == torch.float32
                            for k, v in params.items())):
             raise ModelError(f"{self.name}'s init must return a non-empty dict from names to float32 tensors")
+        if any(v.is_meta for v in params.values()):
+            raise ModelError(f"{self.name}'s init must return tensors with values, not on the meta device")
         if any(k.startswith("state/") or not k for k in params):
             raise ModelError(f"{self.name}'s init: a parameter name may not be empty or start with state/ "
                              "(that is where weights files keep a model's state)")
@@ -84,10 +88,13 @@ class Model:
         """The state a fresh model starts with (``{}`` for a model without state), on the parameters' device."""
         if self._init_state is None:
             return {}
-        state = self._init_state(params)
+        with blaming(self, "init_state"):
+            state = self._init_state(params)
         if not isinstance(state, dict) or not all(isinstance(k, str) and k and isinstance(v, torch.Tensor)
+                                                  and not v.is_meta and v.dtype in STATE_DTYPES
                                                   for k, v in state.items()):
-            raise ModelError(f"{self.name}'s init_state must return a dict from names to tensors")
+            raise ModelError(f"{self.name}'s init_state must return a dict from names to tensors with values, of "
+                             "a dtype weights files keep (float, int, uint8 or bool)")
         if isinstance(params, dict) and params:  # beside the parameters, wherever init_state made it
             device = next(iter(params.values())).device
             state = {k: v.to(device) for k, v in state.items()}

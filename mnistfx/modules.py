@@ -71,11 +71,15 @@ def to_module(model: Model, params: dict, state: dict | None = None) -> Function
         params: its parameters (one model, not an ensemble's stack).
         state: its state, for a model with state.
     """
+    if not isinstance(model, Model):
+        raise TypeError(f"to_module takes a mnistfx.Model, not {type(model).__name__}")
     lead = {v.shape[:1] for v in params.values()} if isinstance(params, dict) else set()
     if len(lead) == 1 and model.shapes() and not any(len(s) == 0 for s in model.shapes().values()) and \
             all(tuple(v.shape[1:]) == model.shapes().get(k) for k, v in params.items()):
         raise ValueError("these are an ensemble's stacked params: take one member with mnistfx.unstack(params)[i]")
     check_params(model, params)
+    if not all(v.is_floating_point() for v in params.values()):
+        raise ValueError("to_module takes float parameters (they become nn.Parameters, which need gradients)")
     state = {} if state is None else state
     check_state(model, state)
     if any(t.is_meta for t in (*params.values(), *state.values())):

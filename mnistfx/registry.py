@@ -77,7 +77,7 @@ def import_model(spec: str) -> Model:
         module = importlib.import_module(module_name)
     except ImportError as e:
         hint = (f": run from the folder that holds {module_name.replace('.', '/')}.py, or install it"
-                if e.name and module_name.startswith(e.name) else "")  # else the module itself lacks something
+                if e.name and (module_name + ".").startswith(e.name + ".") else "")  # else its own import failed
         raise ConfigError(f"cannot import {module_name!r} for model {spec} ({e}){hint}") from None
     except (Exception, SystemExit) as e:
         raise ConfigError(f"importing {module_name!r} for model {spec} failed: {type(e).__name__}: "

@@ -110,8 +110,9 @@ def compile_step(fn: Callable, device) -> Callable:
             out = compiled(*args)
         except Exception as e:  # inductor wraps what went wrong (OSError, CalledProcessError, ...) in its own errors
             cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
-            raise MnistfxError(f"torch.compile failed ({cause}): run with --no-compile, or point "
-                               "TORCHINDUCTOR_CACHE_DIR at a writable folder with room") from None
+            raise MnistfxError(f"torch.compile failed ({cause}): run with --no-compile (a model of one's own must "
+                               "also trace under torch.compile), or point TORCHINDUCTOR_CACHE_DIR at a writable "
+                               "folder with room") from None
         ready = True
         return out
 

@@ -22,6 +22,7 @@ import torch
 from ._checks import check_whole
 from .checkpoint import GENERATORS, Checkpoint, check_checkpoint_size, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .contract import blaming
 from .data import MNIST, load_mnist, train_val_split
 from .constants import MAX_CHECKPOINT_EVERY
 from .errors import ConfigError, MnistfxError, RunFolderError, WeightsError
@@ -251,8 +252,9 @@ class _Loop:
             if self.compiling:
                 self.emit("compiling")
                 t_compile = time.perf_counter()
-            self.params, self.state, self.opt_state, losses, _ = self.step(self.params, self.state, self.opt_state, x,
-                                                                           train_y[idx], noise)
+            with blaming(self.model, f"train step (epoch {epoch}, step {end})"):
+                self.params, self.state, self.opt_state, losses, _ = self.step(self.params, self.state, self.opt_state,
+                                                                               x, train_y[idx], noise)
             if self.members:
                 losses = losses.mean(0)  # the members' mean loss of each step
             self.loss_sum = self.loss_sum + losses.detach().sum()

@@ -193,11 +193,11 @@ def load_model_weights(path, model: str | None = None) -> Weights:
                            "registered here: pass --model MODULE:ATTR to import yours (in Python: mnistfx.register_model)")
     members = meta.get("members")
     if members is not None and not (is_whole(members) and 2 <= members <= MAX_ENSEMBLE):
-        raise WeightsError(f"{path} says it holds {members!r} ensemble members, which cannot be: {_FIX}")
+        raise WeightsError(f"{path} says it holds {printable_name(members)} ensemble members, which cannot be: {_FIX}")
     m = get_model(name)
     check_params(m, params, source=str(path), dtype=torch.float32, members=members)
     check_state(m, state, source=str(path), members=members)
-    for part in (params, state):
+    for part in (params, {STATE_PREFIX + k: v for k, v in state.items()}):
         check_finite(part, source=str(path), fix="the file is damaged, or the run that wrote it diverged")
     return Weights(m, params, state, meta, members)
 

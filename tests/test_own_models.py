@@ -162,7 +162,7 @@ def _model(name, init=own_models.init, apply=own_models.apply, **kwargs):
      r"must return float logits of shape \(2, 10\) for 2 images, not torch.float32 \(2, 5\)"),
     (lambda: _model("bad_dtype", apply=lambda p, x: torch.zeros(x.shape[0], 10, dtype=torch.long)),
      "must return float logits"),
-    (lambda: _model("raises", apply=lambda p, x: {}["oops"]), r"raises's apply failed on a batch of 2 images \(KeyError"),
+    (lambda: _model("raises", apply=lambda p, x: {}["oops"]), r"raises's apply on a batch of 2 images failed \(KeyError"),
     (lambda: _model("f64", init=lambda g: {"w": torch.zeros(3, dtype=torch.float64)}), "float32 tensors"),
     (lambda: _model("slash", init=lambda g: {"state/w": torch.zeros(3)}), "may not be empty or start with state/"),
     (lambda: _model("new_key", apply=lambda p, x, state: (torch.zeros(x.shape[0], 10), {**state, "extra": x}),
@@ -185,3 +185,24 @@ def test_a_broken_model_on_the_command_line_is_one_line(capsys, monkeypatch):
                            "--no-compile", "--no-test", "--out", str(HERE / "never-written"))
     assert_one_line_error(code, err, "own_broken's apply must return float logits of shape (2, 10)")
     assert not (HERE / "never-written").exists()
+
+
+def test_a_model_that_breaks_later_or_only_in_eval_is_one_clear_error(mnist):
+    calls = []
+
+    def apply_third_call_fails(params, x, *, train=False, noise=None):
+        calls.append(train)
+        if train and calls.count(True) == 4:  # the contract check's call, then the run's steps 1, 2, 3
+            raise RuntimeError("broken on the third step")
+        return own_models.apply(params, x, train=train, noise=noise)
+
+    late = _model("late", apply=apply_third_call_fails, noise=own_models.noise)
+    with pytest.raises(mnistfx.ModelError, match=r"late's train step \(epoch 1, step 3\) failed \(RuntimeError"):
+        mnistfx.train(_small("late"), data=mnist)
+    odd = _model("eval_odd", apply=lambda p, x, *, train=False: torch.zeros(x.shape[0], 5 if not train else 10))
+    with pytest.raises(mnistfx.ModelError, match=r"eval_odd's apply must return float logits of shape \(100, 10\)"):
+        mnistfx.evaluate(odd, odd.init(0), mnist.test_images[:100], mnist.test_labels[:100])
+
+
+def test_adam_takes_a_weight_decay_of_zero():
+    assert mnistfx.recipe("tuned", weight_decay=0.0).weight_decay == 0.0
