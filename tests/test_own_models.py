@@ -196,7 +196,7 @@ def test_a_model_that_breaks_later_or_only_in_eval_is_one_clear_error(mnist):
             raise RuntimeError("broken on the third step")
         return own_models.apply(params, x, train=train, noise=noise)
 
-    late = _model("late", apply=apply_third_call_fails, noise=own_models.noise)
+    _model("late", apply=apply_third_call_fails, noise=own_models.noise)
     with pytest.raises(mnistfx.ModelError, match=r"late's train step \(epoch 1, step 3\) failed \(RuntimeError"):
         mnistfx.train(_small("late"), data=mnist)
     odd = _model("eval_odd", apply=lambda p, x, *, train=False: torch.zeros(x.shape[0], 5 if not train else 10))
