@@ -21,6 +21,7 @@ import torch
 from ._checks import check_choice, check_positive, check_whole, is_whole
 from .constants import (BENCH_BATCH_SIZES, BENCH_KINDS, BENCH_MAX_REPEATS, BENCH_MAX_SECONDS, MAX_BATCH_SIZE,
                         PRECISIONS)
+from .contract import blaming
 from .data import MNIST, load_mnist
 from .errors import ConfigError
 from .registry import get_model
@@ -150,7 +151,7 @@ def _measure(m, data, dev, batch_sizes, kinds, precision, seconds, repeats, on_r
     results = []
     for kind in kinds:
         for batch in batch_sizes:
-            with torch.inference_mode(kind == "infer"):
+            with torch.inference_mode(kind == "infer"), blaming(m, f"{kind} step at batch {batch}"):
                 result = {"kind": kind, "batch_size": batch,
                           **_compare(*_workload(kind, m, images, labels, batch, dev, precision), dev, batch,
                                      seconds, repeats)}

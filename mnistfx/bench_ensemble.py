@@ -18,6 +18,7 @@ import torch
 from ._checks import check_choice, check_whole
 from .bench import check_timing, race, training_data
 from .constants import MAX_BATCH_SIZE, MAX_ENSEMBLE, PRECISIONS
+from .contract import blaming
 from .data import MNIST, load_mnist
 from .ensemble import make_ensemble_step, stack
 from .errors import ConfigError
@@ -59,7 +60,8 @@ def benchmark_ensemble(model: str = "tuned", *, members=(2, 4, 8), batch_size: i
     results = []
     with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
         for k in members:
-            result = _compare_ensemble(m, images, labels, k, batch_size, dev, precision, seconds, repeats)
+            with blaming(m, f"ensemble step of {k} members"):
+                result = _compare_ensemble(m, images, labels, k, batch_size, dev, precision, seconds, repeats)
             results.append(result)
             if on_result:
                 on_result(result)

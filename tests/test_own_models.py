@@ -206,3 +206,14 @@ def test_a_model_that_breaks_later_or_only_in_eval_is_one_clear_error(mnist):
 
 def test_adam_takes_a_weight_decay_of_zero():
     assert mnistfx.recipe("tuned", weight_decay=0.0).weight_decay == 0.0
+
+
+def test_a_model_that_fails_only_under_grad_is_one_error_in_bench_too(mnist):
+    def apply(params, x, *, train=False, noise=None):
+        if train and torch.is_grad_enabled():
+            params["b2"].numpy()  # a tensor that requires grad has no numpy(): fails only in the real step
+        return own_models.apply(params, x, train=train, noise=noise)
+
+    _model("grad_only", apply=apply, noise=own_models.noise)
+    with pytest.raises(mnistfx.ModelError, match=r"grad_only's train step at batch 32 failed \(RuntimeError"):
+        mnistfx.benchmark("grad_only", kinds=("train",), batch_sizes=(32,), seconds=0.05, repeats=1, data=mnist)
