@@ -205,14 +205,14 @@ def recipe(model: str, name: str = "default", /, **overrides) -> TrainConfig:
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
     base = RECIPES[name].get(model)
-    if base is None and name == "default" and model not in MODELS:
-        base = TrainConfig(model=model)  # a model of one's own (checked when training starts)
-    if base is None and not any(model in configs for configs in RECIPES.values()):
-        raise ConfigError(f"the {name!r} recipe is for {', '.join(RECIPES[name])}: a model of your own takes the "
-                          "default recipe's values, with the options you give")
     if base is None:
         have = [r for r in RECIPES if model in RECIPES[r]]
-        raise ConfigError(f"there is no {name!r} recipe for {model}: use one of {', '.join(have)}")
+        if have:
+            raise ConfigError(f"there is no {name!r} recipe for {model}: use one of {', '.join(have)}")
+        if name != "default":
+            raise ConfigError(f"the {name!r} recipe is for {', '.join(RECIPES[name])}: a model of your own takes "
+                              "the default recipe's values, with the options you give")
+        base = TrainConfig(model=model)  # a model of one's own (checked when training starts)
     unknown = sorted(set(overrides) - _FIELDS - {"recipe"}) or sorted({"model", "recipe"} & set(overrides))
     if unknown:
         raise ConfigError(f"recipe() cannot set {unknown[0]!r}: it sets the fields of TrainConfig except model and "

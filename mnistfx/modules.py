@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .contract import check_params, check_state
+from .errors import WeightsError
 from .models import Model
 
 
@@ -59,6 +60,18 @@ def _owner(root: nn.Module, name: str) -> nn.Module:
     return module
 
 
+def _stacked(model: Model, params: dict) -> bool:
+    """Whether ``params`` are ``model``'s parameters of several members, stacked."""
+    first = next(iter(params.values()), None)
+    if first is None or first.dim() == 0:
+        return False
+    try:
+        check_params(model, params, members=first.shape[0])
+    except WeightsError:
+        return False
+    return True
+
+
 def to_module(model: Model, params: dict, state: dict | None = None) -> FunctionalModule:
     """An ``nn.Module`` that runs ``model`` with a copy of ``params`` (and ``state``) as its parameters
     (and buffers), under the same names: ``module.state_dict()`` has mnistfx's names, ``module(x)``
@@ -73,11 +86,13 @@ def to_module(model: Model, params: dict, state: dict | None = None) -> Function
     """
     if not isinstance(model, Model):
         raise TypeError(f"to_module takes a mnistfx.Model, not {type(model).__name__}")
-    lead = {v.shape[:1] for v in params.values()} if isinstance(params, dict) else set()
-    if len(lead) == 1 and model.shapes() and not any(len(s) == 0 for s in model.shapes().values()) and \
-            all(tuple(v.shape[1:]) == model.shapes().get(k) for k, v in params.items()):
-        raise ValueError("these are an ensemble's stacked params: take one member with mnistfx.unstack(params)[i]")
-    check_params(model, params)
+    try:
+        check_params(model, params)
+    except WeightsError:
+        if _stacked(model, params):
+            raise ValueError("these are an ensemble's stacked params: take one member with "
+                             "mnistfx.unstack(params)[i]") from None
+        raise
     if not all(v.is_floating_point() for v in params.values()):
         raise ValueError("to_module takes float parameters (they become nn.Parameters, which need gradients)")
     state = {} if state is None else state
