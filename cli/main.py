@@ -9,6 +9,7 @@ import click
 
 from mnistfx.errors import MnistfxError
 
+from . import launch
 from .bench import bench
 from .data import data
 from .evaluate import eval_, predict
@@ -30,8 +31,9 @@ for command in (data, train, eval_, predict, bench, plot, import_notebook, expor
 
 def main(argv=None) -> int:
     """Run the CLI and return its exit status."""
+    launch.ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli.main(args=argv, prog_name="mnistfx", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="mnistfx", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         _error("interrupted")
         return 130
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     except MnistfxError as e:
         _error(str(e))
         return 1
-    return 0
+    return status if isinstance(status, int) else 0  # a command's click.exceptions.Exit
 
 
 def _error(message: str) -> None:

@@ -8,7 +8,7 @@ from click.core import ParameterSource
 
 import mnistfx
 from mnistfx.config import RECIPES
-from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_ENSEMBLE, MAX_EPOCHS, MAX_SEED,
+from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_ENSEMBLE, MAX_EPOCHS, MAX_NPROC, MAX_SEED,
                                MAX_STEPS_PER_CALL, OPTIMIZERS, PRECISIONS)
 
 from .options import (console, data_root_option, device_option, json_option, named_model, positive,
@@ -64,24 +64,38 @@ def _epoch_line(e: dict) -> str:
               help="Continue the interrupted run in this folder, with its own settings.")
 @click.option("--overwrite", is_flag=True, help="Replace the run the output folder holds (finished or not).")
 @click.option("--no-test", is_flag=True, help="Do not evaluate on the test set (for sweeps: choose on validation).")
+@click.option("--nproc", type=click.IntRange(1, MAX_NPROC),
+              help="Train data-parallel in N processes on this machine (torchrun's launcher; each takes its share of "
+                   "every batch). Under torchrun itself, leave it out.")
 @json_option("Print a JSON summary on stdout (stderr: only a progress bar on a terminal, and errors).")
 def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, momentum, ensemble, warmup, decay,
           label_smoothing, clean_epochs, precision, seed, device, out, no_compile, steps_per_call, no_augment,
-          faithful_fill, val_size, train_size, data_root, checkpoint_every, resume_dir, overwrite, no_test, as_json):
+          faithful_fill, val_size, train_size, data_root, checkpoint_every, resume_dir, overwrite, no_test, nproc,
+          as_json):
     """Train MODEL with a recipe; write weights, history and a checkpoint.
 
     MODEL is tuned or cnn, or a model of your own as MODULE:ATTR (e.g. mymodels:mlp, the Model
     mlp in ./mymodels.py; only name code you trust). The checkpoint (checkpoint.safetensors in the
     output folder) is written after every epoch; `mnistfx train --resume FOLDER` continues an
     interrupted run from it, bit for bit (name MODULE:ATTR again for a model of your own).
+
+    Data-parallel: `--nproc N` on one machine, or `torchrun ... -m mnistfx train ...` (see the README).
     """
+    from mnistfx import distributed
+
+    parallel = distributed.from_environment()
+    if nproc and nproc > 1 and parallel is None:
+        from .launch import launch
+        raise click.exceptions.Exit(launch(nproc))
     if resume_dir is not None:
         _refuse_settings_with_resume(click.get_current_context())
     elif model is None:
         raise click.UsageError("Missing argument 'MODEL': name a model (tuned, cnn or MODULE:ATTR), or pass "
                                "--resume FOLDER.")
     model = None if model is None else named_model(model)
-    if resume_dir is not None:
+    if resume_dir is not None and parallel is not None:
+        cfg, out = None, resume_dir  # rank 0 reads the checkpoint and sends it to the others
+    elif resume_dir is not None:
         cfg = mnistfx.load_checkpoint(resume_dir).config  # a folder, or the checkpoint file itself
         out = mnistfx.run_folder(resume_dir)
         if model is not None and model != cfg.model:
@@ -100,8 +114,15 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
         out = out or mnistfx.default_run_dir(cfg)
     mnistfx.use_compile_cache()
     quiet_torch_logs()
-    run = _run_with_progress(console(stderr=as_json), cfg, out, resume_dir is not None, data_root,
-                             checkpoint_every or 0, overwrite, not no_test, quiet=as_json)
+    if parallel is not None:
+        distributed.start(parallel)
+    try:
+        run = _run_with_progress(console(stderr=as_json), cfg, out, resume_dir is not None, data_root,
+                                 checkpoint_every or 0, overwrite, not no_test, quiet=as_json, parallel=parallel)
+    finally:
+        distributed.stop()
+    if parallel is not None and not parallel.main:
+        return  # rank 0 writes the run and reports
     paths = mnistfx.save_run(run, out)
     if as_json:
         click.echo(mnistfx.to_json({**run.summary(), "weights": str(paths["weights"]), "history_file": str(paths["history"])}))
@@ -129,14 +150,15 @@ def _result_lines(run) -> list[str]:
     return lines
 
 
-def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, overwrite, test, quiet):
+def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, overwrite, test, quiet, parallel):
     """Train (or resume) with a progress bar per epoch (on a terminal) and a line per finished epoch
     (unless ``quiet``: with --json, stderr holds only a transient bar and errors)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}  {task.fields[speed]}"), TimeElapsedColumn(),
-                        console=con, transient=True, disable=not con.is_terminal)
+                        console=con, transient=True,
+                        disable=not con.is_terminal or (parallel is not None and not parallel.main))
     state = {}
 
     def on_event(kind, **info):
@@ -160,19 +182,20 @@ def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, ove
         elif kind == "epoch" and not quiet:
             progress.console.print(_epoch_line(info))
 
+    report = on_event if parallel is None or parallel.main else None  # rank 0 reports
     with progress:
         state["task"] = progress.add_task("starting…", total=None, loss="-", speed="")
         try:
             if resuming:
-                return mnistfx.resume(out, data_root=data_root, on_event=on_event, checkpoint_every=checkpoint_every,
-                                      test=test)
-            return mnistfx.train(cfg, on_event=on_event, checkpoint_dir=out, checkpoint_every=checkpoint_every,
-                                 overwrite=overwrite, test=test)
+                return mnistfx.resume(out, data_root=data_root, on_event=report, checkpoint_every=checkpoint_every,
+                                      test=test, parallel=parallel)
+            return mnistfx.train(cfg, on_event=report, checkpoint_dir=out, checkpoint_every=checkpoint_every,
+                                 overwrite=overwrite, test=test, parallel=parallel)
         except mnistfx.RunFolderError as e:
             raise click.UsageError(str(e)) from None
 
 
-_RESUME_KEEPS = {"model", "resume_dir", "checkpoint_every", "as_json", "data_root", "no_test"}
+_RESUME_KEEPS = {"model", "resume_dir", "checkpoint_every", "as_json", "data_root", "no_test", "nproc"}
 
 
 def _refuse_settings_with_resume(ctx):

@@ -11,7 +11,8 @@ from .rng import as_generator
 
 
 def random_affine(x: torch.Tensor, *, key, degrees: float = 15.0, translate: float = 0.1,
-                  scale: tuple[float, float] = (0.9, 1.1), fill: float = 0.0) -> torch.Tensor:
+                  scale: tuple[float, float] = (0.9, 1.1), fill: float = 0.0, rows: torch.Tensor | None = None,
+                  n: int | None = None) -> torch.Tensor:
     """Rotate, scale and shift every image of a batch by its own random amount, in one warp.
 
     The draws follow torchvision's ``RandomRotation(degrees)`` then ``RandomAffine(0,
@@ -23,6 +24,8 @@ def random_affine(x: torch.Tensor, *, key, degrees: float = 15.0, translate: flo
         key: an ``int`` seed or a ``torch.Generator`` on ``x.device``.
         degrees, translate, scale: the ranges, as above.
         fill: the value of pixels that come from outside the image.
+        rows, n: ``x`` holds these rows of a batch of ``n`` images: the random numbers are drawn for
+            all ``n`` and these rows warped (a data-parallel rank's shard of a global batch).
 
     Returns:
         The warped images, same shape and dtype.
@@ -30,8 +33,11 @@ def random_affine(x: torch.Tensor, *, key, degrees: float = 15.0, translate: flo
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4:
         what = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"random_affine takes float images of shape (N, C, H, W), not a {what}")
-    n, _, h, w = x.shape
-    u = torch.rand(n, 4, generator=as_generator(key, x.device), device=x.device, dtype=torch.float32)
+    _, _, h, w = x.shape
+    u = torch.rand(x.shape[0] if rows is None else n, 4, generator=as_generator(key, x.device), device=x.device,
+                   dtype=torch.float32)
+    if rows is not None:
+        u = u[rows]
     angle = (2 * u[:, 0] - 1) * math.radians(degrees)
     # Whole-pixel shifts, converted to grid units (the grid spans 2 over W pixels).
     tx = torch.round((2 * u[:, 1] - 1) * translate * w) * (2.0 / w)

@@ -21,7 +21,7 @@ from .errors import ConfigError, MnistfxError, WeightsError
 from .contract import check_finite, check_params, check_state
 from .optim import config_optimizer
 from .registry import get_model
-from .weights import WEIGHTS_MAX_BYTES, load_weights, save_weights
+from .weights import WEIGHTS_MAX_BYTES, parse_weights, read_weights, save_weights
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = "mnistfx-checkpoint/1"
@@ -96,7 +96,7 @@ def check_checkpoint_size(model, config: TrainConfig) -> None:
                           f"mnistfx reads back ({WEIGHTS_MAX_BYTES:,}): train fewer members at once")
 
 
-def _checkpoint_file(path) -> Path:
+def checkpoint_file(path) -> Path:
     """The checkpoint file ``path`` names: itself, or ``checkpoint.safetensors`` in the folder it names."""
     path = Path(path)
     if path.is_dir() or not path.exists():
@@ -110,20 +110,22 @@ def _checkpoint_file(path) -> Path:
     return path
 
 
-def load_checkpoint(path) -> Checkpoint:
+def load_checkpoint(path, *, data: bytes | None = None) -> Checkpoint:
     """Read and check a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
 
     Arguments:
         path: the checkpoint file, or the run folder that holds ``checkpoint.safetensors``.
+        data: the file's bytes, already read (data-parallel ranks check those rank 0 read);
+            ``path`` then only names it in errors.
 
     Raises:
         MnistfxError: there is no checkpoint there.
         WeightsError: the file is damaged, not an mnistfx checkpoint, or its tensors or
             position do not fit its run.
     """
-    path = _checkpoint_file(path)
+    path = checkpoint_file(path) if data is None else Path(path)
     try:
-        tensors, meta = load_weights(path)
+        tensors, meta = parse_weights(read_weights(path) if data is None else data, path)
     except WeightsError as e:
         reason = str(e).split(": pass")[0]
         raise WeightsError(f"cannot resume from {path}: {reason}; {_RESTART}") from None

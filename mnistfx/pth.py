@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ._io import first_line, open_checked, write_new
-from .constants import MODELS
+from .constants import NOTEBOOK_MODELS
 from .errors import WeightsError
 from .contract import check_finite, check_params
 from .models import Model
@@ -68,7 +68,7 @@ def import_notebook_checkpoint(path) -> tuple[str, dict[str, torch.Tensor]]:
     for key, value in state.items():
         layer, _, kind = key.rpartition(".")
         params[f"{NOTEBOOK_KEYS[layer]}.{kind}"] = value.float().contiguous()
-    return guess_model(params, source=str(path), among=MODELS), params
+    return guess_model(params, source=str(path), among=NOTEBOOK_MODELS), params
 
 
 def to_notebook_state_dict(params: dict) -> dict:
@@ -93,8 +93,8 @@ def export_notebook_checkpoint(path, model: Model, params: dict, *, overwrite: b
         The path written.
     """
     path = Path(path)
-    if model.name not in MODELS:
-        raise WeightsError(f"{model.name} is not one of the notebook's models ({', '.join(MODELS)}): it has no "
+    if model.name not in NOTEBOOK_MODELS:
+        raise WeightsError(f"{model.name} is not one of the notebook's models ({', '.join(NOTEBOOK_MODELS)}): it has no "
                            "notebook form; save it with save_weights")
     check_params(model, params, source="params", dtype=torch.float32)
     check_finite(params, source="params")

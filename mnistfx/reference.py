@@ -35,7 +35,7 @@ class Arch:
 ARCHS = {
     "tuned": Arch("avg", "max", (784, 512, 128, 64, 10), (0.4, 0.2), (0.5, 0.3, 0.15), True),
     "cnn": Arch("max", None, (3136, 784, 196, 49, 10), (0.4, 0.2), (0.6, 0.3, 0.15), False),
-}  # keyed by constants.MODELS (a test checks they agree)
+}  # keyed by constants.NOTEBOOK_MODELS (a test checks they agree)
 
 
 class _Skeleton(nn.Module):

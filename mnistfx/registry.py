@@ -11,12 +11,13 @@ import importlib
 import os
 import sys
 
-from .constants import MODELS
+from .constants import MODELS, NOTEBOOK_MODELS
 from .errors import ConfigError, WeightsError
 from .models import Model
 from .reference import reference_model
+from .resnet import make_resnet
 
-_REGISTRY: dict[str, Model] = {name: reference_model(name) for name in MODELS}
+_REGISTRY: dict[str, Model] = {**{name: reference_model(name) for name in NOTEBOOK_MODELS}, "resnet": make_resnet()}
 
 
 def register_model(model: Model, *, replace: bool = False) -> Model:

@@ -34,7 +34,7 @@ CPU_COMPILE_OPTIONS = {"cpp_wrapper": True, "size_asserts": False, "alignment_as
 
 
 def make_train_step(model: Model, opt: Optimizer, *, loss: Callable | None = None, label_smoothing: float = 0.0,
-                    precision: str = "fp32") -> Callable:
+                    precision: str = "fp32", average: Callable | None = None) -> Callable:
     """The pure train step ``(params, state, opt_state, x, y, noise) -> (params, state, opt_state, loss, aux)``.
 
     Arguments:
@@ -45,6 +45,8 @@ def make_train_step(model: Model, opt: Optimizer, *, loss: Callable | None = Non
         label_smoothing: the default loss's label smoothing.
         precision: ``"bf16"`` runs the forward pass under bf16 autocast (the loss, gradients
             and update stay float32); ``"fp32"`` does not.
+        average: ``average(grads, loss, state) -> (grads, loss, state)``, applied before the update:
+            the means over data-parallel processes (see :func:`mnistfx.distributed.make_average`).
 
     Returns:
         The step; ``x`` and ``noise`` come from :func:`batch_inputs`.
@@ -68,6 +70,8 @@ def make_train_step(model: Model, opt: Optimizer, *, loss: Callable | None = Non
 
     def step(params, state, opt_state, x, y, noise):
         grads, (value, (state, aux)) = grad_and_value(loss_fn, has_aux=True)(params, state, x, y, noise)
+        if average is not None:
+            grads, value, state = average(grads, value, state)
         params, opt_state = opt.update(grads, opt_state, params)
         return params, state, opt_state, value, aux
 
@@ -129,21 +133,24 @@ def check_trainable(model: Model, params: dict, state: dict, images: torch.Tenso
         check_model(model, params, state, x, labels[idx], noise, loss)
 
 
-def augment_batch(model: Model, x01: torch.Tensor, *, key, faithful_fill: bool = False) -> torch.Tensor:
+def augment_batch(model: Model, x01: torch.Tensor, *, key, faithful_fill: bool = False,
+                  rows: torch.Tensor | None = None, n: int | None = None) -> torch.Tensor:
     """The training augmentation of a batch of [0, 1] images, returned as model input.
 
     By default one warp (rotation, shift and scale together) fills with the background. With
     ``faithful_fill`` the notebook's order is kept: rotate, normalise, then shift and scale,
-    whose fill 0 is mid-grey in normalised space.
+    whose fill 0 is mid-grey in normalised space. With ``rows``, ``x01`` holds those rows of a batch
+    of ``n`` images, and the random numbers are drawn for all ``n``.
     """
     if not faithful_fill:
-        return model.normalize_input(random_affine(x01, key=key))
-    x = model.normalize_input(random_affine(x01, key=key, translate=0.0, scale=(1.0, 1.0)))
-    return random_affine(x, key=key, degrees=0.0)
+        return model.normalize_input(random_affine(x01, key=key, rows=rows, n=n))
+    x = model.normalize_input(random_affine(x01, key=key, translate=0.0, scale=(1.0, 1.0), rows=rows, n=n))
+    return random_affine(x, key=key, degrees=0.0, rows=rows, n=n)
 
 
 def batch_inputs(model: Model, images: torch.Tensor, idx: torch.Tensor, *, aug_key, drop_key,
-                 augment: bool = True, faithful_fill: bool = False, members: int | None = None):
+                 augment: bool = True, faithful_fill: bool = False, members: int | None = None,
+                 rows: torch.Tensor | None = None):
     """The model input and dropout noise for the training batch ``images[idx]``.
 
     Arguments:
@@ -154,13 +161,20 @@ def batch_inputs(model: Model, images: torch.Tensor, idx: torch.Tensor, *, aug_k
         augment, faithful_fill: as in :class:`~mnistfx.TrainConfig`.
         members: for an ensemble step, draw this many members' noise (stacked on a leading axis);
             the images are shared.
+        rows: make only these positions of ``idx`` (a data-parallel rank's shard); the random numbers
+            are drawn for all of ``idx`` and these rows kept, so they are the single-process run's.
 
     Returns:
         ``(x, noise)`` for the train step.
     """
-    x = check_images(images)[idx].reshape(-1, 1, 28, 28).float() / 255.0
-    x = augment_batch(model, x, key=aug_key, faithful_fill=faithful_fill) if augment else model.normalize_input(x)
+    n = idx.shape[0]
+    x = check_images(images)[idx if rows is None else idx[rows]].reshape(-1, 1, 28, 28).float() / 255.0
+    x = (augment_batch(model, x, key=aug_key, faithful_fill=faithful_fill, rows=rows, n=n) if augment
+         else model.normalize_input(x))
     g = as_generator(drop_key, images.device)  # one generator: each member's noise is its own
-    if members is None:
-        return x, model.dropout_noise(x.shape[0], key=g, device=images.device)
-    return x, stack([model.dropout_noise(x.shape[0], key=g, device=images.device) for _ in range(members)])
+
+    def noise():
+        drawn = model.dropout_noise(n, key=g, device=images.device)
+        return drawn if rows is None else {k: v[rows] for k, v in drawn.items()}
+
+    return x, (noise() if members is None else stack([noise() for _ in range(members)]))

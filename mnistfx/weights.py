@@ -64,6 +64,12 @@ def load_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
         WeightsError: the file is missing, not a regular file, too large, empty, not
             safetensors, or holds a dtype or metadata mnistfx does not read.
     """
+    return parse_weights(read_weights(path), path)
+
+
+def read_weights(path) -> bytes:
+    """The bytes of the safetensors file ``path``, whose size, kind and header are checked before the
+    tensors are read (:class:`~mnistfx.WeightsError` as for :func:`load_weights`)."""
     path = Path(path)
     with open_checked(path, WEIGHTS_MAX_BYTES, what="weights", fix=_FIX, error=WeightsError) as (f, size):
         if size == 0:
@@ -71,10 +77,17 @@ def load_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
         try:
             head = f.read(8)
             head += f.read(min(max(int.from_bytes(head, "little"), 0), _HEADER_MAX_BYTES))
-            raw_meta = _read_header(path, head)  # checked (or refused) before the tensors are read
-            data = head + f.read(size - len(head))
+            _read_header(path, head)  # checked (or refused) before the tensors are read
+            return head + f.read(size - len(head))
         except OSError as e:
             raise WeightsError(f"cannot read weights {path} ({e.strerror}): {_FIX}") from None
+
+
+def parse_weights(data: bytes, path) -> tuple[dict[str, torch.Tensor], dict]:
+    """:func:`load_weights` of a safetensors file's bytes (``path`` names it in errors)."""
+    if len(data) > WEIGHTS_MAX_BYTES:
+        raise WeightsError(f"weights {path} are larger than mnistfx reads ({WEIGHTS_MAX_BYTES:,} bytes): {_FIX}")
+    raw_meta = _read_header(path, data)
     try:
         params = st_load(data)
     except Exception as e:  # safetensors' own checks (offsets, sizes): all mean "not safetensors"

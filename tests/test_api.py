@@ -96,7 +96,9 @@ def test_the_builtin_model_names_are_the_models():
     from mnistfx.optim import OPTIMIZERS
     from mnistfx.reference import ARCHS
 
-    assert mnistfx.MODELS == tuple(ARCHS) == mnistfx.model_names()[:2]
+    from mnistfx.constants import NOTEBOOK_MODELS
+    assert mnistfx.MODELS == (*NOTEBOOK_MODELS, "resnet") == mnistfx.model_names()[:3]
+    assert NOTEBOOK_MODELS == tuple(ARCHS)
     assert OPTIMIZER_NAMES == tuple(OPTIMIZERS)
 
 

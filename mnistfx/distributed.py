@@ -1,0 +1,176 @@
+"""Data-parallel training on ``torch.distributed``: each process (rank) trains on its shard of every
+global batch, and the gradients are averaged inside the compiled step.
+
+Started by torchrun (``torchrun --nproc-per-node N -m mnistfx train ...``), or by ``mnistfx train
+--nproc N``, which runs torchrun's launcher for N processes on this machine.
+
+What stays the single-process run's: the config (the global batch, the recipe), the initial
+parameters, and every random number. Each rank draws the shuffle, the augmentation and the dropout
+of the whole global batch from the run's generators and keeps its rows, so the generators stay
+equal on every rank, one data-parallel step equals the single-process step on the same batch (to
+float tolerance: the sums run in another order), and the checkpoint rank 0 writes resumes with any
+number of processes that divides the batch.
+
+What differs: a model with batch norm normalises by its shard's statistics (as PyTorch's
+``DistributedDataParallel`` without ``SyncBatchNorm``); its running statistics are averaged over
+the ranks at every step, so the state stays the same on all of them.
+
+Every rank checks its own inputs; what only rank 0 can check (the run folder, the checkpoint) is
+shared with :func:`agree` before the first step, so a bad input stops every rank with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+
+from ._io import first_line
+from .errors import ConfigError, MnistfxError
+
+TIMEOUT = datetime.timedelta(minutes=15)  # a rank waits this long for a peer that neither answers nor dies
+_MESSAGE_BYTES = 1024
+_PEER_GONE = re.compile(r"Connection (closed|reset)|timed? ?out|broken pipe|peer", re.I)
+_COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|c10d|Connection (closed|reset)|timed? ?out|broken pipe", re.I)
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """This process's place in a data-parallel run."""
+
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0: the one that reads and writes the run folder and reports."""
+        return self.rank == 0
+
+
+def from_environment() -> Parallel | None:
+    """The place torchrun gave this process (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), or ``None`` when
+    it was not started by torchrun (or alone)."""
+    env = os.environ
+    if "WORLD_SIZE" not in env:
+        return None
+    try:
+        rank, world, local = (int(env[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    except (KeyError, ValueError):
+        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must all be whole numbers: start data-parallel runs "
+                          "with torchrun or --nproc") from None
+    if not 0 <= rank < world or local < 0:
+        raise ConfigError(f"RANK {rank} does not fit WORLD_SIZE {world}: start data-parallel runs with torchrun")
+    return None if world == 1 else Parallel(rank, world, local)
+
+
+def device_for(parallel: Parallel, device: torch.device) -> torch.device:
+    """The device this rank trains on: on CUDA, the GPU of its local rank."""
+    if device.type != "cuda":
+        return device
+    if parallel.local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"local rank {parallel.local_rank} has no GPU ({torch.cuda.device_count()} here): start at "
+                          "most one process per GPU")
+    return torch.device("cuda", parallel.local_rank)
+
+
+def start(parallel: Parallel) -> None:
+    """Join the process group at the address torchrun gave: gloo for CPU tensors, and nccl for CUDA
+    tensors where there is a GPU."""
+    if dist.is_initialized():
+        return
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    try:
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    except (RuntimeError, ValueError) as e:
+        raise MnistfxError(f"rank {parallel.rank} cannot join the other processes ({first_line(e)}): check "
+                           "torchrun's --rdzv-endpoint / MASTER_ADDR and MASTER_PORT") from None
+
+
+def stop() -> None:
+    """Leave the process group (if joined)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_config(parallel: Parallel, config) -> None:
+    """Refuse a :class:`~mnistfx.TrainConfig` that cannot be trained data-parallel by ``parallel.world`` ranks."""
+    if config.batch_size % parallel.world:
+        raise ConfigError(f"{parallel.world} processes cannot share a batch of {config.batch_size} equally: choose a "
+                          f"--batch-size that is a multiple of {parallel.world}, or another process count")
+    if config.ensemble > 1:
+        raise ConfigError("an ensemble trains in one process (its members share each step already): drop --ensemble "
+                          "or --nproc")
+
+
+def shard_rows(parallel: Parallel, batches: int, batch_size: int) -> torch.Tensor:
+    """The positions this rank trains on among the indices of one call's ``batches`` global batches."""
+    per = batch_size // parallel.world
+    starts = torch.arange(batches)[:, None] * batch_size + parallel.rank * per
+    return (starts + torch.arange(per)).flatten()
+
+
+def make_average(world: int) -> Callable:
+    """``average(grads, loss, state) -> (grads, loss, state)``: the means over all ranks of the
+    gradients, the loss and the floating-point state, with one all-reduce (traceable by torch.compile)."""
+
+    def average(grads: dict, loss: torch.Tensor, state: dict):
+        floats = [k for k, v in state.items() if v.is_floating_point()]
+        parts = [*grads.values(), loss, *(state[k] for k in floats)]
+        flat = torch.cat([p.reshape(-1).float() for p in parts])
+        flat = funcol.all_reduce(flat, "sum", dist.group.WORLD) / world
+        out = [piece.view(p.shape).to(p.dtype) for piece, p in zip(flat.split([p.numel() for p in parts]), parts)]
+        grads = dict(zip(grads, out[:len(grads)]))
+        state = {**state, **dict(zip(floats, out[len(grads) + 1:]))}
+        return grads, out[len(grads)], state
+
+    return average
+
+
+def agree(parallel: Parallel, failure: BaseException | None) -> None:
+    """Every rank learns whether any rank failed before training: a failed rank re-raises its error,
+    the others raise :class:`~mnistfx.MnistfxError` with the first failed rank's message."""
+    text = b"" if failure is None else str(failure).encode()[:_MESSAGE_BYTES - 1]
+    mine = torch.zeros(_MESSAGE_BYTES, dtype=torch.uint8)
+    mine[0] = failure is not None
+    mine[1:1 + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8) if text else mine[1:1]
+    everyone = [torch.empty_like(mine) for _ in range(parallel.world)]
+    with guard(parallel):
+        dist.all_gather(everyone, mine)
+    if failure is not None:
+        raise failure
+    for rank, msg in enumerate(everyone):
+        if msg[0]:
+            raise MnistfxError(f"rank {rank} stopped the run: {bytes(msg[1:].tolist()).rstrip(bytes(1)).decode(errors='replace')}")
+
+
+def share_bytes(parallel: Parallel, data: bytes | None) -> bytes:
+    """Rank 0's ``data`` on every rank (the others pass ``None``)."""
+    size = torch.tensor([len(data) if parallel.main else 0], dtype=torch.int64)
+    with guard(parallel):
+        dist.broadcast(size, 0)
+        buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if parallel.main
+               else torch.empty(int(size), dtype=torch.uint8))
+        dist.broadcast(buf, 0)
+    return data if parallel.main else buf.numpy().tobytes()
+
+
+@contextlib.contextmanager
+def guard(parallel: Parallel | None):
+    """Turn a failed collective (a peer died, was stopped or stopped answering) into one line."""
+    try:
+        yield
+    except RuntimeError as e:
+        if parallel is None or not (isinstance(e, dist.DistError) or _COLLECTIVE_FAILURE.search(str(e))):
+            raise
+        lines = [line.strip() for line in str(e).splitlines() if _PEER_GONE.search(line)]
+        why = lines[0][:120] if lines else first_line(e)
+        raise MnistfxError(f"rank {parallel.rank} lost the other processes ({why}): the run stops; continue it with "
+                           "--resume RUN_DIR from its last checkpoint") from None

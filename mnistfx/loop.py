@@ -1,0 +1,262 @@
+"""One training run's loop: :class:`Loop` sets a run up, trains it epoch by epoch (from a checkpoint
+if given), evaluates it, and writes its checkpoints; :func:`~mnistfx.train` and
+:func:`~mnistfx.resume` make one.
+
+The whole pure step (see :mod:`mnistfx.step`) is compiled once: every batch has the same shape
+(the last partial batch of an epoch is dropped) and the learning rate is computed inside it from
+its step-count tensor. Evaluation runs eagerly: on 5,000 images a compiled forward would save
+about 0.05 s per epoch and cost 10-20 s of compiling on a cold cache. Data lives on the device
+as one uint8 tensor and batches are index gathers. Nothing in the loop waits for the device
+except the progress reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+
+import torch
+
+from . import distributed
+from ._checks import check_whole
+from .checkpoint import GENERATORS, Checkpoint, check_checkpoint_size, save_checkpoint
+from .config import TrainConfig
+from .constants import MAX_CHECKPOINT_EVERY
+from .contract import blaming
+from .data import load_mnist, train_val_split
+from .ensemble import make_ensemble_step, member_seed, stack, unstack
+from .errors import MnistfxError, RunFolderError, WeightsError
+from .metrics import evaluate, evaluate_members
+from .optim import config_optimizer
+from .registry import get_model
+from .rng import fold_in
+from .runs import CHECKPOINT_FILE, HISTORY_FILE, WEIGHTS_FILE, Run, check_run_dir, prepare_run_dir, run_lock
+from .runtime import keep_freed_memory, resolve_device
+from .step import batch_inputs, check_trainable, compile_step, make_multi_step, make_train_step
+
+
+def _to(tree, device):
+    """A dict of tensors (nested dicts too) on ``device``."""
+    return tree.to(device) if isinstance(tree, torch.Tensor) else {k: _to(v, device) for k, v in tree.items()}
+
+
+
+def _ignore(kind, **info):
+    pass
+
+
+class Loop:
+    """One run: checked and set up when made, trained by :meth:`run` (from ``start`` if given)."""
+
+    def __init__(self, config: TrainConfig, start: Checkpoint | None, data, on_event, checkpoint_dir,
+                 checkpoint_every, *, data_root=None, overwrite: bool = False, loss=None, test: bool = True,
+                 parallel=None):
+        self.t_start = time.perf_counter()
+        self.parallel, self.main = parallel, parallel is None or parallel.main
+        self.config, self.start, self.data, self.overwrite = config, start, data, overwrite
+        self.loss, self.test = loss, test
+        self.members = config.ensemble if config.ensemble > 1 else None
+        self.data_root = config.data_root if start is None else data_root
+        self.every = check_whole("checkpoint-every", checkpoint_every, 0, MAX_CHECKPOINT_EVERY)
+        self.device = resolve_device(config.device)
+        self.model = get_model(config.model)
+        check_checkpoint_size(self.model, config)
+        if parallel is not None:
+            distributed.check_config(parallel, config)
+            self.device = distributed.device_for(parallel, self.device)
+            checkpoint_dir = checkpoint_dir if parallel.main else None
+        self.emit = on_event or _ignore
+        self.checkpoint_dir, self.dir, self.made_dir = checkpoint_dir, None, False
+
+    def run(self) -> Run:
+        """Train under the run folder's lock (if there is a folder); a folder this run made and left
+        empty (it failed before its first checkpoint) is removed. Ranks of a data-parallel run first
+        :func:`~mnistfx.distributed.agree` that each is ready."""
+        try:
+            with contextlib.ExitStack() as stack:
+                try:
+                    self._prepare(stack)
+                except MnistfxError as e:
+                    if self.parallel is None:
+                        raise
+                    distributed.agree(self.parallel, e)
+                if self.parallel is not None:
+                    distributed.agree(self.parallel, None)
+                return self._run()
+        except BaseException:
+            if self.made_dir:
+                with contextlib.suppress(OSError):
+                    self.dir.rmdir()  # only if empty: an error if the run wrote anything
+            raise
+
+    def _prepare(self, stack: contextlib.ExitStack) -> None:
+        """Take the run folder (made if needed, locked, checked) and the data."""
+        if self.checkpoint_dir is not None:
+            self.made_dir = not os.path.lexists(self.checkpoint_dir)
+            self.dir = prepare_run_dir(self.checkpoint_dir)
+            stack.enter_context(run_lock(self.dir))
+            if self.start is None:
+                check_run_dir(self.dir, overwrite=self.overwrite)
+            elif self.start.finished and all((self.dir / name).is_file() for name in (WEIGHTS_FILE, HISTORY_FILE)):
+                raise RunFolderError(f"{self.dir} holds a finished run, with its weights: there is nothing to resume")
+        self.emit("config", config=self.config, resumed=self.start is not None)
+        if self.data is None:
+            self.emit("loading")
+            self.data = load_mnist(self.data_root)
+
+    def _run(self) -> Run:
+        cfg, model, device = self.config, self.model, self.device
+        train_idx, val_idx = train_val_split(cfg.seed, cfg.val_size)
+        train_idx = train_idx[:cfg.n_train]
+        train_x = self.data.train_images[train_idx].to(device)
+        train_y = self.data.train_labels[train_idx].to(device)
+        val_x, val_y = self.data.train_images[val_idx].to(device), self.data.train_labels[val_idx]
+
+        n_steps = cfg.steps_per_epoch
+        self.opt = config_optimizer(cfg)
+        if self.members and device.type == "cpu":
+            keep_freed_memory()
+        average = None if self.parallel is None else distributed.make_average(self.parallel.world)
+        self.rows = None if self.parallel is None else distributed.shard_rows(self.parallel, cfg.group,
+                                                                               cfg.batch_size).to(device)
+        step = make_multi_step(make_train_step(model, self.opt, loss=self.loss, label_smoothing=cfg.label_smoothing,
+                                               precision=cfg.precision, average=average), cfg.group)
+        if self.members:
+            step = make_ensemble_step(step)
+        self.step = compile_step(step, device) if cfg.compile else step
+        self.generators = {name: torch.Generator(device=device).manual_seed(fold_in(cfg.seed, name))
+                           for name in GENERATORS}
+        self.result = Run(cfg, {})
+        first_epoch, first_step = self._initial_state()
+        first = (lambda tree: unstack(tree)[0] if self.members and tree else tree)  # noqa: E731 (a member's part)
+        check_trainable(model, first(self.params), first(self.state), train_x, train_y, loss=self.loss)
+        self.compiling = cfg.compile
+        self.emit("start", steps_per_epoch=n_steps, epochs=cfg.epochs, device=str(device),
+                  epoch=first_epoch, step=first_step)
+
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            t_epoch = time.perf_counter()
+            begin = first_step if epoch == first_epoch else 0
+            t_epoch += self._train_epoch(epoch, begin, train_x, train_y)
+            train_seconds = time.perf_counter() - t_epoch
+            if not self.main:
+                continue  # only rank 0 evaluates, reports and writes
+            val = self._evaluate(val_x, val_y)
+            entry = {
+                "epoch": epoch, "train_loss": (self.loss_sum / n_steps).item(), "val_loss": val.loss,
+                "val_accuracy": val.accuracy, "seconds": round(time.perf_counter() - t_epoch, 3),
+                "img_per_s": round((n_steps - begin) * cfg.batch_size / train_seconds, 1),
+            }
+            self.result.history.append(entry)
+            self.result.val = val
+            self.emit("epoch", **entry)
+            self._save(epoch, n_steps, None)
+
+        run = self.result
+        run.params, run.state = self.params, self.state
+        if not self.main:
+            return run
+        run.val = run.val or self._evaluate(val_x, val_y)
+        if self.members:
+            run.member_val = evaluate_members(model, self.params, val_x, val_y, members=self.members,
+                                              state=self.state)
+        if self.test:
+            run.test = self._evaluate(self.data.test_images, self.data.test_labels)
+            if self.members:
+                run.member_test = evaluate_members(model, self.params, self.data.test_images, self.data.test_labels,
+                                                   members=self.members, state=self.state)
+            self.emit("test", accuracy=run.test.accuracy, loss=run.test.loss)
+        run.seconds = time.perf_counter() - self.t_start
+        return run
+
+    def _evaluate(self, images, labels):
+        return evaluate(self.model, self.params, images, labels, state=self.state, members=self.members)
+
+    def _initial_state(self) -> tuple[int, int]:
+        """Set the parameters and optimiser state, fresh or from the checkpoint; return where to start."""
+        device, start, seed = self.device, self.start, self.config.seed
+        if start is None:
+            seeds = [seed] if self.members is None else [member_seed(seed, i) for i in range(self.members)]
+            params = [{k: v.to(device) for k, v in self.model.init(fold_in(s, "init")).items()} for s in seeds]
+            states = [self.model.init_state(p) for p in params]
+            opt_states = [self.opt.init(p) for p in params]
+            self.params, self.state, self.opt_state = ((xs[0] if self.members is None else stack(xs))
+                                                       for xs in (params, states, opt_states))
+            return 1, 0
+        self.params, self.state, self.opt_state = (_to(part, device) for part in (start.params, start.state,
+                                                                                start.opt_state))
+        try:
+            for name, g in self.generators.items():
+                g.set_state(start.rng[name])
+        except RuntimeError:
+            raise WeightsError("the checkpoint's random-generator state is damaged (or from another kind of device): "
+                               "start the run again without --resume") from None
+        self.result.history, self.result.compile_seconds = list(start.history), start.compile_seconds
+        return (start.epoch + 1, 0) if start.step >= self.config.steps_per_epoch else (start.epoch, start.step)
+
+    def _train_epoch(self, epoch: int, begin: int, train_x, train_y) -> float:
+        """Steps ``begin + 1`` to the end of ``epoch``; returns the seconds spent compiling."""
+        cfg, n_steps, batch, group = self.config, self.config.steps_per_epoch, self.config.batch_size, self.config.group
+        g = self.generators
+        if begin:
+            self.perm, self.loss_sum = self.start.perm.to(self.device), self.start.loss_sum.to(self.device)
+        else:
+            self.perm = torch.randperm(train_x.shape[0], generator=g["shuffle"], device=self.device)
+            self.loss_sum = torch.zeros((), device=self.device)
+        augment = cfg.augment and epoch <= cfg.epochs - cfg.clean_epochs
+        compile_seconds, t_epoch = 0.0, time.perf_counter()
+        report_every = max(1, n_steps // 100)
+        for i in range(begin, n_steps, group):
+            end = i + group  # this call does steps i+1 .. end of the epoch, from one gather and warp
+            idx = self.perm[i * batch:end * batch]
+            x, noise = batch_inputs(self.model, train_x, idx, aug_key=g["augment"], drop_key=g["dropout"],
+                                    augment=augment, faithful_fill=cfg.faithful_fill, members=self.members,
+                                    rows=self.rows)
+            y = train_y[idx] if self.rows is None else train_y[idx[self.rows]]
+            if self.compiling:
+                self.emit("compiling")
+                t_compile = time.perf_counter()
+            with blaming(self.model, f"train step (epoch {epoch}, step {end})"), distributed.guard(self.parallel):
+                self.params, self.state, self.opt_state, losses, _ = self.step(self.params, self.state, self.opt_state,
+                                                                               x, y, noise)
+            if self.members:
+                losses = losses.mean(0)  # the members' mean loss of each step
+            self.loss_sum = self.loss_sum + losses.detach().sum()
+            if self.compiling:
+                self.compiling = False
+                compile_seconds = self.result.compile_seconds = time.perf_counter() - t_compile
+            if end // report_every > i // report_every or end == n_steps:
+                self._check_finite(epoch, end)
+                elapsed = time.perf_counter() - t_epoch - compile_seconds  # img/s counts training, not compiling
+                self.emit("step", epoch=epoch, step=end, loss=losses[-1].item(),
+                          img_per_s=(end - begin) * batch / max(elapsed, 1e-9))
+            done = (epoch - 1) * n_steps + end
+            if self.every and done // self.every > (done - group) // self.every and end < n_steps:
+                self._save(epoch, end, self.perm)
+        return compile_seconds
+
+    def _check_finite(self, epoch: int, step: int) -> None:
+        """Stop a run whose loss is no longer finite (one wait for the device; the sum covers every step)."""
+        loss_sum = self.loss_sum.item()
+        if not math.isfinite(loss_sum):
+            raise MnistfxError(f"training diverged at epoch {epoch}, step {step}: the loss is {loss_sum} "
+                               f"(lr {self.config.lr:g} is likely too high) and nothing of it was saved: start "
+                               "again with a lower --lr")
+
+    def _save(self, epoch: int, step: int, perm) -> None:
+        """Write the checkpoint (if the run has a folder) and tell the caller."""
+        if self.dir is None:
+            return
+        self._check_finite(epoch, step)
+        path = self.dir / CHECKPOINT_FILE
+        try:
+            save_checkpoint(path, Checkpoint(
+                self.config, epoch, step, self.params, self.state, self.opt_state,
+                {k: g.get_state() for k, g in self.generators.items()}, perm, self.loss_sum,
+                self.result.history, self.result.compile_seconds))
+        except OSError as e:
+            raise MnistfxError(f"cannot write the checkpoint {path} ({e.strerror}); the previous one is whole: "
+                               f"make room, then continue with --resume {self.dir}") from None
+        self.emit("checkpoint", epoch=epoch, step=step)
