@@ -11,7 +11,7 @@ from .options import console, data_root_option, device_option, json_option, name
 
 @click.command()
 @device_option
-@click.option("--model", default="tuned", show_default=True, help="tuned, cnn, or MODULE:ATTR (a model of your own).")
+@click.option("--model", default="tuned", show_default=True, help="tuned, cnn, resnet, or MODULE:ATTR (a model of your own).")
 @click.option("--ensemble", "members", type=click.IntRange(2, MAX_ENSEMBLE), multiple=True,
               help="Instead: K members in one vmapped compiled step against K separate compiled steps (repeatable, "
                    "e.g. --ensemble 2 --ensemble 8; batch size default 32).")

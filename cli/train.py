@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+import functools
+import signal
+
 import click
 from click.core import ParameterSource
 
@@ -74,7 +77,7 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
           as_json):
     """Train MODEL with a recipe; write weights, history and a checkpoint.
 
-    MODEL is tuned or cnn, or a model of your own as MODULE:ATTR (e.g. mymodels:mlp, the Model
+    MODEL is tuned, cnn or resnet, or a model of your own as MODULE:ATTR (e.g. mymodels:mlp, the Model
     mlp in ./mymodels.py; only name code you trust). The checkpoint (checkpoint.safetensors in the
     output folder) is written after every epoch; `mnistfx train --resume FOLDER` continues an
     interrupted run from it, bit for bit (name MODULE:ATTR again for a model of your own).
@@ -90,16 +93,17 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
     if resume_dir is not None:
         _refuse_settings_with_resume(click.get_current_context())
     elif model is None:
-        raise click.UsageError("Missing argument 'MODEL': name a model (tuned, cnn or MODULE:ATTR), or pass "
+        raise click.UsageError("Missing argument 'MODEL': name a model (tuned, cnn, resnet or MODULE:ATTR), or pass "
                                "--resume FOLDER.")
     model = None if model is None else named_model(model)
-    if resume_dir is not None and parallel is not None:
-        cfg, out = None, resume_dir  # rank 0 reads the checkpoint and sends it to the others
-    elif resume_dir is not None:
-        cfg = mnistfx.load_checkpoint(resume_dir).config  # a folder, or the checkpoint file itself
-        out = mnistfx.run_folder(resume_dir)
-        if model is not None and model != cfg.model:
-            raise click.UsageError(f"{resume_dir} is a run of {cfg.model}, not {model}: drop MODEL or name {cfg.model}")
+    if parallel is not None:
+        signal.signal(signal.SIGTERM, functools.partial(_stopped, parallel.rank))
+        distributed.start(parallel)
+        click.get_current_context().call_on_close(distributed.stop)
+    if resume_dir is not None:
+        # only rank 0 may see the run folder: it checks the checkpoint, then sends it to the others
+        cfg = _agreed(parallel, lambda: _resume_config(resume_dir, model))
+        out = resume_dir if parallel is not None else mnistfx.run_folder(resume_dir)
     else:
         given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup": warmup, "decay": decay,
                  "label_smoothing": label_smoothing, "clean_epochs": clean_epochs, "precision": precision,
@@ -114,13 +118,8 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
         out = out or mnistfx.default_run_dir(cfg)
     mnistfx.use_compile_cache()
     quiet_torch_logs()
-    if parallel is not None:
-        distributed.start(parallel)
-    try:
-        run = _run_with_progress(console(stderr=as_json), cfg, out, resume_dir is not None, data_root,
-                                 checkpoint_every or 0, overwrite, not no_test, quiet=as_json, parallel=parallel)
-    finally:
-        distributed.stop()
+    run = _run_with_progress(console(stderr=as_json), cfg, out, resume_dir is not None, data_root,
+                             checkpoint_every or 0, overwrite, not no_test, quiet=as_json, parallel=parallel)
     if parallel is not None and not parallel.main:
         return  # rank 0 writes the run and reports
     paths = mnistfx.save_run(run, out)
@@ -131,6 +130,37 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
     for line in _result_lines(run):
         out_console.print(line)
     out_console.print(printable(f"wrote {paths['weights']} and {paths['history']}"))
+
+
+def _stopped(rank, signum, frame):
+    """A data-parallel rank that torchrun stops (another rank failed) says so in one line."""
+    raise mnistfx.MnistfxError(f"rank {rank} was stopped ({signal.Signals(signum).name}): another process of the "
+                               "run ended first")
+
+
+def _resume_config(resume_dir, model):
+    """The config of the run ``resume_dir`` holds, which must be of ``model`` if one is named."""
+    cfg = mnistfx.load_checkpoint(resume_dir).config  # a folder, or the checkpoint file itself
+    if model is not None and model != cfg.model:
+        raise click.UsageError(f"{resume_dir} is a run of {cfg.model}, not {model}: drop MODEL or name {cfg.model}")
+    return cfg
+
+
+def _agreed(parallel, check):
+    """``check()`` in a single process; in a data-parallel run, on rank 0 only, whose failure every rank
+    then raises (None elsewhere)."""
+    if parallel is None:
+        return check()
+    from mnistfx import distributed
+
+    result, failure = None, None
+    if parallel.main:
+        try:
+            result = check()
+        except (mnistfx.MnistfxError, click.UsageError) as e:
+            failure = e
+    distributed.agree(parallel, failure)
+    return result
 
 
 def _result_lines(run) -> list[str]:

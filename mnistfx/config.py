@@ -178,10 +178,16 @@ _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # peak of 5e-3, label smoothing 0.1, the last epoch unaugmented, bf16 autocast forward.
 # Measured (seeds 0-2): 10 epochs 99.21 / 99.12 / 99.06 % (mean 99.13), 12 epochs 99.18 / 99.09 /
 # 99.17 % (mean 99.15); 12 keep a margin over 99.10 for about 4 s more.
+# "default" for `resnet`: SGD (momentum 0.9, L2 5e-4) at batch 128, a one-cycle schedule to a peak of
+# 0.1, label smoothing 0.1, the last epoch unaugmented, bf16 autocast forward. Chosen on the
+# validation split of seed 0 (--no-test): 10 epochs 99.50 % (with each block's last BN scale
+# starting at 0, which learned slowly), 15 epochs 99.64 %.
 RECIPES = {
     "default": {
         "tuned": TrainConfig(model="tuned", epochs=15, decay=0.2, steps_per_call=2),
         "cnn": TrainConfig(model="cnn", epochs=10, decay=0.2),
+        "resnet": TrainConfig(model="resnet", epochs=15, batch_size=128, lr=0.1, optimizer="sgd", weight_decay=5e-4,
+                              warmup=0.2, decay=0.8, label_smoothing=0.1, clean_epochs=1, precision="bf16"),
     },
     "fast": {
         "tuned": TrainConfig(model="tuned", epochs=12, batch_size=256, lr=5e-3, warmup=0.2, decay=0.8,

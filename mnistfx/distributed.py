@@ -122,14 +122,16 @@ def make_average(world: int) -> Callable:
     gradients, the loss and the floating-point state, with one all-reduce (traceable by torch.compile)."""
 
     def average(grads: dict, loss: torch.Tensor, state: dict):
-        floats = [k for k, v in state.items() if v.is_floating_point()]
-        parts = [*grads.values(), loss, *(state[k] for k in floats)]
+        # by sorted name: a dict's order may differ between ranks (safetensors reads files in no fixed order)
+        names = sorted(grads)
+        floats = sorted(k for k, v in state.items() if v.is_floating_point())
+        parts = [*(grads[k] for k in names), loss, *(state[k] for k in floats)]
         flat = torch.cat([p.reshape(-1).float() for p in parts])
         flat = funcol.all_reduce(flat, "sum", dist.group.WORLD) / world
         out = [piece.view(p.shape).to(p.dtype) for piece, p in zip(flat.split([p.numel() for p in parts]), parts)]
-        grads = dict(zip(grads, out[:len(grads)]))
-        state = {**state, **dict(zip(floats, out[len(grads) + 1:]))}
-        return grads, out[len(grads)], state
+        averaged = dict(zip(names, out))
+        state = {**state, **dict(zip(floats, out[len(names) + 1:]))}
+        return {k: averaged[k] for k in grads}, out[len(names)], state
 
     return average
 
@@ -137,10 +139,9 @@ def make_average(world: int) -> Callable:
 def agree(parallel: Parallel, failure: BaseException | None) -> None:
     """Every rank learns whether any rank failed before training: a failed rank re-raises its error,
     the others raise :class:`~mnistfx.MnistfxError` with the first failed rank's message."""
-    text = b"" if failure is None else str(failure).encode()[:_MESSAGE_BYTES - 1]
+    text = b"" if failure is None else b"!" + (str(failure) or type(failure).__name__).encode()[:_MESSAGE_BYTES - 1]
     mine = torch.zeros(_MESSAGE_BYTES, dtype=torch.uint8)
-    mine[0] = failure is not None
-    mine[1:1 + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8) if text else mine[1:1]
+    mine[:len(text)] = torch.tensor(list(text), dtype=torch.uint8)
     everyone = [torch.empty_like(mine) for _ in range(parallel.world)]
     with guard(parallel):
         dist.all_gather(everyone, mine)
@@ -148,7 +149,8 @@ def agree(parallel: Parallel, failure: BaseException | None) -> None:
         raise failure
     for rank, msg in enumerate(everyone):
         if msg[0]:
-            raise MnistfxError(f"rank {rank} stopped the run: {bytes(msg[1:].tolist()).rstrip(bytes(1)).decode(errors='replace')}")
+            text = bytes(msg[1:].tolist()).rstrip(b"\0").decode(errors="replace")
+            raise MnistfxError(f"rank {rank} stopped the run: {text}")
 
 
 def share_bytes(parallel: Parallel, data: bytes | None) -> bytes:

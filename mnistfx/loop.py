@@ -128,7 +128,7 @@ class Loop:
         self.step = compile_step(step, device) if cfg.compile else step
         self.generators = {name: torch.Generator(device=device).manual_seed(fold_in(cfg.seed, name))
                            for name in GENERATORS}
-        self.result = Run(cfg, {})
+        self.result = Run(cfg, {}, processes=1 if self.parallel is None else self.parallel.world)
         first_epoch, first_step = self._initial_state()
         first = (lambda tree: unstack(tree)[0] if self.members and tree else tree)  # noqa: E731 (a member's part)
         check_trainable(model, first(self.params), first(self.state), train_x, train_y, loss=self.loss)

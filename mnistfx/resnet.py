@@ -10,9 +10,8 @@ The layout (parameter names in brackets)::
 
     stem [stem]:   conv 3x3, 1 -> w0, BN, ReLU                          28 x 28
     stage i:       basic blocks [s{i}b{j}]: conv 3x3 (stride 2 in a stage's first
-                   block: 14 x 14, then 7 x 7), BN, ReLU [.a], conv 3x3, BN [.b] (its scale starts
-                   at 0), plus the input (through conv 1x1 + BN [.down] where the shape
-                   changes), ReLU
+                   block: 14 x 14, then 7 x 7), BN, ReLU [.a], conv 3x3, BN [.b], plus
+                   the input (through conv 1x1 + BN [.down] where the shape changes), ReLU
     head [fc]:     global average pool, linear -> 10
 
 Each unit ``u`` has ``u.conv.weight`` (no bias), ``u.bn.weight`` and ``u.bn.bias``, and the state
@@ -88,12 +87,12 @@ def make_resnet(arch: ResNetArch = RESNET, name: str = "resnet") -> Model:
     width = arch.stages[-1][0]
 
     def init(g: torch.Generator) -> dict[str, torch.Tensor]:
-        """Convolutions: Kaiming normal (fan out, ReLU); BN scale 1 and shift 0, except the scale of each
-        block's last BN, 0 (a block starts as the identity); the linear layer: PyTorch's default."""
+        """Convolutions: Kaiming normal (fan out, ReLU); BN scale 1 and shift 0; the linear layer:
+        PyTorch's default. (A block's last BN scale at 0, as some ResNets start, learned 3x slower here.)"""
         params = {}
         for n, c_in, c_out, k, _ in layers:
             params[f"{n}.conv.weight"] = torch.randn(c_out, c_in, k, k, generator=g) * math.sqrt(2.0 / (c_out * k * k))
-            params[f"{n}.bn.weight"] = torch.zeros(c_out) if n.endswith(".b") else torch.ones(c_out)
+            params[f"{n}.bn.weight"] = torch.ones(c_out)
             params[f"{n}.bn.bias"] = torch.zeros(c_out)
         bound = 1.0 / math.sqrt(width)
         params["fc.weight"] = torch.empty(10, width).uniform_(-bound, bound, generator=g)

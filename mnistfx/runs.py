@@ -47,6 +47,7 @@ class Run:
             an ensemble's from the mean of its members' probabilities.
         member_val, member_test: an ensemble's metrics of each member.
         seconds: wall time of the whole run; compile_seconds: of the first (compiling) step.
+        processes: the data-parallel processes that trained it (1: one process).
     """
 
     config: TrainConfig
@@ -59,6 +60,7 @@ class Run:
     member_test: list[Metrics] | None = None
     seconds: float = 0.0
     compile_seconds: float = 0.0
+    processes: int = 1
 
     def metadata(self) -> dict:
         """What :func:`save_run` stores beside the weights: config, accuracies, times, versions."""
@@ -70,7 +72,7 @@ class Run:
             "member_val_accuracy": [m.accuracy for m in self.member_val] if self.member_val else None,
             "member_test_accuracy": [m.accuracy for m in self.member_test] if self.member_test else None,
             "seconds": round(self.seconds, 2), "compile_seconds": round(self.compile_seconds, 2),
-            "mnistfx_version": VERSION, "torch_version": torch.__version__,
+            "processes": self.processes, "mnistfx_version": VERSION, "torch_version": torch.__version__,
         }
 
     def summary(self) -> dict:

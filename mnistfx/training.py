@@ -80,15 +80,15 @@ def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = No
     if parallel is None:
         ckpt = load_checkpoint(run_dir)
     else:
-        data, failure = None, None
+        raw, failure = None, None
         if parallel.main:
             try:
-                data = read_weights(checkpoint_file(run_dir))
+                raw = read_weights(checkpoint_file(run_dir))
             except MnistfxError as e:
                 failure = e
         distributed.agree(parallel, failure)
         ckpt = load_checkpoint(checkpoint_file(run_dir) if parallel.main else run_dir,
-                               data=distributed.share_bytes(parallel, data))
+                               data=distributed.share_bytes(parallel, raw))
     run_dir = run_folder(run_dir)
     try:
         resolve_device(ckpt.config.device)

@@ -1,0 +1,131 @@
+"""Data-parallel training: processes on loopback (gloo), as torchrun or `mnistfx train --nproc` start them."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mnistfx
+from dp_worker import BATCH, one_step
+from helpers import MNISTFX, same_bits
+
+WORKER = str(Path(__file__).with_name("dp_worker.py"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ranks(world, *args, timeout=240):
+    """Run dp_worker.py ARGS as ``world`` ranks, as torchrun would; their (exit code, stderr)s."""
+    port = _free_port()
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, WORKER, *map(str, args)], env=env, text=True,
+                                      stderr=subprocess.PIPE))
+    return [(p.wait(timeout=timeout), p.stderr.read()) for p in procs]
+
+
+def test_one_data_parallel_step_is_the_single_process_step(mnist, tmp_path):
+    for code, err in _ranks(2, "step", tmp_path):
+        assert code == 0, err
+    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
+    assert same_bits(ranks[0], ranks[1])
+    params, loss = one_step(None, mnist)  # the whole batch in this process
+    for k, v in params.items():
+        torch.testing.assert_close(ranks[0][k], v)  # float32 tolerance
+    torch.testing.assert_close(ranks[0]["loss"][0], loss, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(params["fc1.weight"], mnistfx.get_model("tuned").init(0)["fc1.weight"])
+
+
+def test_two_ranks_train_to_the_same_bits_and_a_stopped_run_resumes_bit_for_bit(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    full.mkdir(), cut.mkdir()
+    for code, err in _ranks(2, "train", full):
+        assert code == 0, err
+    ranks = [load_file(full / f"rank{r}.safetensors") for r in range(2)]
+    assert same_bits(ranks[0], ranks[1])  # parameters and state, on both ranks
+    losses = [h["train_loss"] for h in json.loads((full / "history.json").read_text())]
+    assert losses[1] < losses[0]
+
+    stopped = _ranks(2, "train", cut, 8)  # rank 0 stops after its checkpoint at step 8; rank 1 loses it
+    assert [code for code, _ in stopped] == [1, 1]
+    assert "rank 1 lost the other processes" in stopped[1][1] and "Traceback" not in stopped[1][1]
+    assert mnistfx.load_checkpoint(cut / "run").step == 8
+    for code, err in _ranks(2, "resume", cut):
+        assert code == 0, err
+    assert same_bits(load_file(cut / "rank0.safetensors"), ranks[0])
+    assert same_bits(load_file(cut / "rank1.safetensors"), ranks[0])
+
+
+def _cli(*args, timeout=240):
+    return subprocess.run([MNISTFX, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_per_rank(done, world, *fragments):
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert len(lines) == world and all(line.startswith("error: ") for line in lines), done.stderr
+    for fragment in fragments:
+        assert any(fragment in line for line in lines), done.stderr
+
+
+SMALL = ("--epochs", "2", "--train-size", "640", "--val-size", "500", "--no-compile", "--no-test")
+
+
+def test_nproc_trains_and_rank_0_alone_writes(tmp_path):
+    done = _cli("train", "tuned", "--nproc", "2", *SMALL, "--out", tmp_path / "run", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)  # one JSON document: rank 0's
+    assert summary["processes"] == 2 and summary["history"][1]["train_loss"] < summary["history"][0]["train_loss"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.safetensors", "history.json",
+                                                                    "weights.safetensors"]
+    assert set(os.listdir(tmp_path)) == {"run"}
+
+
+def test_bad_data_parallel_inputs_stop_every_rank_with_one_line(tmp_path):
+    _one_line_per_rank(_cli("train", "tuned", "--nproc", "3", *SMALL, "--out", tmp_path / "a"), 3,
+                       "3 processes cannot share a batch of 32")
+    _one_line_per_rank(_cli("train", "tuned", "--nproc", "2", "--ensemble", "2", *SMALL, "--out", tmp_path / "b"), 2,
+                       "ensemble")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    done = _cli("train", "tuned", *SMALL, "--out", tmp_path / "tuned")
+    assert done.returncode == 0, done.stderr
+    checkpoint = tmp_path / "tuned" / "checkpoint.safetensors"
+    (tmp_path / "tuned" / "weights.safetensors").unlink()
+    before = checkpoint.read_bytes()
+    _one_line_per_rank(_cli("train", "resnet", "--nproc", "2", "--resume", tmp_path / "tuned"), 2,
+                       "is a run of tuned, not resnet", "rank 0 stopped the run")
+    assert checkpoint.read_bytes() == before
+
+
+def test_a_rank_whose_peer_dies_stops_with_one_line(tmp_path):
+    proc = subprocess.Popen([MNISTFX, "train", "tuned", "--nproc", "2", "--epochs", "50", "--train-size", "640",
+                             "--val-size", "500", "--no-compile", "--no-test", "--out", str(tmp_path / "run")],
+                            stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and time.monotonic() < deadline:  # the ranks are training
+        time.sleep(0.2)
+    workers = subprocess.run(["pgrep", "-f", f"-m mnistfx train tuned --nproc 2 --epochs 50"],
+                             capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(max(map(int, workers)), signal.SIGKILL)  # one rank dies without a word
+    code = proc.wait(timeout=60)
+    err = proc.stderr.read()
+    assert code != 0 and "Traceback" not in err, err
+    assert err.strip().count("\n") == 0 and "lost the other processes" in err, err
+    assert mnistfx.load_checkpoint(tmp_path / "run").epoch >= 1  # what was written is whole
