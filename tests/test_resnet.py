@@ -2,7 +2,6 @@
 
 import shutil
 
-import pytest
 import torch
 from torch import nn
 
