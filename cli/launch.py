@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import uuid
 
 ARGV: list[str] = []  # the command line `main` was given, which each process runs again
@@ -14,17 +15,31 @@ ARGV: list[str] = []  # the command line `main` was given, which each process ru
 def launch(nproc: int) -> int:
     """Run ``python -m mnistfx`` with :data:`ARGV` in ``nproc`` processes; their exit status (the first
     failed one's, if any failed: torchrun then stops the others)."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from mnistfx.errors import MnistfxError
 
     # the processes share this machine's cores: one math library thread each per core they get
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
-    try:
-        elastic_launch(config, sys.executable)("-m", "mnistfx", *ARGV)
-    except ChildFailedError as e:
-        failure = e.get_first_failure()[1]
-        return failure.exitcode if failure.exitcode > 0 else 1  # a process killed by a signal has a negative code
+    for name in [*logging.root.manager.loggerDict, "torch.distributed"]:  # the ranks speak for themselves
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    # the launcher makes a (here empty) folder for the processes' logs: one that is removed afterwards
+    with tempfile.TemporaryDirectory(prefix="mnistfx-launch-") as logs:
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                              rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+                              monitor_interval=0.1, logs_specs=DefaultLogsSpecs(log_dir=logs))
+        try:
+            elastic_launch(config, sys.executable)("-m", "mnistfx", *ARGV)
+        except ChildFailedError as e:
+            failure = e.get_first_failure()[1]
+            return failure.exitcode if failure.exitcode > 0 else 1  # killed by a signal: a negative code
+        except SignalException as e:  # Ctrl-C or a kill: the launcher passed it on, each rank said it stopped
+            return 128 + int(e.sigval)
+        except RendezvousError as e:
+            raise MnistfxError(f"the {nproc} processes could not meet ({e}): try again") from None
     return 0

@@ -34,6 +34,8 @@ def random_affine(x: torch.Tensor, *, key, degrees: float = 15.0, translate: flo
         what = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"random_affine takes float images of shape (N, C, H, W), not a {what}")
     _, _, h, w = x.shape
+    if rows is not None:
+        check_rows(rows, n, x.shape[0])
     u = torch.rand(x.shape[0] if rows is None else n, 4, generator=as_generator(key, x.device), device=x.device,
                    dtype=torch.float32)
     if rows is not None:
@@ -53,3 +55,12 @@ def random_affine(x: torch.Tensor, *, key, degrees: float = 15.0, translate: flo
     if fill == 0.0:
         return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return F.grid_sample(x - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False) + fill
+
+
+def check_rows(rows, n, count: int) -> None:
+    """``rows`` must be ``count`` positions in a batch of ``n`` (an int64 vector of values in [0, n))."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"rows need n, the size of the whole batch they are rows of, not {n!r}")
+    if (not isinstance(rows, torch.Tensor) or rows.dtype != torch.int64 or tuple(rows.shape) != (count,)
+            or (count and not 0 <= int(rows.min()) <= int(rows.max()) < n)):
+        raise ValueError(f"rows must be an int64 vector of {count} positions in a batch of {n}")

@@ -35,10 +35,11 @@ import torch.distributed._functional_collectives as funcol
 from ._io import first_line
 from .errors import ConfigError, MnistfxError
 
+_BEFORE = "run the command again (no process had begun training)"
 TIMEOUT = datetime.timedelta(minutes=15)  # a rank waits this long for a peer that neither answers nor dies
 _MESSAGE_BYTES = 1024
-_PEER_GONE = re.compile(r"Connection (closed|reset)|timed? ?out|broken pipe|peer", re.I)
-_COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|c10d|Connection (closed|reset)|timed? ?out|broken pipe", re.I)
+_COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|c10d|Connection (closed|reset)", re.I)  # in a failed collective's error
+_WHY = re.compile(r"Connection (closed|reset)|timed? ?out|broken pipe|peer", re.I)  # its telling line
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,16 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
+def check_started(parallel) -> None:
+    """``parallel`` must be a :class:`Parallel` of the process group this process joined (:func:`start`)."""
+    if not isinstance(parallel, Parallel):
+        raise TypeError(f"parallel must be a mnistfx.distributed.Parallel (from from_environment()), not "
+                        f"{type(parallel).__name__}")
+    if not dist.is_initialized() or (dist.get_rank(), dist.get_world_size()) != (parallel.rank, parallel.world):
+        raise ConfigError(f"rank {parallel.rank} of {parallel.world} has not joined its process group: call "
+                          "mnistfx.distributed.start(parallel) first, in a process torchrun started")
+
+
 def check_config(parallel: Parallel, config) -> None:
     """Refuse a :class:`~mnistfx.TrainConfig` that cannot be trained data-parallel by ``parallel.world`` ranks."""
     if config.batch_size % parallel.world:
@@ -108,6 +119,15 @@ def check_config(parallel: Parallel, config) -> None:
     if config.ensemble > 1:
         raise ConfigError("an ensemble trains in one process (its members share each step already): drop --ensemble "
                           "or --nproc")
+
+
+def check_processes(nproc: int, config) -> None:
+    """Refuse, before any process starts, ``nproc`` processes on this machine that cannot train ``config``."""
+    check_config(Parallel(0, nproc, 0), config)
+    device = torch.device(config.device)
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ConfigError(f"{nproc} processes need {nproc} GPUs, and this machine has {torch.cuda.device_count()}: "
+                          "start at most one process per GPU")
 
 
 def shard_rows(parallel: Parallel, batches: int, batch_size: int) -> torch.Tensor:
@@ -143,7 +163,7 @@ def agree(parallel: Parallel, failure: BaseException | None) -> None:
     mine = torch.zeros(_MESSAGE_BYTES, dtype=torch.uint8)
     mine[:len(text)] = torch.tensor(list(text), dtype=torch.uint8)
     everyone = [torch.empty_like(mine) for _ in range(parallel.world)]
-    with guard(parallel):
+    with guard(parallel, _BEFORE):
         dist.all_gather(everyone, mine)
     if failure is not None:
         raise failure
@@ -156,7 +176,7 @@ def agree(parallel: Parallel, failure: BaseException | None) -> None:
 def share_bytes(parallel: Parallel, data: bytes | None) -> bytes:
     """Rank 0's ``data`` on every rank (the others pass ``None``)."""
     size = torch.tensor([len(data) if parallel.main else 0], dtype=torch.int64)
-    with guard(parallel):
+    with guard(parallel, _BEFORE):
         dist.broadcast(size, 0)
         buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if parallel.main
                else torch.empty(int(size), dtype=torch.uint8))
@@ -164,15 +184,20 @@ def share_bytes(parallel: Parallel, data: bytes | None) -> bytes:
     return data if parallel.main else buf.numpy().tobytes()
 
 
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a collective's failure (a peer died, was stopped, or stopped answering)."""
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError)
+                                                 and bool(_COLLECTIVE_FAILURE.search(str(error))))
+
+
 @contextlib.contextmanager
-def guard(parallel: Parallel | None):
-    """Turn a failed collective (a peer died, was stopped or stopped answering) into one line."""
+def guard(parallel: Parallel | None, fix: str = "continue it with --resume RUN_DIR from its last checkpoint"):
+    """Turn a failed collective into one line that says what to do (``fix``)."""
     try:
         yield
     except RuntimeError as e:
-        if parallel is None or not (isinstance(e, dist.DistError) or _COLLECTIVE_FAILURE.search(str(e))):
+        if parallel is None or not is_collective_failure(e):
             raise
-        lines = [line.strip() for line in str(e).splitlines() if _PEER_GONE.search(line)]
+        lines = [line.strip() for line in str(e).splitlines() if _WHY.search(line)]
         why = lines[0][:120] if lines else first_line(e)
-        raise MnistfxError(f"rank {parallel.rank} lost the other processes ({why}): the run stops; continue it with "
-                           "--resume RUN_DIR from its last checkpoint") from None
+        raise MnistfxError(f"rank {parallel.rank} lost the other processes ({why}): the run stops; {fix}") from None

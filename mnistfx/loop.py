@@ -64,8 +64,8 @@ class Loop:
         self.model = get_model(config.model)
         check_checkpoint_size(self.model, config)
         if parallel is not None:
+            distributed.check_started(parallel)
             distributed.check_config(parallel, config)
-            self.device = distributed.device_for(parallel, self.device)
             checkpoint_dir = checkpoint_dir if parallel.main else None
         self.emit = on_event or _ignore
         self.checkpoint_dir, self.dir, self.made_dir = checkpoint_dir, None, False
@@ -92,7 +92,9 @@ class Loop:
             raise
 
     def _prepare(self, stack: contextlib.ExitStack) -> None:
-        """Take the run folder (made if needed, locked, checked) and the data."""
+        """Take the device, the run folder (made if needed, locked, checked) and the data."""
+        if self.parallel is not None:
+            self.device = distributed.device_for(self.parallel, self.device)
         if self.checkpoint_dir is not None:
             self.made_dir = not os.path.lexists(self.checkpoint_dir)
             self.dir = prepare_run_dir(self.checkpoint_dir)
@@ -247,9 +249,9 @@ class Loop:
 
     def _save(self, epoch: int, step: int, perm) -> None:
         """Write the checkpoint (if the run has a folder) and tell the caller."""
+        self._check_finite(epoch, step)  # on every rank: each says why the run stops
         if self.dir is None:
             return
-        self._check_finite(epoch, step)
         path = self.dir / CHECKPOINT_FILE
         try:
             save_checkpoint(path, Checkpoint(

@@ -16,11 +16,12 @@ from torch.func import grad_and_value
 from torch.nn import functional as F
 
 from ._checks import check_choice
-from .augment import random_affine
+from .augment import check_rows, random_affine
 from .constants import PRECISIONS
 from .ensemble import stack
 from .errors import MnistfxError
 from .contract import check_model
+from .distributed import is_collective_failure
 from .models import Model, check_images
 from .optim import Optimizer
 from .rng import as_generator
@@ -112,7 +113,11 @@ def compile_step(fn: Callable, device) -> Callable:
             return compiled(*args)
         try:
             out = compiled(*args)
+        except MnistfxError:  # raised while it ran (a rank stopped): not the compiler's
+            raise
         except Exception as e:  # inductor wraps what went wrong (OSError, CalledProcessError, ...) in its own errors
+            if is_collective_failure(e):  # a data-parallel peer failed during the first step
+                raise
             cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
             raise MnistfxError(f"torch.compile failed ({cause}): run with --no-compile (a model of one's own must "
                                "also trace under torch.compile), or point TORCHINDUCTOR_CACHE_DIR at a writable "
@@ -168,6 +173,8 @@ def batch_inputs(model: Model, images: torch.Tensor, idx: torch.Tensor, *, aug_k
         ``(x, noise)`` for the train step.
     """
     n = idx.shape[0]
+    if rows is not None:
+        check_rows(rows, n, rows.shape[0] if isinstance(rows, torch.Tensor) and rows.dim() == 1 else -1)
     x = check_images(images)[idx if rows is None else idx[rows]].reshape(-1, 1, 28, 28).float() / 255.0
     x = (augment_batch(model, x, key=aug_key, faithful_fill=faithful_fill, rows=rows, n=n) if augment
          else model.normalize_input(x))

@@ -80,6 +80,7 @@ def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = No
     if parallel is None:
         ckpt = load_checkpoint(run_dir)
     else:
+        distributed.check_started(parallel)
         raw, failure = None, None
         if parallel.main:
             try:

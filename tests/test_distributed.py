@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,20 +74,15 @@ def _cli(*args, timeout=240):
     return subprocess.run([MNISTFX, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
-def _one_line_per_rank(done, world, *fragments):
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
-    assert len(lines) == world and all(line.startswith("error: ") for line in lines), done.stderr
-    for fragment in fragments:
-        assert any(fragment in line for line in lines), done.stderr
-
-
 SMALL = ("--epochs", "2", "--train-size", "640", "--val-size", "500", "--no-compile", "--no-test")
 
 
 def test_nproc_trains_and_rank_0_alone_writes(tmp_path):
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.glob("torchelastic_*")) | set(temp.glob("mnistfx-launch-*"))
     done = _cli("train", "tuned", "--nproc", "2", *SMALL, "--out", tmp_path / "run", "--json")
     assert done.returncode == 0, done.stderr
+    assert set(temp.glob("torchelastic_*")) | set(temp.glob("mnistfx-launch-*")) == before  # no log folder left
     summary = json.loads(done.stdout)  # one JSON document: rank 0's
     assert summary["processes"] == 2 and summary["history"][1]["train_loss"] < summary["history"][0]["train_loss"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.safetensors", "history.json",
@@ -94,20 +90,48 @@ def test_nproc_trains_and_rank_0_alone_writes(tmp_path):
     assert set(os.listdir(tmp_path)) == {"run"}
 
 
+def _cli_ranks(world, *args):
+    """``python -m mnistfx ARGS`` as ``world`` ranks, as torchrun starts them; (exit codes, stderr lines)."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "mnistfx", *map(str, args)], text=True, stderr=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL,
+                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
+             for r in range(world)]
+    return [p.wait(timeout=240) for p in procs], [p.stderr.read() for p in procs]
+
+
+def _each_rank_one_line(codes, errs, *fragments):
+    for code, err in zip(codes, errs):
+        lines = err.strip().splitlines()
+        assert code != 0 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert any(fragment in err for err in errs), errs
+
+
 def test_bad_data_parallel_inputs_stop_every_rank_with_one_line(tmp_path):
-    _one_line_per_rank(_cli("train", "tuned", "--nproc", "3", *SMALL, "--out", tmp_path / "a"), 3,
-                       "3 processes cannot share a batch of 32")
-    _one_line_per_rank(_cli("train", "tuned", "--nproc", "2", "--ensemble", "2", *SMALL, "--out", tmp_path / "b"), 2,
-                       "ensemble")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # --nproc checks what it can before it starts any process: one line
+    done = _cli("train", "tuned", "--nproc", "3", *SMALL, "--out", tmp_path / "a")
+    assert done.returncode == 1 and done.stderr.startswith("error: 3 processes cannot share a batch of 32")
+    assert done.stderr.count("\n") == 1
+    done = _cli("train", "tuned", "--nproc", "2", "--ensemble", "2", *SMALL, "--out", tmp_path / "b")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "ensemble" in done.stderr
+    # under torchrun each rank checks: one line each
+    _each_rank_one_line(*_cli_ranks(3, "train", "tuned", *SMALL, "--out", tmp_path / "c"),
+                        "3 processes cannot share a batch of 32")
+    assert not any((tmp_path / name).exists() for name in "abc")
     done = _cli("train", "tuned", *SMALL, "--out", tmp_path / "tuned")
     assert done.returncode == 0, done.stderr
     checkpoint = tmp_path / "tuned" / "checkpoint.safetensors"
     (tmp_path / "tuned" / "weights.safetensors").unlink()
     before = checkpoint.read_bytes()
-    _one_line_per_rank(_cli("train", "resnet", "--nproc", "2", "--resume", tmp_path / "tuned"), 2,
-                       "is a run of tuned, not resnet", "rank 0 stopped the run")
+    codes, errs = _cli_ranks(2, "train", "resnet", "--resume", tmp_path / "tuned")  # only rank 0 reads it
+    _each_rank_one_line(codes, errs, "is a run of tuned, not resnet", "rank 0 stopped the run")
+    done = _cli("train", "resnet", "--nproc", "2", "--resume", tmp_path / "tuned")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is a run of tuned, not resnet" in done.stderr
     assert checkpoint.read_bytes() == before
+    _each_rank_one_line(*_cli_ranks(2, "train", "tuned", *SMALL, "--out", tmp_path / "tuned"),
+                        "holds", "rank 0 stopped the run")  # a folder that holds a run, seen by rank 0 alone
 
 
 def _cmdline(pid) -> bytes:

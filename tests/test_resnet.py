@@ -1,5 +1,6 @@
 """``resnet``: batch norm as explicit state, checked against PyTorch's own, trained, resumed, stacked."""
 
+import json
 import shutil
 
 import torch
@@ -11,9 +12,10 @@ from mnistfx.resnet import batch_norm
 
 
 def _small(**overrides):
-    return mnistfx.recipe("resnet", **{"epochs": 2, "train_size": 2048, "batch_size": 64, "compile": False,
-                                       "optimizer": "sgd", "lr": 0.05, "warmup": 0.0, "val_size": 1000,
-                                       "precision": "fp32", "seed": 3, **overrides})
+    return mnistfx.recipe("resnet", **{"epochs": 2, "train_size": 3200, "batch_size": 32, "compile": False,
+                                       "lr": 0.05, "warmup": 0.0, "decay": 0.5, "label_smoothing": 0.0,
+                                       "clean_epochs": 0, "val_size": 1000, "precision": "fp32", "seed": 3,
+                                       **overrides})
 
 
 def test_batch_norm_is_pytorchs_in_both_modes():
@@ -54,14 +56,14 @@ def test_resnet_learns_stores_its_statistics_and_resumes_bit_for_bit(mnist, tmp_
 
     full = mnistfx.train(_small(), data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=4, on_event=keep,
                          test=False)
-    assert full.val.accuracy > 0.9
+    assert full.val.accuracy > 0.85
     assert full.history[1]["train_loss"] < full.history[0]["train_loss"]
     again = mnistfx.resume(tmp_path / "at-8", data=mnist, test=False)
     assert same_bits(again.params, full.params) and same_bits(again.state, full.state)
     weights = mnistfx.load_model_weights(mnistfx.save_run(full, tmp_path / "run")["weights"])
     assert same_bits(weights.state, full.state)
     images, labels = mnist.test_images[:1000], mnist.test_labels[:1000]
-    assert weights.evaluate(images, labels).accuracy > 0.9  # with its running statistics
+    assert weights.evaluate(images, labels).accuracy > 0.85  # with its running statistics
     fresh = mnistfx.evaluate(weights.model, weights.params, images, labels,
                              state=weights.model.init_state(weights.params))
     assert fresh.accuracy < 0.5
@@ -73,7 +75,7 @@ def test_a_compiled_resnet_ensemble_is_its_members(mnist):
     assert not torch.equal(*mnistfx.unstack(run.state["stem.bn.running_mean"]))  # members of their own
     images, labels = mnist.test_images[:1000], mnist.test_labels[:1000]
     both = mnistfx.evaluate(mnistfx.get_model("resnet"), run.params, images, labels, state=run.state, members=2)
-    assert both.accuracy > 0.8
+    assert both.accuracy > 0.6  # one epoch of 100 steps
 
 
 def test_to_module_runs_resnet_with_its_statistics(mnist):
@@ -98,6 +100,16 @@ def test_resnet_on_the_command_line(tmp_path):
     weights = str(tmp_path / "r" / "weights.safetensors")
     done = cli("eval", weights, "--json")
     assert done.returncode == 0 and '"accuracy"' in done.stdout, done.stderr
+    from torchvision.transforms.functional import to_pil_image
+
+    paths = [str(tmp_path / f"digit{i}.png") for i in range(3)]
+    for i, path in enumerate(paths):
+        to_pil_image(mnistfx.load_mnist().test_images[i]).save(path)
+    done = cli("predict", weights, *paths, "--json")
+    assert done.returncode == 0, done.stderr
+    w = mnistfx.load_model_weights(weights)
+    expected = mnistfx.predict(w.model, w.params, mnistfx.read_digit_images(paths), state=w.state).tolist()
+    assert [row["digit"] for row in json.loads(done.stdout)] == expected
     done = cli("export-notebook", weights, "--out", str(tmp_path / "r.pth"))
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "notebook" in done.stderr
     assert not (tmp_path / "r.pth").exists()
