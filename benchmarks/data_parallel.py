@@ -1,6 +1,6 @@
 """One process against N data-parallel processes on this machine, for the same short run.
 
-    python benchmarks/data_parallel.py [--nproc 2] [--rounds 2] [--model tuned] [--epochs 2]
+    python benchmarks/data_parallel.py [--nproc 2] [--rounds 2] [--model tuned] [--epochs 2] [--train-size N]
 
 Runs ``mnistfx train MODEL --epochs E --no-test`` in one process and with ``--nproc N``,
 alternating, ``--rounds`` times each (a fresh run folder each time, the inductor cache warm after
@@ -24,6 +24,8 @@ MNISTFX = os.path.join(os.path.dirname(sys.executable), "mnistfx")
 
 def run(args, nproc, out):
     cmd = [MNISTFX, "train", args.model, "--epochs", str(args.epochs), "--no-test", "--json", "--out", str(out)]
+    if args.train_size:
+        cmd += ["--train-size", str(args.train_size)]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
     t0 = time.perf_counter()
@@ -42,6 +44,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--model", default="tuned")
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--train-size", type=int, help="train on this many images (default: all 55,000)")
     args = ap.parse_args()
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,11 +5,24 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import tempfile
 import uuid
 
 ARGV: list[str] = []  # the command line `main` was given, which each process runs again
+PARENT_ENV = "MNISTFX_LAUNCHER_PID"  # tells a rank that `--nproc` started it, and from which process
+
+
+def stop_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent (the launcher) dies, even by SIGKILL,
+    so no rank trains on alone (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def launch(nproc: int) -> int:
@@ -25,6 +38,8 @@ def launch(nproc: int) -> int:
 
     # the processes share this machine's cores: one math library thread each per core they get
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10d's connection retries are not the user's news
+    os.environ[PARENT_ENV] = str(os.getpid())
     for name in [*logging.root.manager.loggerDict, "torch.distributed"]:  # the ranks speak for themselves
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -36,8 +51,15 @@ def launch(nproc: int) -> int:
         try:
             elastic_launch(config, sys.executable)("-m", "mnistfx", *ARGV)
         except ChildFailedError as e:
-            failure = e.get_first_failure()[1]
-            return failure.exitcode if failure.exitcode > 0 else 1  # killed by a signal: a negative code
+            rank, failure = e.get_first_failure()
+            if failure.exitcode > 0:
+                return failure.exitcode  # the rank said why
+            # killed by a signal (a negative code): it could not say so itself
+            try:
+                how = signal.Signals(-failure.exitcode).name
+            except ValueError:
+                how = f"exit status {failure.exitcode}"
+            raise MnistfxError(f"rank {rank} was killed ({how}): the run stops") from None
         except SignalException as e:  # Ctrl-C or a kill: the launcher passed it on, each rank said it stopped
             return 128 + int(e.sigval)
         except RendezvousError as e:

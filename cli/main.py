@@ -3,6 +3,7 @@ and a non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -32,6 +33,8 @@ for command in (data, train, eval_, predict, bench, plot, import_notebook, expor
 def main(argv=None) -> int:
     """Run the CLI and return its exit status."""
     launch.ARGV[:] = sys.argv[1:] if argv is None else list(argv)
+    if "WORLD_SIZE" in os.environ:  # a rank: c10d's connection retries are not the user's news (before torch loads)
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
         status = cli.main(args=argv, prog_name="mnistfx", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import functools
+import os
 import signal
 
 import click
@@ -14,6 +15,7 @@ from mnistfx.config import RECIPES
 from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_ENSEMBLE, MAX_EPOCHS, MAX_NPROC, MAX_SEED,
                                MAX_STEPS_PER_CALL, OPTIMIZERS, PRECISIONS)
 
+from .launch import PARENT_ENV, stop_with_parent
 from .options import (console, data_root_option, device_option, json_option, named_model, positive,
                       printable, quiet_torch_logs, recipe_values)
 
@@ -97,6 +99,8 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
     model = None if model is None else named_model(model)
     if parallel is not None:
         signal.signal(signal.SIGTERM, functools.partial(_stopped, parallel.rank))
+        if os.environ.get(PARENT_ENV) == str(os.getppid()):
+            stop_with_parent()
         distributed.start(parallel)
         click.get_current_context().call_on_close(distributed.stop)
     if resume_dir is not None:
@@ -117,9 +121,19 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
                                    "--optimizer sgd with it")
         out = out or mnistfx.default_run_dir(cfg)
     if nproc and nproc > 1 and parallel is None:  # checked here once, not by each process
+        from mnistfx.runs import check_run_dir
+
         from .launch import launch
 
         distributed.check_processes(nproc, cfg)
+        try:
+            if resume_dir is None and mnistfx.run_folder(out).is_dir():
+                check_run_dir(out, overwrite=overwrite)
+            elif resume_dir is not None and _finished_with_weights(out):
+                raise mnistfx.RunFolderError(f"{out} holds a finished run, with its weights: there is nothing to "
+                                             "resume")
+        except mnistfx.RunFolderError as e:
+            raise click.UsageError(str(e)) from None
         raise click.exceptions.Exit(launch(nproc))
     mnistfx.use_compile_cache()
     quiet_torch_logs()
@@ -140,6 +154,11 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
     for line in _result_lines(run):
         out_console.print(line)
     out_console.print(printable(f"wrote {paths['weights']} and {paths['history']}"))
+
+
+def _finished_with_weights(run_dir) -> bool:
+    ckpt = mnistfx.load_checkpoint(run_dir)
+    return ckpt.finished and (run_dir / "weights.safetensors").is_file() and (run_dir / "history.json").is_file()
 
 
 def _stopped(rank, signum, frame):

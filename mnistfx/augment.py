@@ -7,7 +7,10 @@ import math
 import torch
 from torch.nn import functional as F
 
+from .constants import MAX_BATCH_SIZE, MAX_STEPS_PER_CALL
 from .rng import as_generator
+
+MAX_ROWS_OF = MAX_BATCH_SIZE * MAX_STEPS_PER_CALL  # the largest batch a call of the train step draws for
 
 
 def random_affine(x: torch.Tensor, *, key, degrees: float = 15.0, translate: float = 0.1,
@@ -59,8 +62,9 @@ def random_affine(x: torch.Tensor, *, key, degrees: float = 15.0, translate: flo
 
 def check_rows(rows, n, count: int) -> None:
     """``rows`` must be ``count`` positions in a batch of ``n`` (an int64 vector of values in [0, n))."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"rows need n, the size of the whole batch they are rows of, not {n!r}")
-    if (not isinstance(rows, torch.Tensor) or rows.dtype != torch.int64 or tuple(rows.shape) != (count,)
-            or (count and not 0 <= int(rows.min()) <= int(rows.max()) < n)):
-        raise ValueError(f"rows must be an int64 vector of {count} positions in a batch of {n}")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_ROWS_OF:
+        raise ValueError(f"rows need n, the size of the whole batch they are rows of (1 to {MAX_ROWS_OF}), not {n!r}")
+    if (not isinstance(rows, torch.Tensor) or rows.dtype != torch.int64 or rows.dim() != 1 or not rows.numel()
+            or rows.numel() != count or not 0 <= int(rows.min()) <= int(rows.max()) < n):
+        raise ValueError(f"rows must be a non-empty int64 vector of {'the ' if count < 0 else count} positions in a "
+                         f"batch of {n}, one per image")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -32,11 +33,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
-from ._io import first_line
 from .errors import ConfigError, MnistfxError
 
 _BEFORE = "run the command again (no process had begun training)"
-TIMEOUT = datetime.timedelta(minutes=15)  # a rank waits this long for a peer that neither answers nor dies
+# A rank waits this long for a peer that neither answers nor dies (ranks never wait on each other longer
+# than a cold compile or an evaluation takes), and for all of them to join.
+TIMEOUT = datetime.timedelta(minutes=5)
 _MESSAGE_BYTES = 1024
 _COLLECTIVE_FAILURE = re.compile(r"gloo|nccl|c10d|Connection (closed|reset)", re.I)  # in a failed collective's error
 _WHY = re.compile(r"Connection (closed|reset)|timed? ?out|broken pipe|peer", re.I)  # its telling line
@@ -91,7 +93,7 @@ def start(parallel: Parallel) -> None:
     try:
         dist.init_process_group(backend, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as e:
-        raise MnistfxError(f"rank {parallel.rank} cannot join the other processes ({first_line(e)}): check "
+        raise MnistfxError(f"rank {parallel.rank} cannot join the other processes ({str(e).strip()[:200]}): check "
                            "torchrun's --rdzv-endpoint / MASTER_ADDR and MASTER_PORT") from None
 
 
@@ -173,6 +175,18 @@ def agree(parallel: Parallel, failure: BaseException | None) -> None:
             raise MnistfxError(f"rank {rank} stopped the run: {text}")
 
 
+def check_same(parallel: Parallel, text: str, what: str) -> None:
+    """Every rank was given the same ``text`` (e.g. its config as JSON), or all raise :class:`ConfigError`."""
+    mine = torch.frombuffer(bytearray(hashlib.sha256(text.encode()).digest()), dtype=torch.uint8)
+    everyone = [torch.empty_like(mine) for _ in range(parallel.world)]
+    with guard(parallel, _BEFORE):
+        dist.all_gather(everyone, mine)
+    for rank, digest in enumerate(everyone):
+        if not torch.equal(digest, everyone[0]):
+            raise ConfigError(f"rank {rank} was given other {what} than rank 0: start every process with the same "
+                              "command")
+
+
 def share_bytes(parallel: Parallel, data: bytes | None) -> bytes:
     """Rank 0's ``data`` on every rank (the others pass ``None``)."""
     size = torch.tensor([len(data) if parallel.main else 0], dtype=torch.int64)
@@ -191,7 +205,8 @@ def is_collective_failure(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def guard(parallel: Parallel | None, fix: str = "continue it with --resume RUN_DIR from its last checkpoint"):
+def guard(parallel: Parallel | None,
+          fix: str = "continue it with --resume RUN_DIR if it wrote a checkpoint, else run the command again"):
     """Turn a failed collective into one line that says what to do (``fix``)."""
     try:
         yield
@@ -199,5 +214,5 @@ def guard(parallel: Parallel | None, fix: str = "continue it with --resume RUN_D
         if parallel is None or not is_collective_failure(e):
             raise
         lines = [line.strip() for line in str(e).splitlines() if _WHY.search(line)]
-        why = lines[0][:120] if lines else first_line(e)
+        why = lines[0][:200] if lines else str(e).strip().split("\n")[0][:200]
         raise MnistfxError(f"rank {parallel.rank} lost the other processes ({why}): the run stops; {fix}") from None

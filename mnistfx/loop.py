@@ -13,6 +13,7 @@ except the progress reports.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -54,6 +55,8 @@ class Loop:
                  checkpoint_every, *, data_root=None, overwrite: bool = False, loss=None, test: bool = True,
                  parallel=None):
         self.t_start = time.perf_counter()
+        if parallel is not None:
+            distributed.check_started(parallel)
         self.parallel, self.main = parallel, parallel is None or parallel.main
         self.config, self.start, self.data, self.overwrite = config, start, data, overwrite
         self.loss, self.test = loss, test
@@ -64,7 +67,6 @@ class Loop:
         self.model = get_model(config.model)
         check_checkpoint_size(self.model, config)
         if parallel is not None:
-            distributed.check_started(parallel)
             distributed.check_config(parallel, config)
             checkpoint_dir = checkpoint_dir if parallel.main else None
         self.emit = on_event or _ignore
@@ -84,6 +86,8 @@ class Loop:
                     distributed.agree(self.parallel, e)
                 if self.parallel is not None:
                     distributed.agree(self.parallel, None)
+                    settings = {k: v for k, v in self.config.to_dict().items() if k != "data_root"}  # may differ
+                    distributed.check_same(self.parallel, json.dumps(settings, sort_keys=True), "settings")
                 return self._run()
         except BaseException:
             if self.made_dir:
@@ -96,8 +100,9 @@ class Loop:
         if self.parallel is not None:
             self.device = distributed.device_for(self.parallel, self.device)
         if self.checkpoint_dir is not None:
-            self.made_dir = not os.path.lexists(self.checkpoint_dir)
+            made = not os.path.lexists(self.checkpoint_dir)
             self.dir = prepare_run_dir(self.checkpoint_dir)
+            self.made_dir = made  # once it exists: removed if the run fails before writing into it
             stack.enter_context(run_lock(self.dir))
             if self.start is None:
                 check_run_dir(self.dir, overwrite=self.overwrite)

@@ -113,11 +113,10 @@ def compile_step(fn: Callable, device) -> Callable:
             return compiled(*args)
         try:
             out = compiled(*args)
-        except MnistfxError:  # raised while it ran (a rank stopped): not the compiler's
-            raise
         except Exception as e:  # inductor wraps what went wrong (OSError, CalledProcessError, ...) in its own errors
-            if is_collective_failure(e):  # a data-parallel peer failed during the first step
-                raise
+            for inner in _causes(e):  # not the compiler's: a rank was stopped, or a peer failed
+                if isinstance(inner, MnistfxError) or is_collective_failure(inner):
+                    raise inner from None
             cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
             raise MnistfxError(f"torch.compile failed ({cause}): run with --no-compile (a model of one's own must "
                                "also trace under torch.compile), or point TORCHINDUCTOR_CACHE_DIR at a writable "
@@ -126,6 +125,15 @@ def compile_step(fn: Callable, device) -> Callable:
         return out
 
     return call
+
+
+def _causes(e: BaseException):
+    """``e`` and the exceptions it was raised from (dynamo wraps what happens while it traces)."""
+    seen = []
+    while e is not None and len(seen) < 20 and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
 
 
 def check_trainable(model: Model, params: dict, state: dict, images: torch.Tensor, labels: torch.Tensor, *,
@@ -174,7 +182,7 @@ def batch_inputs(model: Model, images: torch.Tensor, idx: torch.Tensor, *, aug_k
     """
     n = idx.shape[0]
     if rows is not None:
-        check_rows(rows, n, rows.shape[0] if isinstance(rows, torch.Tensor) and rows.dim() == 1 else -1)
+        check_rows(rows, n, rows.numel() if isinstance(rows, torch.Tensor) else -1)
     x = check_images(images)[idx if rows is None else idx[rows]].reshape(-1, 1, 28, 28).float() / 255.0
     x = (augment_batch(model, x, key=aug_key, faithful_fill=faithful_fill, rows=rows, n=n) if augment
          else model.normalize_input(x))

@@ -171,9 +171,9 @@ def pth_that_runs_code_when_unpickled(tmp_path, ctx):
     return ["eval", str(path)]
 
 
-@case("unknown model 'resnet': choose one of tuned, cnn")
+@case("unknown model 'lenet': choose one of tuned, cnn, resnet")
 def unknown_model(tmp_path, ctx):
-    return _train(tmp_path, "resnet")
+    return _train(tmp_path, "lenet")
 
 
 def _weights_meta(tmp_path, params, meta):
@@ -896,7 +896,7 @@ _U8 = torch.zeros(2, 28, 28, dtype=torch.uint8)
     (lambda: mnistfx.batch_inputs(_TUNED, _X.squeeze(1), torch.arange(2), aug_key=0, drop_key=1), TypeError, "images must be uint8"),
     (lambda: mnistfx.save_weights("/nonexistent/w.safetensors", [1, 2]), TypeError, "params must be a dict"),
     (lambda: mnistfx.train({"model": "tuned"}), TypeError, "config must be a TrainConfig"),
-    (lambda: mnistfx.get_model("resnet"), ValueError, "unknown model 'resnet'"),
+    (lambda: mnistfx.get_model("lenet"), ValueError, "unknown model 'lenet'"),
 ])
 def test_library_functions_check_their_inputs(call, error, message):
     with pytest.raises(error, match=message):

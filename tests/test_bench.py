@@ -29,7 +29,7 @@ def test_bench_on_cuda_without_cuda_is_one_line(capsys):
     (["--batch-size", "0"], "0 is not in the range 1<=x<=8192"),
     (["--kind", "eval"], "'eval' is not one of 'train', 'infer'"),
     (["--seconds", "0"], "0.0 is not in the range 0<x<=60.0"),
-    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--model", "lenet"], "unknown model 'lenet'"),
 ])
 def test_bench_bad_arguments(capsys, args, fragment):
     code, _, err = run_cli(capsys, "bench", *args)

@@ -21,10 +21,10 @@ def test_help_does_not_import_torch():
 
 
 def test_console_script_exit_code_and_message():
-    done = subprocess.run([MNISTFX, "train", "resnet"],
+    done = subprocess.run([MNISTFX, "train", "lenet"],
                           capture_output=True, text=True)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().startswith("error: ") and "unknown model 'resnet'" in done.stderr
+    assert done.stderr.strip().startswith("error: ") and "unknown model 'lenet'" in done.stderr
 
 
 @pytest.fixture(scope="module")

@@ -90,10 +90,12 @@ def test_nproc_trains_and_rank_0_alone_writes(tmp_path):
     assert set(os.listdir(tmp_path)) == {"run"}
 
 
-def _cli_ranks(world, *args):
-    """``python -m mnistfx ARGS`` as ``world`` ranks, as torchrun starts them; (exit codes, stderr lines)."""
+def _cli_ranks(world, *args, extra=lambda rank: ()):
+    """``python -m mnistfx ARGS`` (plus ``extra(rank)``) as ``world`` ranks, as torchrun starts them; their
+    exit codes and stderr."""
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "mnistfx", *map(str, args)], text=True, stderr=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-m", "mnistfx", *map(str, args), *extra(r)], text=True,
+                              stderr=subprocess.PIPE,
                               stdout=subprocess.DEVNULL,
                               env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
@@ -119,6 +121,8 @@ def test_bad_data_parallel_inputs_stop_every_rank_with_one_line(tmp_path):
     # under torchrun each rank checks: one line each
     _each_rank_one_line(*_cli_ranks(3, "train", "tuned", *SMALL, "--out", tmp_path / "c"),
                         "3 processes cannot share a batch of 32")
+    codes, errs = _cli_ranks(2, "train", "tuned", *SMALL, "--out", tmp_path / "c", extra=lambda r: ("--seed", str(r)))
+    _each_rank_one_line(codes, errs, "rank 1 was given other settings than rank 0")
     assert not any((tmp_path / name).exists() for name in "abc")
     done = _cli("train", "tuned", *SMALL, "--out", tmp_path / "tuned")
     assert done.returncode == 0, done.stderr
@@ -132,6 +136,9 @@ def test_bad_data_parallel_inputs_stop_every_rank_with_one_line(tmp_path):
     assert checkpoint.read_bytes() == before
     _each_rank_one_line(*_cli_ranks(2, "train", "tuned", *SMALL, "--out", tmp_path / "tuned"),
                         "holds", "rank 0 stopped the run")  # a folder that holds a run, seen by rank 0 alone
+    done = _cli("train", "tuned", "--nproc", "2", *SMALL, "--out", tmp_path / "tuned")  # --nproc looks first
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "holds a finished run" in done.stderr
+    assert checkpoint.read_bytes() == before
 
 
 def _cmdline(pid) -> bytes:
@@ -169,7 +176,10 @@ def test_a_rank_whose_peer_dies_stops_with_one_line(tmp_path):
     code = proc.wait(timeout=60)
     err = proc.stderr.read()
     assert code != 0 and "Traceback" not in err, err
-    # rank 0 sees the closed connection, or the launcher stops it first: one line either way
-    assert err.strip().count("\n") == 0, err
-    assert "rank 0 lost the other processes" in err or "rank 0 was stopped (SIGTERM)" in err, err
+    # rank 0 sees the closed connection, or the launcher stops it first: one line either way; the launcher
+    # says for rank 1, which could not (unless rank 0's exit reached it first)
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 2 and all(line.startswith("error: rank ") for line in lines), err
+    assert any("rank 0 lost the other processes" in line or "rank 0 was stopped (SIGTERM)" in line for line in lines)
+    assert len(lines) == 1 or "error: rank 1 was killed (SIGKILL): the run stops" in lines
     assert mnistfx.load_checkpoint(tmp_path / "run").epoch >= 1  # what was written is whole

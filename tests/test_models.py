@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import mnistfx
+from mnistfx.constants import NOTEBOOK_MODELS
 from mnistfx.notebook import NotebookNet, to_notebook_state_dict
 
 
@@ -16,7 +17,7 @@ def test_parameter_counts(name, count):
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params.values())
 
 
-@pytest.mark.parametrize("name", mnistfx.MODELS)
+@pytest.mark.parametrize("name", NOTEBOOK_MODELS)
 def test_init_statistics(name):
     params = mnistfx.get_model(name).init(123)
     for key, p in params.items():
@@ -43,7 +44,7 @@ def test_init_is_a_function_of_the_key():
     assert torch.equal(model.init(g)["fc1.weight"], a["fc1.weight"])
 
 
-@pytest.mark.parametrize("name", mnistfx.MODELS)
+@pytest.mark.parametrize("name", NOTEBOOK_MODELS)
 def test_apply_matches_the_notebook_module(name, test_slice):
     model = mnistfx.get_model(name)
     params = model.init(3)
@@ -80,8 +81,8 @@ def test_dropout_is_keyed_and_drops_at_its_rate(test_slice):
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model 'resnet': choose one of tuned, cnn, or name your own"):
-        mnistfx.get_model("resnet")
+    with pytest.raises(ValueError, match="unknown model 'lenet': choose one of tuned, cnn, resnet, or name your own"):
+        mnistfx.get_model("lenet")
 
 
 def test_padded_chunks_give_the_same_logits(test_slice):

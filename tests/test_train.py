@@ -203,7 +203,7 @@ def test_bf16_step_tracks_the_fp32_step(test_slice):
     ({"steps_per_call": 8, "train_size": 200}, "steps-per-call 8 batches of 32 are more than the 200"),
     ({"val_size": 60000}, "val-size must be between"),
     ({"train_size": 64, "batch_size": 128}, "larger than the 64 training images"),
-    ({"model": "resnet"}, "unknown model 'resnet'"),
+    ({"model": "lenet"}, "unknown model 'lenet'"),
     pytest.param({"device": "cuda"}, "no CUDA device is available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
 ])
