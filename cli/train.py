@@ -105,7 +105,9 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
         click.get_current_context().call_on_close(distributed.stop)
     if resume_dir is not None:
         # only rank 0 may see the run folder: it checks the checkpoint, then sends it to the others
-        cfg = _agreed(parallel, lambda: _resume_config(resume_dir, model))
+        ckpt = _resume_checkpoint(resume_dir, model) if parallel is None else distributed.on_main(
+            parallel, lambda: _resume_checkpoint(resume_dir, model), (mnistfx.MnistfxError, click.UsageError))
+        cfg = ckpt.config if ckpt is not None else None
         out = mnistfx.run_folder(resume_dir) if parallel is None or parallel.main else resume_dir
     else:
         given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup": warmup, "decay": decay,
@@ -121,7 +123,7 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
                                    "--optimizer sgd with it")
         out = out or mnistfx.default_run_dir(cfg)
     if nproc and nproc > 1 and parallel is None:  # checked here once, not by each process
-        from mnistfx.runs import check_run_dir
+        from mnistfx.runs import check_resumable, check_run_dir
 
         from .launch import launch
 
@@ -129,9 +131,8 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
         try:
             if resume_dir is None and mnistfx.run_folder(out).is_dir():
                 check_run_dir(out, overwrite=overwrite)
-            elif resume_dir is not None and _finished_with_weights(out):
-                raise mnistfx.RunFolderError(f"{out} holds a finished run, with its weights: there is nothing to "
-                                             "resume")
+            elif resume_dir is not None:
+                check_resumable(out, ckpt.finished)
         except mnistfx.RunFolderError as e:
             raise click.UsageError(str(e)) from None
         raise click.exceptions.Exit(launch(nproc))
@@ -156,11 +157,6 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
     out_console.print(printable(f"wrote {paths['weights']} and {paths['history']}"))
 
 
-def _finished_with_weights(run_dir) -> bool:
-    ckpt = mnistfx.load_checkpoint(run_dir)
-    return ckpt.finished and (run_dir / "weights.safetensors").is_file() and (run_dir / "history.json").is_file()
-
-
 def _stopped(rank, signum, frame):
     """A data-parallel rank that torchrun stops (another rank failed) says so in one line (once)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -168,29 +164,13 @@ def _stopped(rank, signum, frame):
                                "run ended first")
 
 
-def _resume_config(resume_dir, model):
-    """The config of the run ``resume_dir`` holds, which must be of ``model`` if one is named."""
-    cfg = mnistfx.load_checkpoint(resume_dir).config  # a folder, or the checkpoint file itself
-    if model is not None and model != cfg.model:
-        raise click.UsageError(f"{resume_dir} is a run of {cfg.model}, not {model}: drop MODEL or name {cfg.model}")
-    return cfg
-
-
-def _agreed(parallel, check):
-    """``check()`` in a single process; in a data-parallel run, on rank 0 only, whose failure every rank
-    then raises (None elsewhere)."""
-    if parallel is None:
-        return check()
-    from mnistfx import distributed
-
-    result, failure = None, None
-    if parallel.main:
-        try:
-            result = check()
-        except (mnistfx.MnistfxError, click.UsageError) as e:
-            failure = e
-    distributed.agree(parallel, failure)
-    return result
+def _resume_checkpoint(resume_dir, model):
+    """The checkpoint of the run ``resume_dir`` holds, which must be of ``model`` if one is named."""
+    ckpt = mnistfx.load_checkpoint(resume_dir)  # a folder, or the checkpoint file itself
+    if model is not None and model != ckpt.config.model:
+        raise click.UsageError(f"{resume_dir} is a run of {ckpt.config.model}, not {model}: drop MODEL or name "
+                               f"{ckpt.config.model}")
+    return ckpt
 
 
 def _result_lines(run) -> list[str]:

@@ -175,6 +175,19 @@ def agree(parallel: Parallel, failure: BaseException | None) -> None:
             raise MnistfxError(f"rank {rank} stopped the run: {text}")
 
 
+def on_main(parallel: Parallel, fn: Callable, errors: tuple = (MnistfxError,)):
+    """``fn()`` on rank 0 (``None`` elsewhere), then :func:`agree`: an error of ``errors`` it raises
+    stops every rank."""
+    result, failure = None, None
+    if parallel.main:
+        try:
+            result = fn()
+        except errors as e:
+            failure = e
+    agree(parallel, failure)
+    return result
+
+
 def check_same(parallel: Parallel, text: str, what: str) -> None:
     """Every rank was given the same ``text`` (e.g. its config as JSON), or all raise :class:`ConfigError`."""
     mine = torch.frombuffer(bytearray(hashlib.sha256(text.encode()).digest()), dtype=torch.uint8)

@@ -28,12 +28,12 @@ from .constants import MAX_CHECKPOINT_EVERY
 from .contract import blaming
 from .data import load_mnist, train_val_split
 from .ensemble import make_ensemble_step, member_seed, stack, unstack
-from .errors import MnistfxError, RunFolderError, WeightsError
+from .errors import MnistfxError, WeightsError
 from .metrics import evaluate, evaluate_members
 from .optim import config_optimizer
 from .registry import get_model
 from .rng import fold_in
-from .runs import CHECKPOINT_FILE, HISTORY_FILE, WEIGHTS_FILE, Run, check_run_dir, prepare_run_dir, run_lock
+from .runs import CHECKPOINT_FILE, Run, check_resumable, check_run_dir, prepare_run_dir, run_lock
 from .runtime import keep_freed_memory, resolve_device
 from .step import batch_inputs, check_trainable, compile_step, make_multi_step, make_train_step
 
@@ -106,8 +106,8 @@ class Loop:
             stack.enter_context(run_lock(self.dir))
             if self.start is None:
                 check_run_dir(self.dir, overwrite=self.overwrite)
-            elif self.start.finished and all((self.dir / name).is_file() for name in (WEIGHTS_FILE, HISTORY_FILE)):
-                raise RunFolderError(f"{self.dir} holds a finished run, with its weights: there is nothing to resume")
+            else:
+                check_resumable(self.dir, self.start.finished)
         self.emit("config", config=self.config, resumed=self.start is not None)
         if self.data is None:
             self.emit("loading")

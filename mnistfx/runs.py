@@ -116,6 +116,14 @@ def check_run_dir(path, *, overwrite: bool = False) -> None:
                          "or another --out")
 
 
+def check_resumable(path, finished: bool) -> None:
+    """Raise :class:`~mnistfx.RunFolderError` if the run folder ``path`` holds a finished run with its
+    weights (resuming it would rewrite them); ``finished``: whether its checkpoint is at the end."""
+    path = Path(path)
+    if finished and all((path / name).is_file() for name in (WEIGHTS_FILE, HISTORY_FILE)):
+        raise RunFolderError(f"{path} holds a finished run, with its weights: there is nothing to resume")
+
+
 @contextlib.contextmanager
 def run_lock(path):
     """Hold the run folder ``path`` while this process writes into it; another process is refused.

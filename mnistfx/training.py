@@ -11,7 +11,7 @@ from . import distributed
 from .checkpoint import checkpoint_file, load_checkpoint
 from .config import TrainConfig
 from .data import MNIST
-from .errors import ConfigError, MnistfxError
+from .errors import ConfigError
 from .loop import Loop
 from .runs import Run, run_folder
 from .runtime import resolve_device
@@ -81,13 +81,7 @@ def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = No
         ckpt = load_checkpoint(run_dir)
     else:
         distributed.check_started(parallel)
-        raw, failure = None, None
-        if parallel.main:
-            try:
-                raw = read_weights(checkpoint_file(run_dir))
-            except MnistfxError as e:
-                failure = e
-        distributed.agree(parallel, failure)
+        raw = distributed.on_main(parallel, lambda: read_weights(checkpoint_file(run_dir)))
         ckpt = load_checkpoint(checkpoint_file(run_dir) if parallel.main else run_dir,
                                data=distributed.share_bytes(parallel, raw))
     run_dir = run_folder(run_dir)
