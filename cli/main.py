@@ -14,9 +14,11 @@ from . import launch
 from .bench import bench
 from .data import data
 from .evaluate import eval_, predict
+from .export import export
 from .notebook import export_notebook, import_notebook
 from .options import printable
 from .plot import plot
+from .serve import serve
 from .train import train
 
 
@@ -26,7 +28,7 @@ def cli():
     """Handwritten-digit recognition (MNIST) with pure-function PyTorch models."""
 
 
-for command in (data, train, eval_, predict, bench, plot, import_notebook, export_notebook):
+for command in (data, train, eval_, predict, export, serve, bench, plot, import_notebook, export_notebook):
     cli.add_command(command)
 
 

@@ -37,7 +37,11 @@ _PUBLIC = {
     "probabilities": "metrics", "predict": "metrics", "metrics_from_predictions": "metrics",
     "save_weights": "weights", "load_weights": "weights", "load_model_weights": "weights", "Weights": "weights",
     "import_notebook_checkpoint": "pth", "export_notebook_checkpoint": "pth",
-    "read_digit_images": "images", "prepare_digit": "images",
+    "read_digit_images": "images", "prepare_digit": "images", "decode_image": "images",
+    # other runtimes (ONNX: the optional "export" extra)
+    "export_onnx": "export", "export_program": "export", "load_program": "export",
+    # the drawing page and its API
+    "make_server": "server", "DigitServer": "server",
     # where it runs, and how fast
     "resolve_device": "runtime", "use_compile_cache": "runtime", "environment": "runtime",
     "benchmark": "bench", "benchmark_ensemble": "bench_ensemble", "keep_freed_memory": "runtime", "to_json": "_io",
@@ -73,9 +77,10 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .constants import MODELS
     from .data import MNIST, load_mnist, train_val_split, verify_mnist
     from .errors import ConfigError, DataError, MnistfxError, ModelError, RunFolderError, WeightsError
+    from .export import export_onnx, export_program, load_program
     from .fetch import fetch_mnist
     from .idx import default_root
-    from .images import prepare_digit, read_digit_images
+    from .images import decode_image, prepare_digit, read_digit_images
     from .ensemble import make_ensemble_step, member_seed, stack, unstack
     from .metrics import (Metrics, evaluate, evaluate_members, logits, metrics_from_predictions, predict,
                           probabilities)
@@ -87,6 +92,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .registry import get_model, import_model, model_names, register_model
     from .plots import plot_confusion, plot_history, plot_members, plot_mistakes, plot_run
     from .rng import as_generator, fold_in
+    from .server import DigitServer, make_server
     from .runs import Run, check_run_dir, default_run_dir, prepare_run_dir, run_folder, run_lock, save_run
     from .runtime import environment, keep_freed_memory, resolve_device, use_compile_cache
     from .step import augment_batch, batch_inputs, compile_step, make_multi_step, make_train_step

@@ -137,8 +137,14 @@ def _background(gray: np.ndarray, alpha, invert: bool | None) -> tuple[np.ndarra
 
 
 def _decode(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """The image as gray (H, W), uint8, or float with its alpha (H, W) in [0, 1] if it has transparency."""
-    data = read_limited(path, IMAGE_MAX_BYTES, what="image", fix=_FIX, error=MnistfxError)
+    """The image file as gray (H, W), uint8, or float with its alpha (H, W) in [0, 1] if it has transparency."""
+    return decode_image(read_limited(path, IMAGE_MAX_BYTES, what="image", fix=_FIX, error=MnistfxError), path)
+
+
+def decode_image(data: bytes, path) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image file's bytes as :func:`_decode` returns them, with every check; ``path`` names it in errors."""
+    if len(data) > IMAGE_MAX_BYTES:
+        raise MnistfxError(f"{path} is more than {IMAGE_MAX_BYTES:,} bytes: {_FIX}")
     limits = (f"images of up to {IMAGE_MAX_PIXELS:,} pixels, at most {IMAGE_MAX_ASPECT} times as long as wide, "
               f"are read: {_FIX}")
     _check_structure(path, data)
@@ -196,6 +202,8 @@ def _gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     if factor > 1:
         img = img.reduce(factor)  # box filter: what the resize to 28×28 would average anyway
     rgba = np.asarray(img, dtype=np.float32)
+    if alpha and rgba[..., 3].min() == 255:  # an alpha channel that hides nothing (a canvas's PNG) is none
+        alpha = False
     # ITU-R 601 luma, as torchvision's rgb_to_grayscale computes it (then truncated to uint8)
     gray = rgba[..., 0] * 0.2989 + rgba[..., 1] * 0.587 + rgba[..., 2] * 0.114
     if alpha:

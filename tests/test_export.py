@@ -1,0 +1,139 @@
+"""`mnistfx export`: ONNX files run in onnxruntime, and torch.export programs, give mnistfx's logits."""
+
+import io
+import os
+import sys
+import zipfile
+
+import pytest
+import torch
+
+import mnistfx
+from mnistfx.export import INPUT, OUTPUT, export_onnx, export_program, load_program
+
+from helpers import assert_one_line_error, run_cli
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def ort():
+    """onnxruntime, with onnx and onnxscript (the export extra); the test is skipped without them."""
+    for name in ("onnx", "onnxscript"):
+        pytest.importorskip(name, reason=f"{name} is missing: pip install 'mnistfx[export]'")
+    return pytest.importorskip("onnxruntime", reason="onnxruntime is missing: pip install 'mnistfx[export]'")
+
+
+@pytest.fixture(scope="module")
+def trained_resnet(mnist, tmp_path_factory):
+    """`resnet` after 5 real training steps: its batch-norm running statistics are no longer 0 and 1."""
+    config = mnistfx.recipe("resnet", epochs=1, train_size=160, val_size=100, batch_size=32, compile=False,
+                            precision="fp32")
+    run = mnistfx.train(config, data=mnist, test=False)
+    means = [v for k, v in run.state.items() if k.endswith("running_mean")]
+    variances = [v for k, v in run.state.items() if k.endswith("running_var")]
+    assert means and min(float(v.abs().max()) for v in means) > 1e-3
+    assert max(float((v - 1).abs().max()) for v in variances) > 0.1
+    return mnistfx.save_run(run, tmp_path_factory.mktemp("trained") / "resnet")["weights"]
+
+
+def onnx_logits(ort, path, images: torch.Tensor) -> torch.Tensor:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [INPUT] and [o.name for o in session.get_outputs()] == [OUTPUT]
+    return torch.from_numpy(session.run(None, {INPUT: images.numpy()})[0])
+
+
+def mnistfx_logits(weights_path, images):
+    w = mnistfx.load_model_weights(weights_path)
+    return mnistfx.logits(w.model, w.params, images, state=w.state)
+
+
+@pytest.mark.parametrize("which", ["tuned", "resnet"])
+def test_onnx_gives_mnistfx_logits(which, ort, request, mnist, tmp_path, capsys):
+    weights = request.getfixturevalue("trained_tuned" if which == "tuned" else "trained_resnet")
+    capsys.readouterr()  # what training printed
+    out = tmp_path / "model.onnx"
+    code, stdout, err = run_cli(capsys, "export", str(weights), "--out", str(out))
+    assert code == 0, err
+    assert stdout.startswith(f"wrote {out} (onnx, {which}, ") and stdout.count("\n") == 1 and err == ""
+    assert os.listdir(tmp_path) == ["model.onnx"]  # one self-contained file, no external data, no temp
+    images = mnist.test_images[:100]
+    want = mnistfx_logits(weights, images)
+    for n in (100, 7, 1):  # traced with 2 images: the batch size is free
+        assert (onnx_logits(ort, out, images[:n]) - want[:n]).abs().max() <= TOL
+    if which == "tuned":  # a trained model, so the comparison means something
+        assert (want.argmax(1) == mnist.test_labels[:100]).float().mean() >= 0.97
+
+
+def test_onnx_ensemble_gives_its_probabilities(ort, mnist, tmp_path):
+    tuned = mnistfx.get_model("tuned")
+    path = tmp_path / "ens.safetensors"
+    mnistfx.save_weights(path, mnistfx.stack([tuned.init(1), tuned.init(2)]), {"model": "tuned", "members": 2})
+    out = export_onnx(path, tmp_path / "ens.onnx")
+    images = mnist.test_images[:50]
+    got = onnx_logits(ort, out, images)
+    assert (got.softmax(-1) - mnistfx.load_model_weights(path).probabilities(images)).abs().max() <= 1e-5
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["mnistfx_model"] == "tuned" and meta["mnistfx_members"] == "2"
+
+
+def test_program_gives_mnistfx_logits(trained_resnet, mnist, tmp_path, capsys):
+    out = tmp_path / "model.pt2"
+    code, stdout, err = run_cli(capsys, "export", str(trained_resnet), "--out", str(out), "--json")
+    assert code == 0, err
+    assert mnistfx.to_json({"out": str(out), "format": "pt2", "bytes": out.stat().st_size, "model": "resnet",
+                            "members": None, "weights": str(trained_resnet)}) + "\n" == stdout
+    images = mnist.test_images[:100]
+    want = mnistfx_logits(trained_resnet, images)
+    program = load_program(out).module()
+    for n in (100, 3):
+        assert (program(images[:n]) - want[:n]).abs().max() <= TOL
+
+
+def test_load_program_refuses_what_would_be_unpickled(tuned_weights, tmp_path):
+    """torch.export.save keeps example inputs with torch.save (a pickle); load_program refuses that,
+    and a file that is not an archive."""
+    w = mnistfx.load_model_weights(tuned_weights)
+    from mnistfx.export import ImagesToLogits
+
+    program = torch.export.export(ImagesToLogits(w), (torch.zeros(2, 28, 28, dtype=torch.uint8),))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    pickled = tmp_path / "pickled.pt2"
+    pickled.write_bytes(buffer.getvalue())
+    with zipfile.ZipFile(pickled) as z:
+        assert any("sample_inputs" in i.filename and i.file_size for i in z.infolist())
+    with pytest.raises(mnistfx.MnistfxError, match="sample_inputs.*not a plain tensor"):
+        load_program(pickled)
+    (tmp_path / "bad.pt2").write_bytes(b"not a zip")
+    with pytest.raises(mnistfx.MnistfxError, match="not a torch.export program"):
+        load_program(tmp_path / "bad.pt2")
+
+
+def test_export_bad_inputs(tuned_weights, tmp_path, capsys, monkeypatch):
+    unknown = tmp_path / "unknown.safetensors"
+    mnistfx.save_weights(unknown, mnistfx.get_model("tuned").init(0), {"model": "nosuch"})
+    code, _, err = run_cli(capsys, "export", str(unknown), "--out", str(tmp_path / "a.pt2"))
+    assert_one_line_error(code, err, "'nosuch'", "not built in")
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "a.pt2"))
+    assert_one_line_error(code, err, "missing.safetensors", "No such file")
+    code, _, err = run_cli(capsys, "export", str(tuned_weights), "--out", str(tmp_path / "nofolder" / "a.pt2"))
+    assert_one_line_error(code, err, "does not exist")
+    code, _, err = run_cli(capsys, "export", str(tuned_weights), "--out", str(tmp_path / "a.bin"))
+    assert_one_line_error(code, err, "--format onnx or --format pt2")
+    existing = tmp_path / "a.pt2"
+    existing.write_bytes(b"keep")
+    code, _, err = run_cli(capsys, "export", str(tuned_weights), "--out", str(existing))
+    assert_one_line_error(code, err, "exists", "--overwrite")
+    assert existing.read_bytes() == b"keep"
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if the export extra were not installed
+    code, _, err = run_cli(capsys, "export", str(tuned_weights), "--out", str(tmp_path / "a.onnx"))
+    assert_one_line_error(code, err, "pip install 'mnistfx[export]'")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["a.pt2", "unknown.safetensors"]  # nothing else written
+    code, out, err = run_cli(capsys, "export", str(tuned_weights), "--out", str(existing), "--overwrite")
+    assert code == 0 and out.startswith(f"wrote {existing} (pt2, tuned, "), err
+    assert (load_program(existing).module()(torch.zeros(1, 28, 28, dtype=torch.uint8)).shape == (1, 10))
+    assert sorted(os.listdir(tmp_path)) == ["a.pt2", "unknown.safetensors"]

@@ -1,0 +1,210 @@
+"""`mnistfx serve`: the JSON API on real MNIST digits, its answers to bad and slow requests, and
+the command's start and stop (the page itself: test_serve_page.py)."""
+
+import http.client
+import io
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mnistfx
+from helpers import assert_one_line_error, run_cli
+
+
+def png(image, side=280) -> bytes:
+    """A uint8 28×28 image enlarged to ``side`` pixels, as PNG bytes (as the page sends its canvas)."""
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((side, side), Image.BILINEAR).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(trained_tuned):
+    server = mnistfx.make_server(trained_tuned, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def request(target, method, path, body=None, headers=None):
+    """``(status, decoded JSON or bytes, response)`` of one request to a server (or a (host, port)) on a
+    new connection."""
+    conn = http.client.HTTPConnection(*(target if isinstance(target, tuple) else target.server_address[:2]),
+                                      timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        reply = conn.getresponse()
+        data = reply.read()
+        kind = reply.getheader("Content-Type", "")
+        return reply.status, json.loads(data) if kind.startswith("application/json") else data, reply
+    finally:
+        conn.close()
+
+
+def test_health_names_the_model(served):
+    status, body, _ = request(served, "GET", "/api/health")
+    assert (status, body) == (200, {"status": "ok", "model": "tuned", "members": None})
+
+
+def test_the_page_and_its_files_are_served_from_the_package(served):
+    status, page, reply = request(served, "GET", "/")
+    assert status == 200 and reply.getheader("Content-Type").startswith("text/html")
+    assert b'src="app.js"' in page and b'href="style.css"' in page and b"http" not in page  # nothing from elsewhere
+    for path, kind in (("/app.js", "text/javascript"), ("/style.css", "text/css")):
+        status, body, reply = request(served, "GET", path)
+        assert status == 200 and reply.getheader("Content-Type").startswith(kind) and len(body) > 500
+    status, body, _ = request(served, "GET", "/../weights.safetensors")
+    assert status == 404 and "no such page" in body["error"]
+
+
+def test_predictions_are_those_of_mnistfx_predict_on_the_same_files(served, trained_tuned, mnist, tmp_path):
+    w = mnistfx.load_model_weights(trained_tuned)
+    paths, answers = [], []
+    for i in range(20):
+        data = png(mnist.test_images[i])
+        (tmp_path / f"{i}.png").write_bytes(data)
+        paths.append(tmp_path / f"{i}.png")
+        status, answer, _ = request(served, "POST", "/api/predict", data, {"Content-Type": "image/png"})
+        assert status == 200, answer
+        answers.append(answer)
+    seen = mnistfx.read_digit_images(paths)
+    expected = w.probabilities(seen)
+    for answer, image, probs in zip(answers, seen, expected):
+        assert answer["image"] == image.tolist()
+        assert answer["label"] == int(probs.argmax())
+        assert np.allclose(answer["probabilities"], probs.numpy(), atol=1e-6)
+        assert abs(sum(answer["probabilities"]) - 1) < 1e-4 and 0 < answer["ms"] < 5000
+    labels = [a["label"] for a in answers]
+    assert sum(p == int(t) for p, t in zip(labels, mnist.test_labels[:20])) >= 19
+
+
+def test_an_ensemble_is_served(mnist, tmp_path):
+    config = mnistfx.recipe("tuned", epochs=1, train_size=1600, val_size=500, compile=False, ensemble=2)
+    weights = mnistfx.save_run(mnistfx.train(config, data=mnist, test=False), tmp_path / "run")["weights"]
+    server = mnistfx.make_server(weights, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert request(server, "GET", "/api/health")[1]["members"] == 2
+        status, answer, _ = request(server, "POST", "/api/predict", png(mnist.test_images[0]))
+        w = mnistfx.load_model_weights(weights)
+        assert status == 200 and answer["label"] == int(w.probabilities(mnist.test_images[:1]).argmax())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_bad_bodies_get_400_with_a_json_error(served, mnist):
+    blank = png(np.zeros((28, 28)))
+    cut = png(mnist.test_images[0])[:200]
+    for body, fragment in ((b"not an image", "not an image file"), (blank, "shows no digit"), (cut, "not an image"),
+                           (b"", "not an image")):
+        status, answer, _ = request(served, "POST", "/api/predict", body)
+        assert status == 400 and fragment in answer["error"], answer
+    status, answer, _ = request(served, "POST", "/api/other", b"x")
+    assert status == 404 and "error" in answer
+
+
+def raw(server, data: bytes, wait: float = 10) -> bytes:
+    """What the server answers to these bytes on one connection (until it closes it)."""
+    with socket.create_connection(server.server_address[:2], timeout=wait) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_body_over_the_limit_gets_413_unread(served):
+    t0 = time.perf_counter()
+    reply = raw(served, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 413 ") and b'"error"' in reply and b"smaller image" in reply
+    assert time.perf_counter() - t0 < 5  # answered at once, not after reading (or waiting for) the body
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\n\r\n", b"411"),
+    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"411"),
+    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"400"),
+    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n", b"400"),
+    (b"GARBAGE\r\n\r\n", b"400"),
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
+])
+def test_malformed_requests_get_an_error_status_as_json(served, head, status):
+    reply = raw(served, head)
+    assert reply.startswith(b"HTTP/1.1 " + status) or reply.startswith(b"HTTP/1.0 " + status), reply[:80]
+    assert b'{"error": ' in reply
+
+
+def test_a_slow_client_does_not_stall_the_others(served, mnist):
+    with socket.create_connection(served.server_address[:2]) as slow:
+        slow.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"\x89PNG")
+        t0 = time.perf_counter()
+        status, answer, _ = request(served, "POST", "/api/predict", png(mnist.test_images[1]))
+        assert status == 200 and answer["label"] == int(mnist.test_labels[1])
+        assert time.perf_counter() - t0 < 5
+        slow.shutdown(socket.SHUT_WR)  # the body ends short: the server answers 400, not a prediction
+        reply = slow.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"ended before its Content-Length" in reply
+
+
+def test_the_server_keeps_answering_after_bad_requests_and_keeps_connections_alive(served, mnist):
+    for _ in range(3):
+        raw(served, b"GARBAGE\r\n\r\n")
+    conn = http.client.HTTPConnection(*served.server_address[:2], timeout=30)
+    try:
+        for i in range(3):  # one connection, several requests (HTTP/1.1 keep-alive)
+            conn.request("POST", "/api/predict", body=png(mnist.test_images[i]))
+            reply = conn.getresponse()
+            assert reply.status == 200 and json.loads(reply.read())["label"] == int(mnist.test_labels[i])
+    finally:
+        conn.close()
+
+
+def test_port_in_use_and_bad_weights_are_one_line_errors(capsys, trained_tuned, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, _, err = run_cli(capsys, "serve", str(trained_tuned), "--port", str(taken.getsockname()[1]))
+    assert_one_line_error(code, err, "is in use", "--port")
+    code, _, err = run_cli(capsys, "serve", str(tmp_path / "missing.safetensors"))
+    assert_one_line_error(code, err, "missing.safetensors")
+    code, _, err = run_cli(capsys, "serve", str(trained_tuned), "--host", "no.such.host.invalid", "--port", "0")
+    assert_one_line_error(code, err, "cannot listen on no.such.host.invalid")
+    code, _, err = run_cli(capsys, "serve", str(trained_tuned), "--port", "70000")
+    assert_one_line_error(code, err, "70000")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_stops_the_command_cleanly(trained_tuned):
+    proc = subprocess.Popen([sys.executable, "-m", "mnistfx", "serve", str(trained_tuned), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving tuned from ") and "(Ctrl-C stops)" in line
+        url = line.split(" at ")[1].split()[0]
+        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        assert request((host, int(port)), "GET", "/api/health")[0] == 200
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and err.strip() == "stopped" and "Traceback" not in err
+
+
+def test_an_opaque_rgba_png_is_read_as_its_gray_version(served, mnist):
+    """A canvas's PNG has an alpha channel that hides nothing: a light digit on black stays one."""
+    gray = Image.open(io.BytesIO(png(mnist.test_images[2])))
+    out = io.BytesIO()
+    gray.convert("RGBA").save(out, "PNG")
+    answers = [request(served, "POST", "/api/predict", body)[1] for body in (out.getvalue(), png(mnist.test_images[2]))]
+    assert answers[0]["image"] == answers[1]["image"] and answers[0]["label"] == int(mnist.test_labels[2])
