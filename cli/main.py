@@ -18,6 +18,7 @@ from .export import export
 from .notebook import export_notebook, import_notebook
 from .options import printable
 from .plot import plot
+from .read import read
 from .serve import serve
 from .train import train
 
@@ -28,7 +29,7 @@ def cli():
     """Handwritten-digit recognition (MNIST) with pure-function PyTorch models."""
 
 
-for command in (data, train, eval_, predict, export, serve, bench, plot, import_notebook, export_notebook):
+for command in (data, train, eval_, predict, read, export, serve, bench, plot, import_notebook, export_notebook):
     cli.add_command(command)
 
 

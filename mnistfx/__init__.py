@@ -38,6 +38,9 @@ _PUBLIC = {
     "save_weights": "weights", "load_weights": "weights", "load_model_weights": "weights", "Weights": "weights",
     "import_notebook_checkpoint": "pth", "export_notebook_checkpoint": "pth",
     "read_digit_images": "images", "prepare_digit": "images", "decode_image": "images",
+    # numbers of several digits
+    "read_number": "reading", "find_digits": "reading", "Reading": "reading", "ReadDigit": "reading",
+    "FoundDigit": "reading",
     # other runtimes (ONNX: the optional "export" extra)
     "export_onnx": "export", "export_program": "export", "load_program": "export",
     # the drawing page and its API
@@ -92,6 +95,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .registry import get_model, import_model, model_names, register_model
     from .plots import plot_confusion, plot_history, plot_members, plot_mistakes, plot_run
     from .rng import as_generator, fold_in
+    from .reading import FoundDigit, ReadDigit, Reading, find_digits, read_number
     from .server import DigitServer, make_server
     from .runs import Run, check_run_dir, default_run_dir, prepare_run_dir, run_folder, run_lock, save_run
     from .runtime import environment, keep_freed_memory, resolve_device, use_compile_cache

@@ -57,7 +57,7 @@ def read_digit_images(paths, *, invert: bool | None = None, prepare: bool = True
         if prepare:
             out.append(prepare_digit(gray, alpha=alpha, invert=invert, source=str(path)))
             continue
-        gray, invert_this = _background(gray, alpha, invert)
+        gray, invert_this = dark_on_light(gray, alpha, invert)
         if float(gray.max()) - float(gray.min()) <= 8:
             raise MnistfxError(f"{path} shows no digit (every pixel is about the same shade): {_FIX}")
         img = torch.from_numpy(np.rint(gray).clip(0, 255).astype(np.uint8))
@@ -90,7 +90,7 @@ def prepare_digit(image, *, invert: bool | None = None, alpha=None, source: str 
     gray = np.asarray(image.numpy() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
     if gray.ndim != 2 or min(gray.shape) < 1:
         raise ValueError(f"image must be a 2-D array of gray values, not shape {gray.shape}")
-    gray, invert = _background(gray, alpha, invert)
+    gray, invert = dark_on_light(gray, alpha, invert)
     if invert:
         gray = 255.0 - gray
     border = _border(gray)
@@ -124,7 +124,7 @@ def _border(gray: np.ndarray) -> np.ndarray:
     return np.concatenate([gray[:k].ravel(), gray[-k:].ravel(), gray[:, :k].ravel(), gray[:, -k:].ravel()])
 
 
-def _background(gray: np.ndarray, alpha, invert: bool | None) -> tuple[np.ndarray, bool]:
+def dark_on_light(gray: np.ndarray, alpha, invert: bool | None) -> tuple[np.ndarray, bool]:
     """Gray with transparency made background, and whether the digit is dark on light."""
     gray = gray.astype(np.float32)
     if alpha is not None:
@@ -137,17 +137,41 @@ def _background(gray: np.ndarray, alpha, invert: bool | None) -> tuple[np.ndarra
 
 
 def _decode(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """The image file as gray (H, W), uint8, or float with its alpha (H, W) in [0, 1] if it has transparency."""
-    return decode_image(read_limited(path, IMAGE_MAX_BYTES, what="image", fix=_FIX, error=MnistfxError), path)
+    """The image file ``path`` decoded as :func:`decode_image` decodes bytes."""
+    return decode_image(read_limited(path, IMAGE_MAX_BYTES, what="image", fix=_FIX, error=MnistfxError), str(path))
 
 
-def decode_image(data: bytes, path) -> tuple[np.ndarray, np.ndarray | None]:
-    """An image file's bytes as :func:`_decode` returns them, with every check; ``path`` names it in errors."""
+def decode_image(data: bytes, source: str = "the image", *, fix: str = _FIX) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode an image file's bytes (PNG, JPEG, BMP, GIF, WebP, PPM) to gray, as ``predict`` reads files.
+
+    The size, the structure and the pixel count its header claims are checked before decoding;
+    JPEGs are decoded at a reduced scale and large images shrunk to about :data:`DECODE_SIDE`
+    pixels a side; EXIF orientation is applied.
+
+    Arguments:
+        data: the file's bytes (at most :data:`IMAGE_MAX_BYTES`).
+        source: what to call the image in an error (its path, an upload's name).
+        fix: what the user can do, ending every error.
+
+    Returns:
+        ``(gray, alpha)``: gray (H, W) as uint8, or as float32 with its opacity ``alpha`` (H, W) in
+        [0, 1] when the image has transparency (else ``alpha`` is ``None``).
+
+    Raises:
+        MnistfxError: too large, or not an image that can be decoded.
+    """
+    gray, alpha, _ = decode_sized(data, source, fix=fix)
+    return gray, alpha
+
+
+def decode_sized(data: bytes, source: str, *, fix: str = _FIX) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    """:func:`decode_image`, and the image's ``(width, height)`` as a viewer shows it (before shrinking)."""
     if len(data) > IMAGE_MAX_BYTES:
-        raise MnistfxError(f"{path} is more than {IMAGE_MAX_BYTES:,} bytes: {_FIX}")
+        raise MnistfxError(f"{source} is {len(data):,} bytes, more than any image mnistfx reads "
+                           f"({IMAGE_MAX_BYTES:,}): {fix}")
     limits = (f"images of up to {IMAGE_MAX_PIXELS:,} pixels, at most {IMAGE_MAX_ASPECT} times as long as wide, "
-              f"are read: {_FIX}")
-    _check_structure(path, data)
+              f"are read: {fix}")
+    _check_structure(source, data, fix)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's notes on odd files would be lines of their own
@@ -156,38 +180,41 @@ def decode_image(data: bytes, path) -> tuple[np.ndarray, np.ndarray | None]:
                 img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own, larger limit
                 claimed = re.search(r"\((\d+) pixels\)", str(e))
-                raise MnistfxError(f"{path} claims {int(claimed[1]):,} pixels: {limits}" if claimed
-                                   else f"{path} claims too many pixels: {limits}") from None
+                raise MnistfxError(f"{source} claims {int(claimed[1]):,} pixels: {limits}" if claimed
+                                   else f"{source} claims too many pixels: {limits}") from None
             width, height = img.size
             if width < 1 or height < 1 or width * height > IMAGE_MAX_PIXELS \
                     or max(width, height) > IMAGE_MAX_ASPECT * min(width, height):
-                raise MnistfxError(f"{path} claims {width}×{height} pixels: {limits}")
+                raise MnistfxError(f"{source} claims {width}×{height} pixels: {limits}")
             img.draft(img.mode, (DECODE_SIDE, DECODE_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 size
             img.load()
+            drafted = img.size
             img = ImageOps.exif_transpose(img)  # as a viewer shows it
-            return _gray(img)
+            if img.size != drafted:  # turned a quarter
+                width, height = height, width
+            return (*_gray(img), (width, height))
     except MnistfxError:
         raise
     except Exception as e:  # PIL's decoders raise OSError, ValueError, SyntaxError, EOFError and more alike
-        raise MnistfxError(f"{path} is not an image file ({', '.join(FORMATS)}) that can be decoded "
-                           f"({type(e).__name__}): {_FIX}") from None
+        raise MnistfxError(f"{source} is not an image file ({', '.join(FORMATS)}) that can be decoded "
+                           f"({type(e).__name__}): {fix}") from None
 
 
-def _check_structure(path: Path, data: bytes) -> None:
+def _check_structure(source: str, data: bytes, fix: str) -> None:
     """Refuse a JPEG or PNG whose count of scans, segments or chunks no photo has (each costs Pillow time)."""
     if data[:2] == b"\xff\xd8":  # 0xFF is escaped inside scan data, so these counts are of markers
         scans = data.count(b"\xff\xda")
         segments = sum(data.count(bytes((0xFF, m))) for m in (*range(0xE0, 0xF0), 0xFE))
         if scans > JPEG_MAX_SCANS or segments > JPEG_MAX_SEGMENTS:
-            raise MnistfxError(f"{path} is a JPEG of {scans} scans and {segments} metadata segments (photos have "
-                               f"at most a dozen of each): {_FIX}")
+            raise MnistfxError(f"{source} is a JPEG of {scans} scans and {segments} metadata segments (photos have "
+                               f"at most a dozen of each): {fix}")
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         at, chunks = 8, 0
         while at + 8 <= len(data) and chunks <= PNG_MAX_CHUNKS:
             at += 12 + int.from_bytes(data[at:at + 4], "big")  # length, type, data, CRC
             chunks += 1
         if chunks > PNG_MAX_CHUNKS:
-            raise MnistfxError(f"{path} is a PNG of more than {PNG_MAX_CHUNKS:,} chunks: {_FIX}")
+            raise MnistfxError(f"{source} is a PNG of more than {PNG_MAX_CHUNKS:,} chunks: {fix}")
 
 
 def _gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:

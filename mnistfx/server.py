@@ -4,8 +4,8 @@
 elsewhere), ``GET /api/health`` names the model that answers, and ``POST /api/predict`` takes an
 image file (the page sends a PNG of its canvas) and answers the label, the ten probabilities, the
 28×28 image the model saw and the milliseconds taken. Images are prepared exactly as
-``mnistfx predict`` prepares files. Each connection has its own thread and a deadline; the model
-answers one request at a time.
+``mnistfx predict`` prepares files. Each connection has its own thread and deadlines; images are
+decoded and answered one at a time.
 """
 
 from __future__ import annotations
@@ -42,24 +42,24 @@ class Predictor:
     def __init__(self, weights: Weights):
         self.weights = weights
         self.lock = threading.Lock()
-        self.probabilities(torch.zeros(1, 28, 28, dtype=torch.uint8))  # the first call's one-off costs, now
+        self._probabilities(torch.zeros(1, 28, 28, dtype=torch.uint8))  # the first call's one-off costs, now
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """The class probabilities (N, 10) of uint8 images, one call at a time."""
-        with self.lock, torch.inference_mode():
+    def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
             return self.weights.probabilities(images).float().cpu()
 
     def __call__(self, data: bytes) -> dict:
         """The answer to an image file's bytes: ``label``, ``probabilities``, ``image`` (28 rows of 28
-        values 0-255: what the model saw) and ``ms`` (from the bytes to the answer).
+        values 0-255: what the model saw) and ``ms`` (the work on this image, from its bytes to the answer).
 
         Raises:
             MnistfxError: the bytes are not an image that can be decoded, or it shows no digit.
         """
-        start = time.perf_counter()
-        gray, alpha = decode_image(data, _SOURCE)
-        image = prepare_digit(gray, alpha=alpha, source=_SOURCE)
-        probs = self.probabilities(image[None])[0]
+        with self.lock:  # one image at a time: a decoded image may take 200 MB, and there are 2 cores to share
+            start = time.perf_counter()
+            gray, alpha = decode_image(data, _SOURCE)
+            image = prepare_digit(gray, alpha=alpha, source=_SOURCE)
+            probs = self._probabilities(image[None])[0]
         if not bool(probs.isfinite().all()):
             raise MnistfxError("the weights give no finite probabilities for this image: they are not usable")
         return {"label": int(probs.argmax()), "probabilities": [round(float(p), 6) for p in probs],
