@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import stat
 import warnings
 import zipfile
 from pathlib import Path
@@ -38,6 +39,7 @@ INPUT_HELP = "uint8 images (N, 28, 28), light digit on black as MNIST's"
 _TRACE_BATCH = 2  # sizes 0 and 1 would be specialised by torch.export
 _PROTOBUF_MAX_BYTES = (2 << 30) - 1  # one ONNX file without external data
 _INSTALL = "pip install 'mnistfx[export]'"
+_JSON_MAX_BYTES = 64 << 20  # a program's graph and configs: a few hundred kB for these models
 
 
 class ImagesToLogits(nn.Module):
@@ -157,8 +159,12 @@ def _check_plain(archive: zipfile.ZipFile) -> None:
     roots = {info.filename.partition("/")[0] for info in archive.infolist()}
     if len(roots) != 1:
         raise MnistfxError("not one archive folder")
+    if sum(info.file_size for info in archive.infolist()) > WEIGHTS_MAX_BYTES:
+        raise MnistfxError(f"it would inflate to more than {WEIGHTS_MAX_BYTES:,} bytes")
     for info in archive.infolist():
         name = info.filename.partition("/")[2]
+        if name.endswith(".json") and info.file_size > _JSON_MAX_BYTES:
+            raise MnistfxError(f"its {name} would inflate to {info.file_size:,} bytes")
         if not _PLAIN.fullmatch(name) or (name.startswith("data/sample_inputs/") and info.file_size):
             raise MnistfxError(f"it holds {name!r}, which is not a plain tensor or the graph")
         if name.endswith("_config.json"):
@@ -180,12 +186,15 @@ def require_onnx() -> None:
 def _prepare(weights, path, overwrite: bool) -> tuple[Path, Weights]:
     """Check ``path`` (before any work) and load ``weights`` if given as a path."""
     path = Path(path)
-    if not overwrite and os.path.lexists(path):
-        raise MnistfxError(f"{path} exists: pass --overwrite to replace it, or another --out")
-    if not path.parent.is_dir():
-        raise MnistfxError(f"the folder of {path} does not exist: create it, or pass another --out")
     if path.is_dir():
         raise MnistfxError(f"{path} is a folder: pass a file name for --out")
+    if not path.parent.is_dir():
+        raise MnistfxError(f"the folder of {path} does not exist: create it, or pass another --out")
+    if os.path.lexists(path):
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # a device, FIFO, socket or link is never replaced
+            raise MnistfxError(f"{path} exists and is not a regular file: pass another --out")
+        if not overwrite:
+            raise MnistfxError(f"{path} exists: pass --overwrite to replace it, or another --out")
     if not isinstance(weights, Weights):
         weights = load_model_weights(weights)
     return path, weights.to("cpu")
@@ -209,7 +218,13 @@ def _exporting(weights: Weights, what: str):
     except MnistfxError:
         raise
     except Exception as e:
-        raise MnistfxError(f"{weights.model.name} cannot be exported as {what} ({first_line(e)})") from None
+        cause = e
+        while cause is not None:  # the exporter wraps a Ctrl-C in its own error
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            cause = cause.__cause__ or cause.__context__
+        message = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", first_line(e))  # the exporter colours its messages
+        raise MnistfxError(f"{weights.model.name} cannot be exported as {what} ({message})") from None
 
 
 def _example() -> torch.Tensor:

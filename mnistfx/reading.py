@@ -1,9 +1,9 @@
 """Reading a handwritten number (digits in a row) from a photo or scan.
 
-The paper is estimated and taken away, the ink thresholded against the paper's noise (with
-hysteresis: faint ink counts where it touches strong ink), its connected components found
-(8-connectivity, from the runs of each row), specks and lines dropped, pieces of one digit merged
-(components whose column ranges overlap), and the digits ordered left to right. Each digit, with every pixel that is not its own set to paper, is prepared as
+The paper is taken away, the ink thresholded against the paper's noise (with hysteresis: faint ink
+counts where it touches strong ink), its connected components found (8-connectivity, from the runs
+of each row), specks and lines dropped, pieces of one digit merged (overlapping column ranges), and
+the digits ordered left to right. Each digit, every pixel not its own set to paper, is prepared as
 ``predict`` prepares a digit (:func:`~mnistfx.prepare_digit`) and all are classified in one batch.
 """
 
@@ -29,6 +29,7 @@ MIN_CONTRAST = 24       # gray levels between paper and ink, as prepare_digit as
 SPECK_AREA = 0.01       # components smaller than this part of the largest are specks...
 SPECK_HEIGHT = 0.3      # ...and so are groups shorter than this part of a digit's usual height
 MERGE_OVERLAP = 0.5     # components sharing this part of the narrower one's columns are one digit
+TIE = 1.25              # invert=None: how much more the ink against the border's shade must stand out
 LINE = 4                # components this many times longer than the usual one is tall are lines, not digits
 _FIX = "pass a photo or scan of a handwritten number (PNG, JPEG, ...)"
 
@@ -185,17 +186,18 @@ def _load(image, source: str | None):
 def _ink(gray: np.ndarray, invert: bool | None):
     """How far each pixel stands out from the paper, as is and blurred a little (grain averaged away,
     strokes kept), whether the ink is dark, the paper's noise (σ, of the blurred image) and the ink's
-    contrast (the 95th percentile of what stands out by 5 σ). Uneven light is taken away: the paper's level is a
-    low (light ink) or high (dark ink) percentile in cells of about an eighth of the short side, each
-    moved to the extreme of its neighbours' (a cell inside a thick stroke sees no paper) and
-    interpolated between cells. With ``invert=None`` the ink is whichever stands out more."""
+    contrast (the 95th percentile of what stands out by 5 σ). The paper's level is a low (light ink) or
+    high (dark ink) percentile in cells of an eighth of the short side, each moved to the extreme of its
+    neighbours' (a cell inside a thick stroke sees no paper) and interpolated between cells. With
+    ``invert=None`` the ink is the border's usual side unless the other stands out :data:`TIE` times more."""
     h, w = gray.shape
     s = max(8, min(h, w) // 8)
     nh, nw = -(-h // s), -(-w // s)
     cells = np.pad(gray, ((0, nh * s - h), (0, nw * s - w)), mode="edge").reshape(nh, s, nw, s)
     low, high = np.percentile(cells.transpose(0, 2, 1, 3).reshape(nh, nw, s * s), [25, 75], axis=2)
     best = None
-    for dark in (False, True) if invert is None else (invert,):
+    first = invert if invert is not None else dark_on_light(gray, None, None)[1]  # the border's side first
+    for dark in (first,) if invert is not None else (first, not first):
         paper = _spread(high, 1, np.maximum) if dark else _spread(low, 1, np.minimum)
         for axis, n in ((0, h), (1, w)):  # bilinear between the cells' centres, one axis at a time
             at = np.clip((np.arange(n) + 0.5) / s - 0.5, 0, paper.shape[axis] - 1)
@@ -208,7 +210,7 @@ def _ink(gray: np.ndarray, invert: bool | None):
         sigma = 1.4826 * float(np.median(np.abs(smooth - level)))
         strong = smooth[smooth > level + 5 * sigma]
         contrast = float(np.percentile(strong, 95)) - level if strong.size else 0.0
-        if best is None or contrast > best[-1]:
+        if best is None or contrast > TIE * best[-1]:
             best = ink - level, smooth - level, dark, sigma, contrast
     return best
 

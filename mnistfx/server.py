@@ -29,6 +29,7 @@ from .weights import Weights, load_model_weights
 
 MAX_BODY = 2 << 20       # bytes; the page's PNGs are a few kB
 IDLE_TIMEOUT = 10        # seconds a connection may wait between two reads
+HEADER_DEADLINE = 10     # seconds a request line and its headers may take to arrive in all (or an idle kept-alive wait)
 BODY_DEADLINE = 30       # seconds a request body may take to arrive in all
 MAX_CONNECTIONS = 64     # open at once; more are answered 503 at once
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -70,6 +71,7 @@ class DigitServer(ThreadingHTTPServer):
     """The HTTP server of :func:`make_server`: a thread per connection, at most :data:`MAX_CONNECTIONS`."""
 
     daemon_threads = True
+    request_queue_size = MAX_CONNECTIONS  # the listen backlog: a burst waits in the kernel, not refused
     allow_reuse_address = True  # a restart right after Ctrl-C; a port another server listens on is still refused
 
     def __init__(self, address, predictor: Predictor, *, log=None):
@@ -113,6 +115,28 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "mnistfx"
     timeout = IDLE_TIMEOUT
 
+    def handle_one_request(self):
+        # a client that trickles its headers must not hold a connection slot for ever: cut it off
+        self._deadline = threading.Timer(HEADER_DEADLINE, self._cut_off)
+        self._deadline.daemon = True
+        self._deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._deadline.cancel()
+
+    def parse_request(self):
+        try:
+            return super().parse_request()
+        finally:
+            self._deadline.cancel()  # the headers are in; the body has its own deadline
+
+    def _cut_off(self):
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def do_GET(self):
         path = urlsplit(self.path).path
         if path == "/api/health":
@@ -134,7 +158,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = lengths[0] if lengths else None
         if length is None:
             return self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length")
-        if not length.strip().isdigit():
+        length = length.strip()
+        if not (length.isascii() and length.isdigit() and len(length) <= 12):
             return self._refuse(HTTPStatus.BAD_REQUEST, "the Content-Length is not a number of bytes")
         if int(length) > MAX_BODY:
             return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,

@@ -2,6 +2,7 @@
 
 import io
 import os
+import stat
 import sys
 import zipfile
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import mnistfx
-from mnistfx.export import INPUT, OUTPUT, export_onnx, export_program, load_program
+from mnistfx.export import INPUT, OUTPUT, export_onnx, load_program
 
 from helpers import assert_one_line_error, run_cli
 
@@ -137,3 +138,20 @@ def test_export_bad_inputs(tuned_weights, tmp_path, capsys, monkeypatch):
     assert code == 0 and out.startswith(f"wrote {existing} (pt2, tuned, "), err
     assert (load_program(existing).module()(torch.zeros(1, 28, 28, dtype=torch.uint8)).shape == (1, 10))
     assert sorted(os.listdir(tmp_path)) == ["a.pt2", "unknown.safetensors"]
+
+
+def test_overwrite_never_replaces_what_is_not_a_regular_file(tuned_weights, tmp_path, capsys):
+    fifo = tmp_path / "pipe.pt2"
+    os.mkfifo(fifo)
+    code, _, err = run_cli(capsys, "export", str(tuned_weights), "--out", str(fifo), "--overwrite")
+    assert_one_line_error(code, err, "not a regular file")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["pipe.pt2"]
+
+
+def test_load_program_refuses_an_archive_that_inflates_too_far(tmp_path):
+    bomb = tmp_path / "bomb.pt2"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/models/model.json", b" " * (65 << 20))  # 64 MiB of spaces: 64 kB deflated
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(mnistfx.MnistfxError, match="would inflate"):
+        load_program(bomb)

@@ -205,3 +205,18 @@ def test_an_underline_is_not_a_digit_and_joins_none(weights, mnist):
         plain, lined = mnistfx.read_number(weights, number.image), mnistfx.read_number(weights, underlined)
         assert lined.text == plain.text and len(plain.text) == 5
         assert all(_overlap(a.box, b.box) > 0.9 for a, b in zip(lined.digits, plain.digits))
+
+
+def test_clean_pen_strokes_on_white_are_read(weights):
+    """A drawing app's PNG: no paper noise, so the dark ink and the light gaps between strokes stand out alike."""
+    from PIL import ImageDraw
+
+    for width in (2, 4, 5, 6, 10):
+        img = Image.new("L", (600, 200), 255)
+        pen = ImageDraw.Draw(img)
+        pen.line([(80, 40), (80, 160)], fill=0, width=width)                      # 1
+        pen.line([(160, 40), (230, 40), (180, 160)], fill=0, width=width)         # 7
+        pen.ellipse([(280, 40), (350, 160)], outline=0, width=width)              # 0
+        pen.line([(450, 40), (410, 120), (480, 120)], fill=0, width=width)        # 4
+        pen.line([(460, 80), (460, 160)], fill=0, width=width)
+        assert mnistfx.read_number(weights, np.asarray(img)).text == "1704", width

@@ -135,6 +135,8 @@ def test_a_body_over_the_limit_gets_413_unread(served):
     (b"POST /api/predict HTTP/1.1\r\nHost: x\r\n\r\n", b"411"),
     (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"411"),
     (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"400"),
+    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\nab", b"400"),  # a latin-1 digit
+    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", b"400"),
     (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n", b"400"),
     (b"GARBAGE\r\n\r\n", b"400"),
     (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
@@ -208,3 +210,17 @@ def test_an_opaque_rgba_png_is_read_as_its_gray_version(served, mnist):
     gray.convert("RGBA").save(out, "PNG")
     answers = [request(served, "POST", "/api/predict", body)[1] for body in (out.getvalue(), png(mnist.test_images[2]))]
     assert answers[0]["image"] == answers[1]["image"] and answers[0]["label"] == int(mnist.test_labels[2])
+
+
+def test_a_client_trickling_its_headers_is_cut_off(served, monkeypatch):
+    monkeypatch.setattr(mnistfx.server, "HEADER_DEADLINE", 1.0)
+    with socket.create_connection(served.server_address[:2], timeout=10) as slow:
+        t0 = time.perf_counter()
+        slow.sendall(b"GET / HTTP/1.1\r\n")
+        for _ in range(8):  # a byte every 0.4 s: never idle for long, but never done
+            time.sleep(0.4)
+            try:
+                slow.sendall(b"X")
+            except OSError:
+                break
+        assert slow.recv(100) == b"" and time.perf_counter() - t0 < 4  # closed after about a second
