@@ -61,10 +61,7 @@ def predict(weights, images, invert, show, model_spec, as_json):
     grayscale, light on dark, cropped to the ink, fit in 20×20, centred by mass in 28×28."""
     w = load_trained(weights, model_spec)
     batch = mnistfx.read_digit_images(images, invert=invert)
-    probs = w.probabilities(batch)
-    if not bool(probs.isfinite().all()):
-        raise mnistfx.WeightsError(f"{weights} gives no finite probabilities for these images: the "
-                                   "weights are not usable (train again)")
+    probs = w.checked_probabilities(batch)
     conf, pred = probs.max(1)
     rows = [{"image": path, "digit": int(p), "confidence": round(float(c), 4),
              "probabilities": [round(float(v), 6) for v in row]}

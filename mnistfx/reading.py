@@ -88,10 +88,7 @@ def read_number(weights, image, *, invert: bool | None = None) -> Reading:
     """
     w = weights if isinstance(weights, Weights) else load_model_weights(weights)
     found = find_digits(image, invert=invert)
-    probs = w.probabilities(torch.stack([f.image for f in found])).cpu()
-    if not bool(probs.isfinite().all()):
-        raise MnistfxError("the weights give no finite probabilities for these digits: they are not usable (train "
-                           "again)")
+    probs = w.checked_probabilities(torch.stack([f.image for f in found])).cpu()
     digits = tuple(ReadDigit(int(p.argmax()), round(float(p.max()), 6), tuple(round(float(v), 6) for v in p), f.box)
                    for p, f in zip(probs, found))
     return Reading("".join(str(d.digit) for d in digits), digits)

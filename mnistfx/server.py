@@ -43,26 +43,23 @@ class Predictor:
     def __init__(self, weights: Weights):
         self.weights = weights
         self.lock = threading.Lock()
-        self._probabilities(torch.zeros(1, 28, 28, dtype=torch.uint8))  # the first call's one-off costs, now
-
-    def _probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.weights.probabilities(images).float().cpu()
+        with torch.inference_mode():  # the first call's one-off costs, now
+            weights.probabilities(torch.zeros(1, 28, 28, dtype=torch.uint8))
 
     def __call__(self, data: bytes) -> dict:
         """The answer to an image file's bytes: ``label``, ``probabilities``, ``image`` (28 rows of 28
         values 0-255: what the model saw) and ``ms`` (the work on this image, from its bytes to the answer).
 
         Raises:
-            MnistfxError: the bytes are not an image that can be decoded, or it shows no digit.
+            MnistfxError: the bytes are not an image that can be decoded, or it shows no digit; the weights
+                give no finite probabilities.
         """
         with self.lock:  # one image at a time: a decoded image may take 200 MB, and there are 2 cores to share
             start = time.perf_counter()
             gray, alpha = decode_image(data, _SOURCE)
             image = prepare_digit(gray, alpha=alpha, source=_SOURCE)
-            probs = self._probabilities(image[None])[0]
-        if not bool(probs.isfinite().all()):
-            raise MnistfxError("the weights give no finite probabilities for this image: they are not usable")
+            with torch.inference_mode():
+                probs = self.weights.checked_probabilities(image[None])[0].float().cpu()
         return {"label": int(probs.argmax()), "probabilities": [round(float(p), 6) for p in probs],
                 "image": image.tolist(), "ms": round(1000 * (time.perf_counter() - start), 3)}
 

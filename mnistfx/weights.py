@@ -162,6 +162,15 @@ class Weights:
         """Class probabilities (N, 10) for uint8 images (an ensemble's: the mean of its members')."""
         return probabilities(self.model, self.params, images, state=self.state, members=self.members)
 
+    def checked_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`probabilities`, refusing unusable weights (any probability not finite) with a
+        :class:`~mnistfx.WeightsError`."""
+        probs = self.probabilities(images)
+        if not bool(probs.isfinite().all()):
+            raise WeightsError("these weights give no finite probabilities for these images: they are not usable "
+                               "(train again)")
+        return probs
+
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> Metrics:
         """:func:`~mnistfx.evaluate` of these weights."""
         return evaluate(self.model, self.params, images, labels, state=self.state, members=self.members)
