@@ -103,6 +103,7 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
             stop_with_parent()
         distributed.start(parallel)
         click.get_current_context().call_on_close(distributed.stop)
+        distributed.check_same_work(parallel, resume_dir is not None)
     if resume_dir is not None:
         # only rank 0 may see the run folder: it checks the checkpoint, then sends it to the others
         ckpt = _resume_checkpoint(resume_dir, model) if parallel is None else distributed.on_main(

@@ -18,7 +18,7 @@ import torch
 from .config import TrainConfig
 from ._checks import check_whole, is_finite
 from .errors import ConfigError, MnistfxError, WeightsError
-from .contract import check_finite, check_params, check_state
+from .contract import check_finite, check_params, check_state, check_state_usable
 from .optim import config_optimizer
 from .registry import get_model
 from .weights import WEIGHTS_MAX_BYTES, parse_weights, read_weights, save_weights
@@ -158,6 +158,7 @@ def load_checkpoint(path, *, data: bytes | None = None) -> Checkpoint:
                          members=members)
     for part in (ckpt.params, ckpt.state, *(v for k, v in ckpt.opt_state.items() if k != "step")):
         check_finite(part, source=source, fix=f"the file is damaged; {_RESTART}")
+    check_state_usable(model, ckpt.state, source=source, fix=f"the file is damaged; {_RESTART}")
     problem = _position_problem(ckpt) or _state_problem(ckpt)
     if problem:
         raise WeightsError(f"checkpoint {path} does not fit its run ({problem}): the file is damaged; {_RESTART}")

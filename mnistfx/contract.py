@@ -92,6 +92,20 @@ def check_state(model, state, *, source: str = "state", members: int | None = No
             raise WeightsError(f"{source}: state/{k} is {state[k].dtype}, {model.name} keeps it as {dtype}")
 
 
+def check_state_usable(model, state: dict, *, source: str, fix: str) -> None:
+    """Raise :class:`~mnistfx.WeightsError` if the model's ``state_problem`` faults ``state`` (read from
+    ``source``; ``fix`` says what to do)."""
+    rule = model._state_problem
+    if rule is None:
+        return
+    with blaming(model, "state_problem"):
+        problem = rule(state)
+    if problem is not None and not isinstance(problem, str):
+        raise ModelError(f"{model.name}'s state_problem must return None or a string, not {type(problem).__name__}")
+    if problem:
+        raise WeightsError(f"{source}: its {model.name} state is unusable ({problem}): {fix}")
+
+
 def check_model(model, params: dict, state: dict, x: torch.Tensor, y: torch.Tensor, noise: dict,
                 loss: Callable | None = None) -> None:
     """Run ``model`` once, eagerly, on a small batch in training and in eval mode (and ``loss`` on its

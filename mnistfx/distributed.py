@@ -200,6 +200,12 @@ def check_same(parallel: Parallel, text: str, what: str) -> None:
                               "command")
 
 
+def check_same_work(parallel: Parallel, resuming: bool) -> None:
+    """Every rank starts a new run, or every rank resumes one (each rank's first collective, so ranks
+    started with different commands stop with one line instead of mismatched collectives)."""
+    check_same(parallel, "resume" if resuming else "train", "work (a new run, or --resume)")
+
+
 def share_bytes(parallel: Parallel, data: bytes | None) -> bytes:
     """Rank 0's ``data`` on every rank (the others pass ``None``)."""
     size = torch.tensor([len(data) if parallel.main else 0], dtype=torch.int64)
@@ -219,7 +225,7 @@ def is_collective_failure(error: BaseException) -> bool:
 
 @contextlib.contextmanager
 def guard(parallel: Parallel | None,
-          fix: str = "continue it with --resume RUN_DIR if it wrote a checkpoint, else run the command again"):
+          fix: str = "continue it with --resume and the run's folder if it wrote a checkpoint, else run the command again"):
     """Turn a failed collective into one line that says what to do (``fix``)."""
     try:
         yield

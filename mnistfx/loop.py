@@ -33,7 +33,8 @@ from .metrics import evaluate, evaluate_members
 from .optim import config_optimizer
 from .registry import get_model
 from .rng import fold_in
-from .runs import CHECKPOINT_FILE, Run, check_resumable, check_run_dir, prepare_run_dir, run_lock
+from .runs import (CHECKPOINT_FILE, HISTORY_FILE, WEIGHTS_FILE, Run, check_resumable, check_run_dir, prepare_run_dir,
+                   run_lock)
 from .runtime import keep_freed_memory, resolve_device
 from .step import batch_inputs, check_trainable, compile_step, make_multi_step, make_train_step
 
@@ -71,6 +72,8 @@ class Loop:
             checkpoint_dir = checkpoint_dir if parallel.main else None
         self.emit = on_event or _ignore
         self.checkpoint_dir, self.dir, self.made_dir = checkpoint_dir, None, False
+        self.saved = start is not None  # whether the folder holds a checkpoint of this run
+        self.stale: list = []  # an overwritten run's results, removed before this run's first checkpoint
 
     def run(self) -> Run:
         """Train under the run folder's lock (if there is a folder); a folder this run made and left
@@ -106,6 +109,7 @@ class Loop:
             stack.enter_context(run_lock(self.dir))
             if self.start is None:
                 check_run_dir(self.dir, overwrite=self.overwrite)
+                self.stale = [self.dir / name for name in (WEIGHTS_FILE, HISTORY_FILE) if (self.dir / name).exists()]
             else:
                 check_resumable(self.dir, self.start.finished)
         self.emit("config", config=self.config, resumed=self.start is not None)
@@ -259,11 +263,20 @@ class Loop:
             return
         path = self.dir / CHECKPOINT_FILE
         try:
+            # an overwritten run's weights must not outlive its checkpoint: beside this run's, they would
+            # pass for its results (and a finished checkpoint beside weights cannot be resumed)
+            for stale in self.stale:
+                stale.unlink(missing_ok=True)
+            self.stale = []
             save_checkpoint(path, Checkpoint(
                 self.config, epoch, step, self.params, self.state, self.opt_state,
                 {k: g.get_state() for k, g in self.generators.items()}, perm, self.loss_sum,
                 self.result.history, self.result.compile_seconds))
         except OSError as e:
+            if not self.saved:
+                raise MnistfxError(f"cannot write the checkpoint {path} ({e.strerror}); nothing of this run was "
+                                   "saved: make room, then run the command again") from None
             raise MnistfxError(f"cannot write the checkpoint {path} ({e.strerror}); the previous one is whole: "
                                f"make room, then continue with --resume {self.dir}") from None
+        self.saved = True
         self.emit("checkpoint", epoch=epoch, step=step)

@@ -6,6 +6,7 @@ A model is made from plain functions (or the methods of a small class of your ow
     apply(params, x, *, train, noise[, state]) -> logits        # required: (N, 1, 28, 28) -> (N, 10)
     noise(n, g, device) -> dict[str, Tensor]                    # optional: per-image randomness (dropout)
     init_state(params) -> dict[str, Tensor]                     # optional: state such as batch-norm statistics
+    state_problem(state) -> str | None                          # optional: what makes a loaded state unusable
     normalize = (mean, std)                                     # optional: input scaling after [0, 1]
 
 ``apply`` is given only the keywords its signature names (``def apply(params, x)`` is a whole model).
@@ -38,20 +39,26 @@ class Model:
         apply: ``apply(params, x, *, train, noise, state) -> logits`` (only the keywords it names).
         noise: ``noise(n, g, device) -> dict`` of per-image randomness for training (default: none).
         init_state: ``init_state(params) -> dict`` of state tensors (default: the model has none).
+        state_problem: ``state_problem(state) -> str | None``: what is wrong with a state read from a
+            file (e.g. "a negative running variance"), or ``None``; its tensors may carry a leading
+            ensemble-member axis. Weights files and checkpoints whose state it faults are refused.
         normalize: ``(mean, std)`` applied to [0, 1] images (default: none).
     """
 
     def __init__(self, name: str, init: Callable, apply: Callable, *, noise: Callable | None = None,
-                 init_state: Callable | None = None, normalize: tuple[float, float] | None = None):
+                 init_state: Callable | None = None, normalize: tuple[float, float] | None = None,
+                 state_problem: Callable | None = None):
         if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
             raise ConfigError(f"a model name must be a letter then up to 63 letters, digits or _.-, not {name!r}")
-        for what, fn in (("init", init), ("apply", apply), ("noise", noise), ("init_state", init_state)):
+        for what, fn in (("init", init), ("apply", apply), ("noise", noise), ("init_state", init_state),
+                         ("state_problem", state_problem)):
             if (fn is not None or what in ("init", "apply")) and not callable(fn):
                 raise TypeError(f"{what} must be a function, not {type(fn).__name__}")
         if normalize is not None and not (isinstance(normalize, (tuple, list)) and len(normalize) == 2
                                           and all(is_finite(v) for v in normalize) and normalize[1] > 0):
             raise ValueError(f"normalize must be (mean, std), two finite numbers with std > 0, not {normalize!r}")
         self.name, self._init, self._apply, self._noise, self._init_state = name, init, apply, noise, init_state
+        self._state_problem = state_problem
         self.normalize = None if normalize is None else (float(normalize[0]), float(normalize[1]))
         self._keywords = _keywords(apply, ("train", "noise", "state"))
         if init_state is not None and "state" not in self._keywords:

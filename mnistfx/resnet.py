@@ -124,4 +124,11 @@ def make_resnet(arch: ResNetArch = RESNET, name: str = "resnet") -> Model:
         h = h.mean((2, 3))
         return F.linear(h, params["fc.weight"], params["fc.bias"]), new_state
 
-    return Model(name, init, apply, init_state=init_state, normalize=(0.1307, 0.3081))
+    def state_problem(state) -> str | None:
+        """A running variance below 0 (NaN is left to the finiteness check) cannot be batch norm's."""
+        for k, v in state.items():
+            if k.endswith("running_var") and bool((v < 0).any()):
+                return f"{k} holds negative variances"
+        return None
+
+    return Model(name, init, apply, init_state=init_state, normalize=(0.1307, 0.3081), state_problem=state_problem)

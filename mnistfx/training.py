@@ -61,6 +61,9 @@ def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable 
         raise TypeError(f"config must be a TrainConfig (see mnistfx.recipe), not {type(config).__name__}")
     if not isinstance(test, bool):
         raise TypeError(f"test must be True or False, not {test!r}")
+    if parallel is not None:
+        distributed.check_started(parallel)
+        distributed.check_same_work(parallel, False)
     return Loop(config, None, data, on_event, checkpoint_dir, checkpoint_every, overwrite=overwrite, loss=loss,
                  test=test, parallel=parallel).run()
 
@@ -81,6 +84,7 @@ def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = No
         ckpt = load_checkpoint(run_dir)
     else:
         distributed.check_started(parallel)
+        distributed.check_same_work(parallel, True)
         raw = distributed.on_main(parallel, lambda: read_weights(checkpoint_file(run_dir)))
         ckpt = load_checkpoint(checkpoint_file(run_dir) if parallel.main else run_dir,
                                data=distributed.share_bytes(parallel, raw))

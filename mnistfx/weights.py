@@ -17,7 +17,7 @@ from ._io import first_line, open_checked, to_json, write_new
 from .constants import MAX_ENSEMBLE, MODELS
 from .errors import WeightsError
 from .metrics import Metrics, evaluate, probabilities
-from .contract import check_finite, check_params, check_state
+from .contract import check_finite, check_params, check_state, check_state_usable
 from .models import Model
 from .pth import import_notebook_checkpoint
 from .registry import get_model, guess_model, model_names
@@ -221,6 +221,7 @@ def load_model_weights(path, model: str | None = None) -> Weights:
     check_state(m, state, source=str(path), members=members)
     for part in (params, {STATE_PREFIX + k: v for k, v in state.items()}):
         check_finite(part, source=str(path), fix="the file is damaged, or the run that wrote it diverged")
+    check_state_usable(m, state, source=str(path), fix="the file is damaged: use other weights")
     return Weights(m, params, state, meta, members)
 
 

@@ -134,6 +134,10 @@ def test_bad_data_parallel_inputs_stop_every_rank_with_one_line(tmp_path):
     done = _cli("train", "resnet", "--nproc", "2", "--resume", tmp_path / "tuned")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is a run of tuned, not resnet" in done.stderr
     assert checkpoint.read_bytes() == before
+    codes, errs = _cli_ranks(2, "train", extra=lambda r: ("--resume", tmp_path / "tuned") if r else
+                             ("tuned", *SMALL, "--out", tmp_path / "d"))  # one rank resumes, one starts a run
+    _each_rank_one_line(codes, errs, "rank 1 was given other work (a new run, or --resume) than rank 0")
+    assert not (tmp_path / "d").exists()
     _each_rank_one_line(*_cli_ranks(2, "train", "tuned", *SMALL, "--out", tmp_path / "tuned"),
                         "holds", "rank 0 stopped the run")  # a folder that holds a run, seen by rank 0 alone
     done = _cli("train", "tuned", "--nproc", "2", *SMALL, "--out", tmp_path / "tuned")  # --nproc looks first

@@ -3,7 +3,10 @@
 import json
 import shutil
 
+import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import mnistfx
@@ -67,6 +70,23 @@ def test_resnet_learns_stores_its_statistics_and_resumes_bit_for_bit(mnist, tmp_
     fresh = mnistfx.evaluate(weights.model, weights.params, images, labels,
                              state=weights.model.init_state(weights.params))
     assert fresh.accuracy < 0.5
+
+
+def test_negative_running_variances_are_refused_in_weights_and_checkpoints(mnist, tmp_path):
+    run = mnistfx.train(_small(epochs=1, train_size=320, val_size=100), data=mnist, checkpoint_dir=tmp_path / "run",
+                        test=False)
+    files = {"weights": mnistfx.save_run(run, tmp_path / "run")["weights"],
+             "checkpoint": tmp_path / "run" / "checkpoint.safetensors"}
+    for kind, path in files.items():
+        with safe_open(path, "pt") as f:
+            meta = f.metadata()
+        tensors = load_file(path)
+        name = next(k for k in tensors if k.endswith("s1b0.b.bn.running_var"))
+        tensors[name][3] = -0.5
+        save_file(tensors, path, metadata=meta)
+        load = mnistfx.load_model_weights if kind == "weights" else mnistfx.load_checkpoint
+        with pytest.raises(mnistfx.WeightsError, match="s1b0.b.bn.running_var holds negative variances"):
+            load(path)
 
 
 def test_a_compiled_resnet_ensemble_is_its_members(mnist):

@@ -229,7 +229,8 @@ def test_a_full_disk_stops_with_one_line_and_a_whole_checkpoint(tmp_path):
                           preexec_fn=small_files)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("error: cannot write the checkpoint") and f"--resume {tmp_path / 'run'}" in line
+    assert line.startswith("error: cannot write the checkpoint") and line.endswith(
+        "nothing of this run was saved: make room, then run the command again")  # no checkpoint to resume from
     assert not (tmp_path / "run").exists()  # nothing half-written; the folder it made, left empty, is gone
 
 
@@ -259,6 +260,17 @@ def test_overwrite_replaces_a_finished_run(tmp_path, capsys):
     assert_one_line_error(code, err, "holds a finished run", "--overwrite")
     assert run_cli(capsys, *args[:-2], "--seed", "1", *args[-2:], "--overwrite")[0] == 0
     assert (tmp_path / "run" / "weights.safetensors").read_bytes() != first
+
+
+def test_an_overwriting_run_stopped_before_its_weights_are_written_can_be_finished(mnist, tmp_path):
+    old = mnistfx.train(_small(train_size=320, epochs=1), data=mnist, checkpoint_dir=tmp_path)
+    mnistfx.save_run(old, tmp_path)
+    new = mnistfx.train(_small(train_size=320, epochs=1, seed=9), data=mnist, checkpoint_dir=tmp_path,
+                        overwrite=True)  # ... and stopped before save_run
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]  # not the old run's weights beside it
+    again = mnistfx.resume(tmp_path, data=mnist, test=False)
+    paths = mnistfx.save_run(again, tmp_path)
+    assert _same_bits(mnistfx.load_model_weights(paths["weights"]).params, new.params)
 
 
 def test_resume_takes_no_path_from_the_checkpoint(mnist, tmp_path, monkeypatch):
