@@ -128,7 +128,7 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
 
         from .launch import launch
 
-        distributed.check_processes(nproc, cfg)
+        distributed.check_processes(nproc, cfg, resuming=resume_dir is not None)
         try:
             if resume_dir is None and mnistfx.run_folder(out).is_dir():
                 check_run_dir(out, overwrite=overwrite)

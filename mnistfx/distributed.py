@@ -113,19 +113,21 @@ def check_started(parallel) -> None:
                           "mnistfx.distributed.start(parallel) first, in a process torchrun started")
 
 
-def check_config(parallel: Parallel, config) -> None:
-    """Refuse a :class:`~mnistfx.TrainConfig` that cannot be trained data-parallel by ``parallel.world`` ranks."""
+def check_config(parallel: Parallel, config, *, resuming: bool = False) -> None:
+    """Refuse a :class:`~mnistfx.TrainConfig` that cannot be trained data-parallel by ``parallel.world`` ranks
+    (``resuming``: the config is a checkpoint's, which the command line cannot change)."""
     if config.batch_size % parallel.world:
-        raise ConfigError(f"{parallel.world} processes cannot share a batch of {config.batch_size} equally: choose a "
-                          f"--batch-size that is a multiple of {parallel.world}, or another process count")
+        fix = (f"resume it with a process count that divides {config.batch_size}" if resuming else
+               f"choose a --batch-size that is a multiple of {parallel.world}, or another process count")
+        raise ConfigError(f"{parallel.world} processes cannot share a batch of {config.batch_size} equally: {fix}")
     if config.ensemble > 1:
-        raise ConfigError("an ensemble trains in one process (its members share each step already): drop --ensemble "
-                          "or --nproc")
+        fix = "resume it in one process" if resuming else "drop --ensemble or --nproc"
+        raise ConfigError(f"an ensemble trains in one process (its members share each step already): {fix}")
 
 
-def check_processes(nproc: int, config) -> None:
+def check_processes(nproc: int, config, *, resuming: bool = False) -> None:
     """Refuse, before any process starts, ``nproc`` processes on this machine that cannot train ``config``."""
-    check_config(Parallel(0, nproc, 0), config)
+    check_config(Parallel(0, nproc, 0), config, resuming=resuming)
     device = torch.device(config.device)
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise ConfigError(f"{nproc} processes need {nproc} GPUs, and this machine has {torch.cuda.device_count()}: "

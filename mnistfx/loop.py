@@ -68,7 +68,7 @@ class Loop:
         self.model = get_model(config.model)
         check_checkpoint_size(self.model, config)
         if parallel is not None:
-            distributed.check_config(parallel, config)
+            distributed.check_config(parallel, config, resuming=start is not None)
             checkpoint_dir = checkpoint_dir if parallel.main else None
         self.emit = on_event or _ignore
         self.checkpoint_dir, self.dir, self.made_dir = checkpoint_dir, None, False

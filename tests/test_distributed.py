@@ -133,6 +133,9 @@ def test_bad_data_parallel_inputs_stop_every_rank_with_one_line(tmp_path):
     _each_rank_one_line(codes, errs, "is a run of tuned, not resnet", "rank 0 stopped the run")
     done = _cli("train", "resnet", "--nproc", "2", "--resume", tmp_path / "tuned")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is a run of tuned, not resnet" in done.stderr
+    done = _cli("train", "--resume", tmp_path / "tuned", "--nproc", "3")  # its batch is the checkpoint's
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert done.stderr.endswith("resume it with a process count that divides 32\n")
     assert checkpoint.read_bytes() == before
     codes, errs = _cli_ranks(2, "train", extra=lambda r: ("--resume", tmp_path / "tuned") if r else
                              ("tuned", *SMALL, "--out", tmp_path / "d"))  # one rank resumes, one starts a run
