@@ -36,6 +36,7 @@ import torch.distributed._functional_collectives as funcol
 from .errors import ConfigError, MnistfxError
 
 _BEFORE = "run the command again (no process had begun training)"
+_AFTER = "continue it with --resume and the run's folder if it wrote a checkpoint, else run the command again"
 # A rank waits this long for a peer that neither answers nor dies (ranks never wait on each other longer
 # than a cold compile or an evaluation takes), and for all of them to join.
 TIMEOUT = datetime.timedelta(minutes=5)
@@ -226,8 +227,7 @@ def is_collective_failure(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def guard(parallel: Parallel | None,
-          fix: str = "continue it with --resume and the run's folder if it wrote a checkpoint, else run the command again"):
+def guard(parallel: Parallel | None, fix: str = _AFTER):
     """Turn a failed collective into one line that says what to do (``fix``)."""
     try:
         yield
