@@ -55,9 +55,7 @@ class Loop:
     def __init__(self, config: TrainConfig, start: Checkpoint | None, data, on_event, checkpoint_dir,
                  checkpoint_every, *, data_root=None, overwrite: bool = False, loss=None, test: bool = True,
                  parallel=None):
-        self.t_start = time.perf_counter()
-        if parallel is not None:
-            distributed.check_started(parallel)
+        self.t_start = time.perf_counter()  # parallel: checked by train / resume before their first collective
         self.parallel, self.main = parallel, parallel is None or parallel.main
         self.config, self.start, self.data, self.overwrite = config, start, data, overwrite
         self.loss, self.test = loss, test
