@@ -60,7 +60,7 @@ def main():
     root = mnistfx.default_root()
     data = mnistfx.load_mnist(root)
     print(f"{args.model}, batch 32, {args.steps} steps per run, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n{mnistfx.cpu_description()}")
     print(f"{'round':>5} {'notebook img/s':>15} {'mnistfx img/s':>14} {'ratio':>6} {'compile s':>10}")
     ratios, ours, theirs = [], [], []
     for r in range(1, args.rounds + 1):

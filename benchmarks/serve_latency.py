@@ -71,7 +71,8 @@ def main() -> None:
     for name, values in (("round trip (client)", rounds), ("inside the server (ms field)", inside)):
         p50, p90, p99 = np.percentile(values, [50, 90, 99])
         print(f"{name}: p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms over {len(values)} requests")
-    print(f"body: {np.mean([len(b) for b in bodies]):.0f} bytes on average; torch {mnistfx.environment('cpu')['torch']}")
+    print(f"body: {np.mean([len(b) for b in bodies]):.0f} bytes on average; torch {mnistfx.environment('cpu')['torch']}; "
+          f"{mnistfx.cpu_description()}")
 
 
 if __name__ == "__main__":

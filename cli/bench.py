@@ -33,13 +33,13 @@ def bench(device, model, members, batch_sizes, kinds, precision, seconds, repeat
     of an ensemble's vmapped step against separate steps)."""
     model = named_model(model)
     env = mnistfx.environment(device)
-    info = {"model": model, "device": env["device"], "device_name": env["device_name"], "precision": precision,
-            "torch": env["torch"], "mnistfx": env["mnistfx"]}
+    info = {"model": model, "device": env["device"], "device_name": env["device_name"], "cpu": env["cpu"],
+            "precision": precision, "torch": env["torch"], "mnistfx": env["mnistfx"]}
     mnistfx.use_compile_cache()
     quiet_torch_logs()
     ds = mnistfx.load_mnist(data_root)
     out = console(stderr=as_json)
-    out.print(" ".join(f"{k}={v}" for k, v in info.items()))
+    out.print(" ".join(f"{k}={v!r}" if " " in v else f"{k}={v}" for k, v in info.items()))
     from rich.table import Table
 
     if members:

@@ -47,7 +47,7 @@ _PUBLIC = {
     "make_server": "server", "DigitServer": "server",
     # where it runs, and how fast
     "resolve_device": "runtime", "use_compile_cache": "runtime", "environment": "runtime",
-    "benchmark": "bench", "benchmark_ensemble": "bench_ensemble", "keep_freed_memory": "runtime", "to_json": "_io",
+    "cpu_description": "runtime", "benchmark": "bench", "benchmark_ensemble": "bench_ensemble", "keep_freed_memory": "runtime", "to_json": "_io",
     # pictures (matplotlib, the optional "plot" extra)
     "plot_run": "plots", "plot_history": "plots", "plot_confusion": "plots", "plot_mistakes": "plots", "plot_members": "plots",
     # errors
@@ -98,7 +98,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .reading import FoundDigit, ReadDigit, Reading, find_digits, read_number
     from .server import DigitServer, make_server
     from .runs import Run, check_run_dir, default_run_dir, prepare_run_dir, run_folder, run_lock, save_run
-    from .runtime import environment, keep_freed_memory, resolve_device, use_compile_cache
+    from .runtime import cpu_description, environment, keep_freed_memory, resolve_device, use_compile_cache
     from .step import augment_batch, batch_inputs, compile_step, make_multi_step, make_train_step
     from .training import resume, train
     from .weights import Weights, load_model_weights, load_weights, save_weights

@@ -10,6 +10,7 @@ import functools
 from dataclasses import dataclass
 
 from ._checks import check_choice, check_fraction, check_positive, check_whole, is_whole
+from ._cpu import has_native_bf16
 from .constants import (MAX_BATCH_SIZE, MAX_ENSEMBLE, MAX_EPOCHS, MAX_SEED, MAX_STEPS_PER_CALL, MNIST_TRAIN_SIZE,
                         MODEL_NAME, MODELS, OPTIMIZERS, PRECISIONS)
 from .errors import ConfigError
@@ -182,6 +183,10 @@ _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # 0.1, label smoothing 0.1, the last epoch unaugmented, bf16 autocast forward. Chosen on the
 # validation split of seed 0 (--no-test): 10 epochs 99.50 % (with each block's last BN scale
 # starting at 0, which learned slowly), 15 epochs 99.64 %.
+# bf16 in both rests on the CPU kind they were chosen on (an AMD EPYC with AVX-512 BF16): there it
+# made the compiled step 1.3x (`tuned`, batch 256) and 2.1x (`resnet`) faster; on a newer EPYC kind,
+# also with AVX-512 BF16, it made no difference for `tuned`; where bf16 is emulated (AVX2 only) it was
+# 6.6x slower, so recipe() trains in float32 on a CPU without bf16 in hardware.
 RECIPES = {
     "default": {
         "tuned": TrainConfig(model="tuned", epochs=15, decay=0.2, steps_per_call=2),
@@ -203,7 +208,9 @@ def recipe(model: str, name: str = "default", /, **overrides) -> TrainConfig:
         model: a model name (see :data:`mnistfx.MODELS`); a model of your own gets the "default"
             recipe's values of :class:`TrainConfig`.
         name: a key of :data:`RECIPES`.
-        overrides: fields to replace (checked like any config's).
+        overrides: fields to replace (checked like any config's). A recipe whose forward pass is bf16
+            trains in float32 on a CPU without bf16 in hardware (see :func:`mnistfx.cpu_description`),
+            unless ``precision`` is given.
 
     Returns:
         A new, checked :class:`TrainConfig`.
@@ -223,4 +230,8 @@ def recipe(model: str, name: str = "default", /, **overrides) -> TrainConfig:
     if unknown:
         raise ConfigError(f"recipe() cannot set {unknown[0]!r}: it sets the fields of TrainConfig except model and "
                           f"recipe, which are its first two arguments")
+    device = overrides.get("device", base.device)
+    if (base.precision == "bf16" and "precision" not in overrides and isinstance(device, str)
+            and device.startswith("cpu") and not has_native_bf16()):
+        overrides = {**overrides, "precision": "fp32"}  # emulated bf16 is several times slower than float32
     return dataclasses.replace(base, **{"recipe": name, **overrides})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 from pathlib import Path
 
 import torch
 
+from ._cpu import cpu_info
 from ._io import user_cache_dir
 from .constants import DEVICES_HINT, VERSION
 from .errors import ConfigError
@@ -94,12 +96,31 @@ def _can_create(folder: Path) -> bool:
     return False
 
 
+def cpu_description() -> str:
+    """The CPU's model and the vector features that decide its speed with torch, e.g. ``"AMD EPYC, 2 cores:
+    AVX2, AVX-512, BF16 (no AMX)"``: figures measured on one CPU kind need not hold on another."""
+    model, flags = cpu_info()
+    model = model or platform.processor() or platform.machine() or "unknown CPU"
+    if flags:
+        features = {"AVX2": "avx2", "AVX-512": "avx512f", "BF16": "avx512_bf16", "AMX": "amx_tile"}
+        have = [name for name, flag in features.items() if flag in flags]
+        lacks = [name for name, flag in features.items() if flag not in flags]
+        vector = ", ".join(have) or "none of AVX2, AVX-512, BF16, AMX"
+        if have and lacks:
+            vector += f" (no {', '.join(lacks)})"
+    else:  # not Linux: what torch dispatches its kernels for
+        vector = torch.backends.cpu.get_cpu_capability()
+    return f"{model}, {os.cpu_count() or '?'} cores: {vector}"
+
+
 def environment(device) -> dict:
-    """What a measurement runs on: the device, its name (GPU model, or CPU threads) and the versions.
+    """What a measurement runs on: the device, its name (GPU model, or CPU threads), the CPU (see
+    :func:`cpu_description`) and the versions.
 
     Raises:
         ConfigError: the device is unknown or not available here (see :func:`resolve_device`).
     """
     dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    return {"device": str(dev), "device_name": name, "torch": torch.__version__, "mnistfx": VERSION}
+    return {"device": str(dev), "device_name": name, "cpu": cpu_description(), "torch": torch.__version__,
+            "mnistfx": VERSION}

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -95,19 +96,48 @@ def compiled_step():
 
 
 def test_compiled_step_matches_eager(compiled_step, test_slice):
+    """Compiled and eager differ only in float rounding (another summation order, fused kernels, another
+    vector width on another CPU), so each is held to what float32 arithmetic guarantees, against the same
+    step in float64: the loss and the gradients as accurate as eager's own, each update exactly Adam's
+    arithmetic on that step's own moments, and the parameters equal where the update is well conditioned."""
     model, eager, compiled = compiled_step
+    lr, adam_eps, u = 1e-3, 1e-8, torch.finfo(torch.float32).eps  # u: the spacing of float32 at 1
     params = model.init(0)
-    opt_state = mnistfx.adam(1e-3).init(params)
+    opt_state = mnistfx.adam(lr).init(params)
     x = model.preprocess(test_slice[0][:64])
     y = test_slice[1][:64]
     noise = model.dropout_noise(64, key=0)
     p1, _, s1, l1, _ = eager(params, {}, opt_state, x, y, noise)
     p2, _, s2, l2, _ = compiled(params, {}, opt_state, x, y, noise)
-    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
-    for k in p1:
-        # Adam's first step is ±lr wherever |grad| >> eps; allow 1 % of one step.
-        torch.testing.assert_close(p1[k], p2[k], rtol=1e-4, atol=1e-5)
-    assert s2["step"].item() == 1
+    double = {k: v.double() for k, v in params.items()}
+    p0, _, s0, l0, _ = eager(double, {}, mnistfx.adam(lr).init(double), x.double(), y,
+                             {k: v.double() for k, v in noise.items()})
+    assert s1["step"].item() == s2["step"].item() == 1
+
+    def within_eagers_rounding(fp32_eager, fp32_compiled, exact):
+        # compiled is as accurate as eager (a real error would be of the gradient's own size, not rounding's),
+        # with a floor of a few units of the last place in case eager happens to be exact
+        eager_err = (fp32_eager.double() - exact).abs().max()
+        compiled_err = (fp32_compiled.double() - exact).abs().max()
+        assert compiled_err <= 8 * eager_err + 16 * u * exact.abs().max(), (compiled_err, eager_err)
+
+    within_eagers_rounding(l1, l2, l0)
+    for k in params:  # after one step Adam's first moment is (1 - beta1) * grad: the gradients themselves
+        within_eagers_rounding(s1["mu"][k], s2["mu"][k], s0["mu"][k])
+    for new, state in ((p1, s1), (p2, s2)):
+        for k, p in params.items():
+            # given its moments, the first step p - lr * m/(1 - b1) / (sqrt(v/(1 - b2)) + eps) is well conditioned:
+            # a few roundings of the update (at most lr) and one of the subtraction
+            mu, nu = state["mu"][k].double(), state["nu"][k].double()
+            want = p.double() - lr * (mu / 0.1) / ((nu / 1e-3).sqrt() + adam_eps)
+            assert ((new[k].double() - want).abs() <= 8 * u * (p.double().abs() + lr)).all(), k
+    for k, p in params.items():
+        # where |grad| >> eps both take p - lr * sign(grad) * (1 - e) with 0 <= e <= eps/|grad|; nearer eps a
+        # grad's rounding moves the update by a large part of lr (the issue's 2.5 % on one element)
+        grad = s0["mu"][k] / 0.1
+        steady = grad.abs() > 1000 * adam_eps
+        bound = 8 * u * (p.double().abs() + lr) + 2 * lr * adam_eps / grad.abs()
+        assert ((p1[k].double() - p2[k].double()).abs() <= bound)[steady].all(), k
 
 
 @pytest.mark.slow
@@ -136,13 +166,24 @@ def test_one_cycle_schedule_warms_up_then_decays():
 def test_recipes_by_name():
     fast = mnistfx.recipe("tuned", "fast", seed=3)
     assert mnistfx.recipe("tuned").recipe == "default" and fast.recipe == "fast"
-    assert (fast.batch_size, fast.precision, fast.recipe, fast.seed) == (256, "bf16", "fast", 3)
+    assert (fast.batch_size, fast.recipe, fast.seed) == (256, "fast", 3)
     assert fast.warmup + fast.decay == 1 and fast.clean_epochs == 1 and fast.label_smoothing > 0
     assert mnistfx.recipe("tuned") == mnistfx.RECIPES["default"]["tuned"]
     with pytest.raises(mnistfx.MnistfxError, match="no 'fast' recipe for cnn: use one of default"):
         mnistfx.recipe("cnn", "fast")
     with pytest.raises(mnistfx.MnistfxError, match="unknown recipe 'slow'"):
         mnistfx.recipe("tuned", "slow")
+
+
+def test_a_bf16_recipe_trains_in_float32_where_the_cpu_would_emulate_bf16():
+    from mnistfx._cpu import has_native_bf16
+
+    assert mnistfx.RECIPES["fast"]["tuned"].precision == mnistfx.RECIPES["default"]["resnet"].precision == "bf16"
+    on_this_cpu = "bf16" if has_native_bf16() else "fp32"
+    assert mnistfx.recipe("tuned", "fast").precision == mnistfx.recipe("resnet").precision == on_this_cpu
+    assert mnistfx.recipe("tuned", "fast", precision="bf16").precision == "bf16"  # asked for: kept
+    assert mnistfx.recipe("tuned", "fast", device="cuda").precision == "bf16"  # GPUs: the recipe's own choice
+    assert mnistfx.recipe("tuned").precision == "fp32"
 
 
 def test_clean_epochs_are_the_last_ones(mnist):
@@ -161,7 +202,10 @@ def test_clean_epochs_are_the_last_ones(mnist):
 def test_bf16_learns_as_well_as_fp32(mnist):
     bf16 = mnistfx.train(_small(precision="bf16", label_smoothing=0.1), data=mnist)
     fp32 = mnistfx.train(_small(label_smoothing=0.1), data=mnist)
-    assert bf16.test.accuracy > 0.88 and abs(bf16.test.accuracy - fp32.test.accuracy) < 0.01
+    # The same seed's two runs part ways within a few steps (other rounding), so they differ as two seeds do:
+    # this run's test accuracy over fp32 seeds 0-3 was 90.2, 91.7, 91.1, 89.6 % (std 1.0 %, so 1.4 % for a
+    # difference of two runs); 4 % is three of those. Broken bf16 arithmetic does not learn at all.
+    assert bf16.test.accuracy > 0.88 and abs(bf16.test.accuracy - fp32.test.accuracy) < 0.04
 
 
 def test_the_step_uses_label_smoothing(test_slice):
@@ -249,6 +293,7 @@ def test_the_compile_cache_is_opt_in_and_falls_back_to_inductors_own(tmp_path, m
 def test_the_environment_names_the_device_and_versions():
     env = mnistfx.environment("cpu")
     assert env["device"] == "cpu" and "threads" in env["device_name"]
+    assert env["cpu"] == mnistfx.cpu_description() and f", {os.cpu_count()} cores: " in env["cpu"]
     assert env["torch"] == torch.__version__ and env["mnistfx"] == mnistfx.__version__
     with pytest.raises(mnistfx.ConfigError, match="unknown device 'tpu'"):
         mnistfx.environment("tpu")

@@ -1,0 +1,32 @@
+"""What CPU this is, read from ``/proc/cpuinfo`` without torch (the recipes consult it before torch loads)."""
+
+from __future__ import annotations
+
+import functools
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and instruction-set flags (Linux; elsewhere ``("", frozenset())``)."""
+    model, flags = "", frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:  # a few kB per core
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = " ".join(value.split())
+                elif key.strip() == "flags" and not flags:
+                    flags = frozenset(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def has_native_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic in hardware (AVX-512 BF16 or AMX), so that a bf16 forward
+    pass can pay. Elsewhere torch emulates bf16: on an AMD EPYC with AVX2 only, bf16 autocast made
+    `tuned`'s compiled train step 6.6× slower than float32 (998 against 6,554 img/s at batch 256,
+    2026-12-02). Unknown (not Linux): ``False``."""
+    return bool(cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
