@@ -42,18 +42,36 @@ def main(argv=None) -> int:
         status = cli.main(args=argv, prog_name="mnistfx", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         _error("interrupted")
-        return 130
+        return leave(130)
     except click.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "mnistfx"
         _error(f"{e.format_message()} (see `{cmd} --help`)")
-        return 2
+        return leave(2)
     except click.ClickException as e:
         _error(e.format_message())
-        return e.exit_code
+        return leave(e.exit_code)
     except MnistfxError as e:
         _error(str(e))
-        return 1
+        return leave(1)
     return status if isinstance(status, int) else 0  # a command's click.exceptions.Exit
+
+
+def leave(status: int) -> int:
+    """``status``, or, in a data-parallel rank that failed while in its process group, the end of the
+    process with ``status`` at once.
+
+    A group that a lost or stopped peer broke cannot be torn down: gloo's threads may still hold the
+    peer's unfinished work, whose tensors are freed during the interpreter's shutdown, and the process
+    then aborts in C++ (``terminate called without an active exception``, SIGABRT) after its one line.
+    So a failed rank flushes what it printed and leaves without the shutdown (its files are whole:
+    every one is written to a temp file and renamed).
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def _error(message: str) -> None:

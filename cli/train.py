@@ -101,8 +101,9 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
         signal.signal(signal.SIGTERM, functools.partial(_stopped, parallel.rank))
         if os.environ.get(PARENT_ENV) == str(os.getppid()):
             stop_with_parent()
+        # the group is left only by a rank whose run finished: one that a lost peer broke cannot be torn down
+        # (see mnistfx_cli.main.leave), and a failed rank leaves the process without it
         distributed.start(parallel)
-        click.get_current_context().call_on_close(distributed.stop)
         distributed.check_same_work(parallel, resume_dir is not None)
     if resume_dir is not None:
         # only rank 0 may see the run folder: it checks the checkpoint, then sends it to the others
@@ -146,8 +147,14 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
         if parallel is not None:  # stopping already: the launcher's SIGTERM must not cut into the error line
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise
-    if parallel is not None and not parallel.main:
-        return  # rank 0 writes the run and reports
+    if parallel is None or parallel.main:  # rank 0 writes the run and reports
+        _report(run, out, as_json)
+    if parallel is not None:
+        distributed.stop()
+
+
+def _report(run, out, as_json):
+    """Save a finished run in ``out`` and say what it scored (JSON on stdout with ``as_json``)."""
     paths = mnistfx.save_run(run, out)
     if as_json:
         click.echo(mnistfx.to_json({**run.summary(), "weights": str(paths["weights"]), "history_file": str(paths["history"])}))
