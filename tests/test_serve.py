@@ -4,6 +4,7 @@ the command's start and stop (the page itself: test_serve_page.py)."""
 import http.client
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -188,8 +189,10 @@ def test_port_in_use_and_bad_weights_are_one_line_errors(capsys, trained_tuned, 
 
 
 def test_ctrl_c_stops_the_command_cleanly(trained_tuned):
+    # PYTHONFAULTHANDLER: if it does not stop, SIGABRT makes it print every thread's stack (what it waited for)
     proc = subprocess.Popen([sys.executable, "-m", "mnistfx", "serve", str(trained_tuned), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     try:
         line = proc.stdout.readline()
         assert line.startswith("serving tuned from ") and "(Ctrl-C stops)" in line
@@ -197,10 +200,14 @@ def test_ctrl_c_stops_the_command_cleanly(trained_tuned):
         host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
         assert request((host, int(port)), "GET", "/api/health")[0] == 200
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        try:
+            out, err = proc.communicate(timeout=20)  # about 0.5 s alone, 1.5 s with four busy processes on 2 cores
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail(f"serve did not stop within 20 s of Ctrl-C; its threads:\n{proc.communicate(timeout=20)[1]}")
     finally:
         proc.kill()
-    assert proc.returncode == 0 and err.strip() == "stopped" and "Traceback" not in err
+    assert proc.returncode == 0 and err.strip() == "stopped" and "Traceback" not in err, err
 
 
 def test_an_opaque_rgba_png_is_read_as_its_gray_version(served, mnist):
