@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo's names for bf16 arithmetic in hardware
+
 
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> tuple[str, frozenset[str]]:
@@ -29,4 +31,4 @@ def has_native_bf16() -> bool:
     pass can pay. Elsewhere torch emulates bf16: on an AMD EPYC with AVX2 only, bf16 autocast made
     `tuned`'s compiled train step 6.6× slower than float32 (998 against 6,554 img/s at batch 256,
     2026-12-02). Unknown (not Linux): ``False``."""
-    return bool(cpu_info()[1] & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_info()[1] & BF16_FLAGS)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ._cpu import cpu_info
+from ._cpu import BF16_FLAGS, cpu_info
 from ._io import user_cache_dir
 from .constants import DEVICES_HINT, VERSION
 from .errors import ConfigError
@@ -102,9 +102,9 @@ def cpu_description() -> str:
     model, flags = cpu_info()
     model = model or platform.processor() or platform.machine() or "unknown CPU"
     if flags:
-        features = {"AVX2": "avx2", "AVX-512": "avx512f", "BF16": "avx512_bf16", "AMX": "amx_tile"}
-        have = [name for name, flag in features.items() if flag in flags]
-        lacks = [name for name, flag in features.items() if flag not in flags]
+        features = {"AVX2": {"avx2"}, "AVX-512": {"avx512f"}, "BF16": BF16_FLAGS, "AMX": {"amx_tile"}}
+        have = [name for name, names in features.items() if flags & names]
+        lacks = [name for name in features if name not in have]
         vector = ", ".join(have) or "none of AVX2, AVX-512, BF16, AMX"
         if have and lacks:
             vector += f" (no {', '.join(lacks)})"
