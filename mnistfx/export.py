@@ -125,52 +125,165 @@ def export_program(weights, path, *, overwrite: bool = False) -> Path:
 _PLAIN = re.compile(r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
                     r"|models/model\.json|data/weights/weight_\d+|data/constants/tensor_\d+"
                     r"|data/(weights|constants)/model_(weights|constants)_config\.json|data/sample_inputs/model\.pt")
+# The strings of a program's graph that torch's deserializer evaluates, runs or resolves, in the grammar
+# torch.export writes them: a symbolic size is sympy's srepr (which sympify evaluates), a node's target
+# an operator that the program calls, a name an attribute path or a variable of generated code.
+_EXPR_TOKEN = re.compile(r"\s+|-?\d+|[(),*+/-]|Symbol\('[su]\d+'(?:, [a-z]+=(?:True|False))*\)|true|false|oo"
+                         r"|(?:Integer|Rational|Add|Mul|Pow|Max|Min|FloorDiv|CeilDiv|CleanDiv|Mod|PythonMod"
+                         r"|ModularIndexing|FloorToInt|CeilToInt|IntTrueDiv|Eq|Ne|Lt|Le|Gt|Ge|StrictLessThan"
+                         r"|StrictGreaterThan|LessThan|GreaterThan|Equality|Unequality|And|Or|Not)(?=\()")
+_EXPR_MAX_CHARS = 4096
+_TARGET = re.compile(r"torch\.ops\.aten\.[a-z_][a-z0-9_]*\.[A-Za-z][A-Za-z0-9_]*"
+                     r"|_operator\.(?:getitem|add|sub|mul|floordiv|truediv|mod|neg|pow|eq|ne|lt|le|gt|ge)"
+                     r"|torch\.sym_(?:float|int|max|min|not|ite|sqrt|sum)")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ATTRIBUTE = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
+_ATTRIBUTE_KEYS = {"parameter_name", "buffer_name", "tensor_constant_name", "fqn"}
+_VARIABLE_KEYS = {"name", "as_name"}
+_REFUSED_KEYS = {"as_graph", "as_graphs", "as_custom_obj", "as_operator", "custom_obj_name"}  # code and objects
+_METADATA_KEYS = {"stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn"}  # shown in generated code
+_TREESPEC_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")  # a line break inside generated code's comment
+_ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16, 12: 1, 13: 2, 28: 2, 29: 1, 30: 1,
+             31: 1, 32: 1, 33: 1, 34: 4, 35: 8}  # torch.export's dtype codes
 
 
 def load_program(path) -> torch.export.ExportedProgram:
-    """Read a ``.pt2`` program as :func:`export_program` writes it, checked so that nothing is unpickled.
+    """Read a ``.pt2`` program as :func:`export_program` writes it, checked so that nothing in it runs.
 
-    ``torch.export.load`` itself unpickles parts of a ``.pt2`` archive that ask for it (tensors
-    marked as pickled, custom objects, example inputs), some without ``weights_only``, so a
-    crafted file could run code. This reads the archive's table first and refuses any part that
-    would be unpickled; call ``.module()`` on the result to run it.
+    ``torch.export.load`` unpickles parts of a ``.pt2`` archive that ask for it (tensors marked as
+    pickled, custom objects, example inputs), some without ``weights_only``; it evaluates the graph's
+    symbolic sizes with ``sympy.sympify``, runs its guards as Python code, resolves each node's target
+    by name (``torch.os.system`` is a name) and writes names and stack traces into generated code. So
+    a crafted file could run code. This reads the archive first and refuses it unless every part is a
+    plain tensor no larger than its recorded shape needs, and every string torch would evaluate, run
+    or resolve is in the grammar torch.export writes (symbolic sizes of sympy's own functions, ATen
+    operators, plain names, no guards); call ``.module()`` on the result to run it.
 
     Raises:
         MnistfxError: the file is missing, too large, not a ``.pt2`` archive, or holds anything
-            but plain tensors and the graph.
+            but plain tensors and a graph in that grammar.
     """
-    fix = "pass a .pt2 file written by mnistfx export (other .pt2 files may hold pickled code)"
+    fix = "pass a .pt2 file written by mnistfx export (other .pt2 files may hold code)"
     data = read_limited(path, WEIGHTS_MAX_BYTES, what="program", fix=fix, error=MnistfxError)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            _check_plain(archive)
-            # an ExportedProgram that holds no pickle: all is JSON and raw tensor bytes
+            _check_archive(archive)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return torch.export.load(io.BytesIO(data))
     except MnistfxError as e:
         raise MnistfxError(f"{path}: {e}: {fix}") from None
-    except Exception as e:  # zip errors, torch's own checks: all mean "not such a program"
+    except Exception as e:  # zip errors, torch's own checks, JSON nested past recursion: all mean "not such a program"
         raise MnistfxError(f"{path} is not a torch.export program ({first_line(e)}): {fix}") from None
 
 
-def _check_plain(archive: zipfile.ZipFile) -> None:
-    """Refuse an archive with any part that ``torch.export.load`` would unpickle."""
-    roots = {info.filename.partition("/")[0] for info in archive.infolist()}
+def _check_archive(archive: zipfile.ZipFile) -> None:
+    """Refuse an archive with any part that ``torch.export.load`` would unpickle, evaluate or run."""
+    infos = archive.infolist()
+    roots = {info.filename.partition("/")[0] for info in infos}
     if len(roots) != 1:
         raise MnistfxError("not one archive folder")
-    if sum(info.file_size for info in archive.infolist()) > WEIGHTS_MAX_BYTES:
-        raise MnistfxError(f"it would inflate to more than {WEIGHTS_MAX_BYTES:,} bytes")
-    for info in archive.infolist():
+    parts = {}
+    for info in infos:
         name = info.filename.partition("/")[2]
-        if name.endswith(".json") and info.file_size > _JSON_MAX_BYTES:
-            raise MnistfxError(f"its {name} would inflate to {info.file_size:,} bytes")
         if not _PLAIN.fullmatch(name) or (name.startswith("data/sample_inputs/") and info.file_size):
             raise MnistfxError(f"it holds {name!r}, which is not a plain tensor or the graph")
-        if name.endswith("_config.json"):
-            config = json.loads(archive.read(info)).get("config", {})
-            if any(entry.get("use_pickle", True) for entry in config.values()):
-                raise MnistfxError(f"{name} asks for pickled tensors")
+        if name.endswith(".json") and info.file_size > _JSON_MAX_BYTES:
+            raise MnistfxError(f"its {name} would inflate to {info.file_size:,} bytes")
+        if name in parts:
+            raise MnistfxError(f"it holds {name!r} twice")
+        parts[name] = info
+    if "models/model.json" not in parts:
+        raise MnistfxError("it holds no graph (models/model.json)")
+    tensors = {}  # each tensor file's name, and the bytes its recorded shape and dtype need
+    for kind in ("weights", "constants"):
+        info = parts.get(f"data/{kind}/model_{kind}_config.json")
+        config = json.loads(archive.read(info)).get("config", {}) if info else {}
+        for entry in config.values():
+            if entry.get("use_pickle", True):
+                raise MnistfxError(f"its {kind} ask for pickled tensors")
+            tensors[f"data/{kind}/{entry['path_name']}"] = _storage_bytes(entry["tensor_meta"])
+    for name, info in parts.items():
+        if name.startswith(("data/weights/weight_", "data/constants/tensor_")) \
+                and info.file_size > tensors.get(name, 0):
+            raise MnistfxError(f"its {name} would inflate to {info.file_size:,} bytes, more than its tensor holds")
+    _check_graph(json.loads(archive.read(parts["models/model.json"])))
+
+
+def _storage_bytes(meta: dict) -> int:
+    """The bytes a tensor of this recorded shape, strides, offset and dtype can read."""
+    sizes = [d["as_int"] for d in meta["sizes"]]
+    strides = [d["as_int"] for d in meta["strides"]]
+    if not all(isinstance(v, int) and v >= 0 for v in [*sizes, *strides]) or meta["dtype"] not in _ITEMSIZE:
+        raise MnistfxError("a tensor's recorded shape is not one of whole sizes of a known dtype")
+    if 0 in sizes:
+        return 0
+    return (meta["storage_offset"]["as_int"] + sum((n - 1) * s for n, s in zip(sizes, strides)) + 1) \
+        * _ITEMSIZE[meta["dtype"]]
+
+
+def _check_graph(node, key: str = "") -> None:
+    """Refuse a graph (``models/model.json``) with any string outside the grammar torch.export writes."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in _REFUSED_KEYS:
+                raise MnistfxError(f"its graph holds {k!r} (code or an object, not plain tensors)")
+            if k == "guards_code" and v != []:
+                raise MnistfxError("its graph holds guards, which torch runs as Python code")
+            if k == "treespec_namedtuple_fields" and v != {}:
+                raise MnistfxError("its graph's inputs or outputs are named tuples, whose names torch writes into code")
+            if k in ("in_spec", "out_spec"):
+                _check_treespec(v)
+            elif k == "metadata" and isinstance(v, dict) and key == "nodes":
+                for m in v:
+                    if m not in _METADATA_KEYS:
+                        raise MnistfxError(f"a node of its graph holds metadata {m!r}")
+            _check_graph(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            _check_graph(v, key)
+    elif isinstance(node, str):
+        if _CONTROL.search(node):
+            raise MnistfxError(f"its graph holds a {key or 'string'} with control characters")
+        if key == "expr_str":
+            _check_expr(node)
+        elif key == "target" and ("__" in node or not _TARGET.fullmatch(node)):
+            raise MnistfxError(f"its graph calls {node[:80]!r}, which is not an ATen operator")
+        elif key in _ATTRIBUTE_KEYS and node and ("__" in node or not _ATTRIBUTE.fullmatch(node)):
+            raise MnistfxError(f"its graph names an attribute {node[:80]!r}")
+        elif key in _VARIABLE_KEYS and not _VARIABLE.fullmatch(node):
+            raise MnistfxError(f"its graph names a value {node[:80]!r}")
+
+
+def _check_expr(expr: str) -> None:
+    """A symbolic size must be sympy's srepr of sizes, whole numbers and sympy's arithmetic: ``sympify``
+    evaluates it as Python."""
+    at = 0
+    while at < len(expr) <= _EXPR_MAX_CHARS:
+        token = _EXPR_TOKEN.match(expr, at)
+        if token is None:
+            break
+        at = token.end()
+    if at != len(expr) or not expr:
+        raise MnistfxError(f"its graph holds a symbolic size {expr[:80]!r} outside sympy's arithmetic of sizes")
+
+
+def _check_treespec(spec) -> None:
+    """Inputs and outputs must be tensors in tuples, lists and dicts with plain keys: torch writes the
+    keys into generated code."""
+    if not isinstance(spec, str):
+        raise MnistfxError("its graph's inputs or outputs are not described as torch.export describes them")
+    stack = [json.loads(spec)[1]]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict) or node.get("type") not in _TREESPEC_TYPES:
+            raise MnistfxError("its graph's inputs or outputs are not tensors in tuples, lists and dicts")
+        if node["type"] == "builtins.dict":
+            keys = json.loads(node["context"])
+            if not all(isinstance(k, str) and _VARIABLE.fullmatch(k) for k in keys):
+                raise MnistfxError("its graph's inputs or outputs have keys that are not plain names")
+        stack.extend(node.get("children_spec", []))
 
 
 def require_onnx() -> None:

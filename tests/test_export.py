@@ -1,9 +1,11 @@
 """`mnistfx export`: ONNX files run in onnxruntime, and torch.export programs, give mnistfx's logits."""
 
 import io
+import json
 import os
 import stat
 import sys
+import warnings
 import zipfile
 
 import pytest
@@ -155,3 +157,88 @@ def test_load_program_refuses_an_archive_that_inflates_too_far(tmp_path):
     assert bomb.stat().st_size < 1 << 20
     with pytest.raises(mnistfx.MnistfxError, match="would inflate"):
         load_program(bomb)
+
+
+@pytest.fixture(scope="module")
+def honest_program(tmp_path_factory):
+    """The bytes of a `tuned` program as mnistfx export writes it."""
+    weights = tmp_path_factory.mktemp("honest") / "tuned.safetensors"
+    mnistfx.save_weights(weights, mnistfx.get_model("tuned").init(0), {"model": "tuned"})
+    return mnistfx.export_program(weights, weights.with_suffix(".pt2")).read_bytes()
+
+
+def edited_program(data: bytes, path, graph=None, entry=None):
+    """``data`` (a .pt2) written to ``path`` with its graph changed by ``graph`` (on the parsed JSON), or
+    one of its entries' bytes by ``entry(name, bytes)``."""
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(path, "w") as out:
+        for info in source.infolist():
+            part = source.read(info)
+            if graph and info.filename.endswith("models/model.json"):
+                model = json.loads(part)
+                graph(model)
+                part = json.dumps(model).encode()
+            out.writestr(info.filename, entry(info.filename, part) if entry else part)
+    return path
+
+
+def _code(marker) -> str:
+    return f"__import__('builtins').open({str(marker)!r}, 'w')"
+
+
+def _size(model):
+    return model["graph_module"]["graph"]["tensor_values"]["images"]["sizes"][0]["as_expr"]
+
+
+def _node(model):
+    return model["graph_module"]["graph"]["nodes"][1]
+
+
+EDITS = {  # what a crafted graph may hold that torch would evaluate, run or resolve, and what load_program says
+    "a symbolic size that is code": (lambda m, code: _size(m).update(
+        expr_str=f"{code} and Symbol('s34', positive=True, integer=True)"), "symbolic size"),
+    "a size of a name that is no symbol": (lambda m, code: _size(m).update(expr_str="Symbol('x.y')"), "symbolic size"),
+    "guards": (lambda m, code: m.update(guards_code=[f"{code} is None"]), "guards"),
+    "a call of another function": (lambda m, code: _node(m).update(target="torch.os.system"), "not an ATen operator"),
+    "a dunder path to an operator": (lambda m, code: _node(m).update(target="torch.ops.aten.__class__.__init__"),
+                                     "not an ATen operator"),
+    "a stack trace that breaks out of its comment": (lambda m, code: _node(m)["metadata"].update(
+        stack_trace=f'File "x.py", line 1, in f\n    x = 1\r{code}\n'), "control characters"),
+    "metadata that generated code shows": (lambda m, code: _node(m)["metadata"].update(custom={"a": code}),
+                                           "metadata 'custom'"),
+    "named tuple fields": (lambda m, code: m["graph_module"].update(treespec_namedtuple_fields={
+        "x": {"field_names": [code]}}), "named tuples"),
+    "an attribute path through a dunder": (lambda m, code: m["graph_module"]["signature"]["input_specs"][0][
+        "parameter"].update(parameter_name="members.__class__"), "attribute"),
+    "a value name that is not a name": (lambda m, code: m["graph_module"]["graph"]["outputs"][0]["as_tensor"].update(
+        name="x; import os"), "value"),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_load_program_refuses_a_graph_that_would_run_code(edit, honest_program, tmp_path):
+    change, message = EDITS[edit]
+    marker = tmp_path / "ran"
+    path = edited_program(honest_program, tmp_path / "crafted.pt2", lambda m: change(m, _code(marker)))
+    with pytest.raises(mnistfx.MnistfxError, match=message):
+        load_program(path)
+    assert not marker.exists()
+
+
+def test_torch_itself_runs_the_crafted_size(honest_program, tmp_path):
+    """The attack load_program refuses is real: torch.export.load evaluates the size's string."""
+    marker = tmp_path / "ran"
+    change, _ = EDITS["a symbolic size that is code"]
+    path = edited_program(honest_program, tmp_path / "crafted.pt2", lambda m: change(m, _code(marker)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.load(path)
+    assert marker.exists()
+
+
+def test_load_program_refuses_a_tensor_that_inflates_past_its_shape(honest_program, tmp_path):
+    path = edited_program(honest_program, tmp_path / "big.pt2",
+                          entry=lambda name, part: part * 2 if name.endswith("weights/weight_0") else part)
+    with pytest.raises(mnistfx.MnistfxError, match="weight_0 would inflate to .* more than its tensor holds"):
+        load_program(path)
+    honest = edited_program(honest_program, tmp_path / "honest.pt2")  # rewritten unchanged: still loads
+    assert load_program(honest).module()(torch.zeros(2, 28, 28, dtype=torch.uint8)).shape == (2, 10)
