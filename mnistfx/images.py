@@ -28,6 +28,9 @@ DECODE_SIDE = 1024              # images are shrunk to about this many pixels a 
 JPEG_MAX_SCANS = 64            # a progressive JPEG has about ten; each one more is a full decoding pass
 JPEG_MAX_SEGMENTS = 256        # APPn and COM segments: a photo has a handful, and Pillow keeps each one
 PNG_MAX_CHUNKS = 10_000        # a large photo has a few thousand IDAT chunks; Pillow walks every chunk
+PY_DECODE_MAX_PIXELS = 1 << 20  # files Pillow decodes in Python (run-length BMP, plain-text PBM/PGM/PPM): ~0.6 µs a pixel
+MIN_DIGIT_PART = 1 / 8          # a digit's ink spans at least this part of its image's longer side...
+MIN_DIGIT_PIXELS = 3            # ...and at least this many pixels: a speck or a tap of the pen is not a digit
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "PPM")  # no ICO (images in a container), no TIFF (libtiff prints)
 _FIX = "pass an image (PNG, JPEG, ...) of one digit"
 
@@ -103,6 +106,11 @@ def prepare_digit(image, *, invert: bool | None = None, alpha=None, source: str 
     rows, cols = np.nonzero(ink > 0.5)  # the strokes' cores; a speck far away must not stretch the box
     r0, r1 = np.quantile(rows, [0.002, 0.998]).round().astype(int)
     c0, c1 = np.quantile(cols, [0.002, 0.998]).round().astype(int)
+    span = max(r1 - r0, c1 - c0) + 1
+    if span < max(MIN_DIGIT_PIXELS, MIN_DIGIT_PART * max(gray.shape)):
+        raise MnistfxError(f"{source} shows no digit, only a mark {span} pixels across in an image of "
+                           f"{gray.shape[1]}×{gray.shape[0]} (a digit spans at least {MIN_DIGIT_PART:.0%} of it): "
+                           f"crop the image to the digit, or {_FIX}")
     crop = torch.from_numpy(np.ascontiguousarray(ink[r0:r1 + 1, c0:c1 + 1]))
     h, w = crop.shape
     scale = 20.0 / max(h, w)
@@ -186,13 +194,17 @@ def decode_sized(data: bytes, source: str, *, fix: str = _FIX) -> tuple[np.ndarr
             if width < 1 or height < 1 or width * height > IMAGE_MAX_PIXELS \
                     or max(width, height) > IMAGE_MAX_ASPECT * min(width, height):
                 raise MnistfxError(f"{source} claims {width}×{height} pixels: {limits}")
+            if width * height > PY_DECODE_MAX_PIXELS and any(tile[0] in Image.DECODERS for tile in img.tile):
+                raise MnistfxError(f"{source} is a {img.format} of {width}×{height} pixels stored in a way that is "
+                                   f"decoded slowly (run-length or plain text); such files are read up to "
+                                   f"{PY_DECODE_MAX_PIXELS:,} pixels: save it as PNG, or {fix}")
             img.draft(img.mode, (DECODE_SIDE, DECODE_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 size
             img.load()
             drafted = img.size
             img = ImageOps.exif_transpose(img)  # as a viewer shows it
             if img.size != drafted:  # turned a quarter
                 width, height = height, width
-            return (*_gray(img), (width, height))
+            return (*_gray(img, source, fix), (width, height))
     except MnistfxError:
         raise
     except Exception as e:  # PIL's decoders raise OSError, ValueError, SyntaxError, EOFError and more alike
@@ -217,9 +229,15 @@ def _check_structure(source: str, data: bytes, fix: str) -> None:
             raise MnistfxError(f"{source} is a PNG of more than {PNG_MAX_CHUNKS:,} chunks: {fix}")
 
 
-def _gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def _gray(img: Image.Image, source: str, fix: str) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 gray of a decoded image, shrunk to about :data:`DECODE_SIDE`; transparency as 0 alpha."""
-    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit (or wider) gray: scale, not clip
+    if img.mode == "F":  # float gray (PFM): 0-1 as such files hold it, or 0-255
+        a = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise MnistfxError(f"{source} holds NaN or infinite values: {fix}")
+        top = 1.0 if a.max(initial=0) <= 1 else 255.0
+        img = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8))
+    elif img.mode.startswith("I;16") or img.mode == "I":  # 16-bit (or wider) gray: scale, not clip
         a = np.asarray(img)
         top = 65535 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255
         img = Image.fromarray(np.clip(np.rint(a.astype(np.float32) * (255.0 / top)), 0, 255).astype(np.uint8))

@@ -27,7 +27,9 @@ MAX_RUNS = 200_000      # runs of ink along rows; a page of handwriting at 1024 
 STRONG, FAINT = 0.35, 0.15  # ink thresholds, as parts of the contrast between paper and ink
 MIN_CONTRAST = 24       # gray levels between paper and ink, as prepare_digit asks of one digit
 SPECK_AREA = 0.01       # components smaller than this part of the largest are specks...
-SPECK_HEIGHT = 0.3      # ...and so are groups shorter than this part of a digit's usual height
+SPECK_HEIGHT = 0.3      # ...and so are groups shorter than this part of a digit's usual height,
+MIN_HEIGHT = 6          # ...or than this many pixels (no digit can be read from fewer),
+MIN_HEIGHT_PART = 0.02  # ...or than this part of the image's shorter side (a speck on a blank page)
 MERGE_OVERLAP = 0.5     # components sharing this part of the narrower one's columns are one digit
 TIE = 1.25              # invert=None: how much more the ink against the border's shade must stand out
 LINE = 4                # components this many times longer than the usual one is tall are lines, not digits
@@ -128,8 +130,8 @@ def find_digits(image, *, invert: bool | None = None, source: str | None = None)
     keep = held[labels] > 0
     rows, starts, ends = rows[keep], starts[keep], ends[keep]
     labels = np.unique(labels[keep], return_inverse=True)[1].reshape(-1)
-    groups, boxes = _digits(rows, starts, ends, labels, source)
     h, w = ink.shape
+    groups, boxes = _digits(rows, starts, ends, labels, (h, w), source)
     lengths = ends - starts
     owner = np.zeros(h * w, np.int32)  # each pixel's digit (1, 2, ...), 0 for paper and specks
     owner[np.repeat(rows * w + starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())] = \
@@ -245,9 +247,9 @@ def _components(mask: np.ndarray, source: str):
     return rows, starts, ends, labels
 
 
-def _digits(rows, starts, ends, labels, source: str):
+def _digits(rows, starts, ends, labels, shape: tuple[int, int], source: str):
     """Components grouped into digits: each component's digit (-1 for a speck), and the digits'
-    boxes ``(x0, y0, x1, y1)`` (ends exclusive), left to right."""
+    boxes ``(x0, y0, x1, y1)`` (ends exclusive), left to right, in an image of ``shape`` (H, W)."""
     k = int(labels.max()) + 1 if labels.size else 0
     x0, y0 = np.full(k, np.iinfo(np.int64).max), np.full(k, np.iinfo(np.int64).max)
     x1, y1 = np.zeros(k, np.int64), np.zeros(k, np.int64)
@@ -274,9 +276,12 @@ def _digits(rows, starts, ends, labels, source: str):
         group[c] = len(boxes) - 1
     heights = np.array([b[3] - b[1] for b in boxes])
     usual = np.median(heights[heights >= 0.5 * heights.max()]) if boxes else 0
-    kept = [i for i, hgt in enumerate(heights) if hgt >= SPECK_HEIGHT * usual]
+    least = max(MIN_HEIGHT, MIN_HEIGHT_PART * min(shape))
+    kept = [i for i, hgt in enumerate(heights) if hgt >= max(SPECK_HEIGHT * usual, least)]
     if not kept:
-        raise MnistfxError(f"{source} shows no digits (only specks stand out from the paper): {_FIX}")
+        tallest = f"the tallest is {heights.max()} of {shape[1]}×{shape[0]} pixels, " if boxes else ""
+        raise MnistfxError(f"{source} shows no digits (only specks stand out from the paper: {tallest}a digit is at "
+                           f"least {least:.0f} tall): {_FIX}")
     if len(kept) > MAX_DIGITS:
         raise MnistfxError(f"{source} shows {len(kept)} marks the size of digits, more than a number mnistfx reads "
                            f"(at most {MAX_DIGITS}): {_FIX}")

@@ -141,3 +141,67 @@ def test_prepared_photos_are_read_right_and_plain_resizes_are_not(mnist, photos,
 def test_prepare_digit_refuses_an_image_with_no_ink():
     with pytest.raises(mnistfx.MnistfxError, match="shows no digit"):
         mnistfx.prepare_digit(np.full((50, 50), 200, np.uint8))
+
+
+def test_a_speck_or_a_tap_of_the_pen_is_no_digit(digits):
+    tiny = np.zeros((2, 2), np.uint8)
+    tiny[0, 0] = 255
+    tap = np.zeros((280, 280), np.uint8)  # the drawing page's pen: 20 pixels wide on a 280-pixel canvas
+    yy, xx = np.mgrid[:280, :280]
+    tap[(yy - 140) ** 2 + (xx - 140) ** 2 <= 100] = 255
+    for image, across in ((tiny, 1), (tap, 19)):
+        with pytest.raises(mnistfx.MnistfxError, match=f"shows no digit, only a mark {across} pixels across"):
+            mnistfx.prepare_digit(image)
+    short_one = np.zeros((280, 280), np.uint8)
+    short_one[100:150, 135:145] = 255  # a stroke 50 pixels tall is a digit (a 1)
+    assert mnistfx.prepare_digit(short_one).shape == (28, 28)
+    for d in digits:  # MNIST's own digits, and copies of them in a corner of a larger image, are digits
+        corner = np.zeros((84, 84), np.uint8)
+        corner[:28, :28] = d.numpy()
+        assert mnistfx.prepare_digit(d).shape == mnistfx.prepare_digit(corner).shape == (28, 28)
+
+
+def test_a_float_image_is_scaled_as_it_is_stored(digits, tmp_path):
+    """A PFM holds floats in 0-1: read as the same digit's 8-bit PNG is."""
+    floats, plain = [], []
+    for i, d in enumerate(digits):
+        floats.append(tmp_path / f"{i}.pfm")
+        Image.fromarray(d.numpy().astype(np.float32) / 255, "F").save(floats[-1])
+        plain.append(tmp_path / f"{i}.png")
+        Image.fromarray(d.numpy()).save(plain[-1])
+    assert torch.equal(mnistfx.read_digit_images(floats), mnistfx.read_digit_images(plain))
+    nan = np.full((28, 28), np.nan, np.float32)
+    Image.fromarray(nan, "F").save(tmp_path / "nan.pfm")
+    with pytest.raises(mnistfx.MnistfxError, match="nan.pfm holds NaN or infinite values"):
+        mnistfx.read_digit_images([tmp_path / "nan.pfm"])
+
+
+def _plain_pgm(width: int, height: int) -> bytes:
+    rows = np.zeros((height, width), np.uint8)
+    rows[height // 4: 3 * height // 4, width // 2 - 2: width // 2 + 2] = 255  # a 1
+    return f"P2\n{width} {height}\n255\n".encode() + " ".join(map(str, rows.ravel().tolist())).encode()
+
+
+def _rle8_bmp(width: int, height: int) -> bytes:
+    """A run-length BMP (RLE8) of ``width`` × ``height``: 2 bytes a run of 255 pixels."""
+    import struct
+
+    line = b"".join(bytes((min(255, width - x), 0)) for x in range(0, width, 255)) + b"\x00\x00"
+    data = line * height + b"\x00\x01"
+    palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
+    offset = 14 + 40 + len(palette)
+    return (b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset)
+            + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(data), 2835, 2835, 256, 0) + palette + data)
+
+
+def test_files_decoded_in_python_are_bounded_by_pixels(tmp_path):
+    """Pillow decodes run-length BMPs and plain-text PGMs in Python: such files are read only up to
+    a megapixel (a few kB of RLE can claim 40), refused from their header before decoding."""
+    (tmp_path / "small.pgm").write_bytes(_plain_pgm(60, 60))
+    assert mnistfx.read_digit_images([tmp_path / "small.pgm"]).shape == (1, 28, 28)
+    for name, data in (("big.pgm", _plain_pgm(1100, 1000)), ("big.bmp", _rle8_bmp(5000, 4000))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(mnistfx.MnistfxError, match=f"{name} is a .* pixels stored in a way that is decoded "
+                                                       "slowly.*save it as PNG"):
+            mnistfx.read_digit_images([tmp_path / name])
+    assert len(_rle8_bmp(5000, 4000)) < 200_000

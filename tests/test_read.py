@@ -157,6 +157,14 @@ def _huge(tmp_path):
     return path
 
 
+def _speck_on_blank_paper(tmp_path):
+    paper = np.asarray(Image.open(_blank_paper(tmp_path))).copy()
+    paper[100:103, 300:303] = 20  # one dark 3×3 speck: the largest mark, and no digit
+    Image.fromarray(paper).save(tmp_path / "speck.png")
+    (tmp_path / "blank.png").unlink()
+    return tmp_path / "speck.png"
+
+
 def _not_an_image(tmp_path):
     (tmp_path / "x.png").write_text("not an image")
     return tmp_path / "x.png"
@@ -169,6 +177,7 @@ def _unknown_model(tmp_path):
 
 @pytest.mark.parametrize("make, weights_from, fragments", [
     (_blank_paper, None, ("blank.png shows no digits", "nothing stands out from the paper")),
+    (_speck_on_blank_paper, None, ("speck.png shows no digits", "only specks", "a digit is at least 6 tall")),
     (_many_marks, None, ("marks.png shows 120 marks the size of digits", "at most 100")),
     (_huge, None, ("claims 400,000,000 pixels", "images of up to 40,000,000 pixels")),
     (lambda tmp_path: tmp_path / "missing.png", None, ("missing.png", "No such file")),
