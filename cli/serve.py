@@ -24,7 +24,7 @@ def serve(weights, host, port, model_spec, device):
     server = mnistfx.make_server(w, host, port, log=lambda line: click.echo(printable(line), err=True))
     name = w.model.name if w.members is None else f"an ensemble of {w.members} {w.model.name}"
     click.echo(f"serving {name} from {printable(weights)} at {server.url} (Ctrl-C stops)")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not server.local_only:
         click.echo("note: other machines can reach this server; it has no login", err=True)
     try:
         server.serve_forever()

@@ -6,11 +6,22 @@ image file (the page sends a PNG of its canvas) and answers the label, the ten p
 28×28 image the model saw and the milliseconds taken. Images are prepared exactly as
 ``mnistfx predict`` prepares files. Each connection has its own thread and deadlines; images are
 decoded and answered one at a time.
+
+The HTTP layer is the standard library's, with limits of its own (the API is two routes, and this
+keeps ``serve`` free of extras): a request's line and headers are capped at :data:`MAX_HEADER_BYTES`
+and must arrive within :data:`HEADER_DEADLINE`, its body at :data:`MAX_BODY` within
+:data:`BODY_DEADLINE`; a body that is not read closes the connection (so it is never parsed as the
+next request); ``Expect: 100-continue`` is answered only after the length is checked; ``HEAD``
+answers ``GET``'s headers. At most :data:`MAX_CONNECTIONS` are open; when all are, the one that has
+waited longest for its request is cut off to make room, so slow clients cannot hold every slot.
+Failures are logged at most :data:`LOG_BURST` lines a minute.
 """
 
 from __future__ import annotations
 
 import errno
+import http.client
+import ipaddress
 import json
 import socket
 import sys
@@ -28,10 +39,12 @@ from .images import decode_image, prepare_digit
 from .weights import Weights, load_model_weights
 
 MAX_BODY = 2 << 20       # bytes; the page's PNGs are a few kB
+MAX_HEADER_BYTES = 16 << 10  # a request line and its headers; a browser's are under 2 kB
 IDLE_TIMEOUT = 10        # seconds a connection may wait between two reads
 HEADER_DEADLINE = 10     # seconds a request line and its headers may take to arrive in all (or an idle kept-alive wait)
 BODY_DEADLINE = 30       # seconds a request body may take to arrive in all
-MAX_CONNECTIONS = 64     # open at once; more are answered 503 at once
+MAX_CONNECTIONS = 64     # open at once; when all are, the one waiting longest for its request is cut off
+LOG_BURST = 5            # failure lines logged a minute; more are counted, not printed
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"), "/style.css": ("style.css", "text/css; charset=utf-8")}
 _SOURCE = "the posted image"
@@ -74,8 +87,11 @@ class DigitServer(ThreadingHTTPServer):
     def __init__(self, address, predictor: Predictor, *, log=None):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.predictor, self.log = predictor, log
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.predictor, self.log = predictor, (_Log(log) if log else None)
+        self.lock = threading.Lock()
+        self.open = 0           # connections with a thread
+        self.cut = 0            # of them, cut off to make room and not yet ended
+        self.waiting = {}       # handler -> when it began to wait for its request (insertion order: oldest first)
         super().__init__(address, _Handler)
 
     @property
@@ -84,8 +100,21 @@ class DigitServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
+    @property
+    def local_only(self) -> bool:
+        """Whether only this machine can reach the server (it listens on a loopback address)."""
+        return ipaddress.ip_address(self.server_address[0].partition("%")[0]).is_loopback
+
     def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
+        with self.lock:
+            if self.open - self.cut >= MAX_CONNECTIONS and self.waiting:
+                oldest = next(iter(self.waiting))  # all slots taken: the longest wait for a request makes room
+                del self.waiting[oldest]
+                oldest.cut_off(counted=True)
+                self.cut += 1
+            admit = self.open - self.cut < MAX_CONNECTIONS
+            self.open += admit
+        if not admit:  # every connection is being answered
             try:
                 request.sendall(_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections: retry"},
                                           close=True))
@@ -99,7 +128,22 @@ class DigitServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            with self.lock:
+                self.open -= 1
+
+    def wait(self, handler, waiting: bool) -> None:
+        """Note that ``handler`` waits for (``True``) or has (``False``) its next request."""
+        with self.lock:
+            self.waiting.pop(handler, None)
+            if waiting:  # at the end of the order: the newest wait
+                self.waiting[handler] = time.monotonic()
+
+    def ended(self, handler) -> None:
+        """``handler``'s connection is over."""
+        with self.lock:
+            self.waiting.pop(handler, None)
+            if handler.counted_cut:
+                self.cut -= 1
 
     def handle_error(self, request, client_address):
         error = sys.exc_info()[1]
@@ -111,31 +155,72 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "mnistfx"
     timeout = IDLE_TIMEOUT
+    counted_cut = False
+
+    def handle(self):
+        try:
+            super().handle()
+        finally:
+            self.server.ended(self)
 
     def handle_one_request(self):
         # a client that trickles its headers must not hold a connection slot for ever: cut it off
-        self._deadline = threading.Timer(HEADER_DEADLINE, self._cut_off)
+        self._deadline = threading.Timer(HEADER_DEADLINE, self.cut_off)
         self._deadline.daemon = True
         self._deadline.start()
+        self._unread_body = False
+        self.server.wait(self, True)
+        raw, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)
         try:
             super().handle_one_request()
+        except http.client.LineTooLong:  # the request line alone is over the budget (headers: parse_request's)
+            self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
         finally:
+            self.rfile = raw
             self._deadline.cancel()
 
     def parse_request(self):
         try:
-            return super().parse_request()
+            if not super().parse_request():
+                return False
         finally:
             self._deadline.cancel()  # the headers are in; the body has its own deadline
+            self.rfile = getattr(self.rfile, "raw", self.rfile)
+        length = self.headers.get("Content-Length", "0").strip()
+        self._unread_body = bool(self.headers.get("Transfer-Encoding")) or length != "0"
+        if not self._unread_body:
+            self.server.wait(self, False)
+        return True
 
-    def _cut_off(self):
+    def cut_off(self, counted: bool = False):
+        """End the connection from another thread (its deadline passed, or its slot is needed)."""
+        self.counted_cut = self.counted_cut or counted
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
+    def handle_expect_100(self):
+        """Say ``100 Continue`` only to a body that would be read."""
+        if self._path() != "/api/predict" or self.command != "POST":
+            self._refuse(HTTPStatus.EXPECTATION_FAILED, "only POST /api/predict takes a body")
+            return False
+        return self._body_length() is not None and super().handle_expect_100()
+
+    def _path(self) -> str | None:
+        try:
+            return urlsplit(self.path).path
+        except ValueError:  # e.g. "http://[/": no URL
+            return None
+
+    def do_HEAD(self):
+        self._head_only = True
+        self.do_GET()
+
     def do_GET(self):
-        path = urlsplit(self.path).path
+        path = self._path()
+        if path is None:
+            return self._refuse(HTTPStatus.BAD_REQUEST, "the request's path is not a URL path")
         if path == "/api/health":
             w = self.server.predictor.weights
             return self._send(HTTPStatus.OK, {"status": "ok", "model": w.model.name, "members": w.members})
@@ -145,25 +230,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.NOT_FOUND, {"error": f"no such page: {path} (the page is /, the API /api/predict)"})
 
     def do_POST(self):
-        if urlsplit(self.path).path != "/api/predict":
+        if self._path() != "/api/predict":
             return self._send(HTTPStatus.NOT_FOUND, {"error": "POST an image to /api/predict"})
-        if self.headers.get("Transfer-Encoding"):
-            return self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length, not chunked")
-        lengths = self.headers.get_all("Content-Length", [])
-        if len(lengths) > 1:
-            return self._refuse(HTTPStatus.BAD_REQUEST, "the request has more than one Content-Length")
-        length = lengths[0] if lengths else None
+        length = self._body_length()
         if length is None:
-            return self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length")
-        length = length.strip()
-        if not (length.isascii() and length.isdigit() and len(length) <= 12):
-            return self._refuse(HTTPStatus.BAD_REQUEST, "the Content-Length is not a number of bytes")
-        if int(length) > MAX_BODY:
-            return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                f"the body is {int(length):,} bytes; at most {MAX_BODY:,} are read: send a smaller image")
-        body = self._read_body(int(length))
+            return
+        body = self._read_body(length)
         if body is None:
             return self._refuse(HTTPStatus.BAD_REQUEST, "the body ended before its Content-Length, or came too slowly")
+        self._unread_body = False
+        self.server.wait(self, False)
         try:
             answer = self.server.predictor(body)
         except MnistfxError as e:
@@ -173,6 +249,23 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.log(f"error: a prediction failed: {type(e).__name__}: {e}")
             return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "the prediction failed; see the server's log"})
         self._send(HTTPStatus.OK, answer)
+
+    def _body_length(self) -> int | None:
+        """The body's length if it may be read; else the refusal is sent and ``None`` returned."""
+        if self.headers.get("Transfer-Encoding"):
+            return self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length, not chunked")
+        lengths = self.headers.get_all("Content-Length", [])
+        if len(lengths) > 1:
+            return self._refuse(HTTPStatus.BAD_REQUEST, "the request has more than one Content-Length")
+        if not lengths:
+            return self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length")
+        length = lengths[0].strip()
+        if not (length.isascii() and length.isdigit() and len(length) <= 12):
+            return self._refuse(HTTPStatus.BAD_REQUEST, "the Content-Length is not a number of bytes")
+        if int(length) > MAX_BODY:
+            return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                f"the body is {int(length):,} bytes; at most {MAX_BODY:,} are read: send a smaller image")
+        return int(length)
 
     def _read_body(self, length: int) -> bytes | None:
         """The body, or ``None`` if it is cut short or does not arrive within :data:`BODY_DEADLINE`."""
@@ -193,29 +286,72 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """http.server's own errors (a malformed request line, an unknown method) as JSON too."""
         self.close_connection = True
+        if code == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
+            message = f"the request line and headers are over {MAX_HEADER_BYTES:,} bytes"
         try:
             self._send(HTTPStatus(code), {"error": message or HTTPStatus(code).phrase})
         except OSError:
             pass
 
-    def _refuse(self, status: HTTPStatus, message: str):
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
         self.close_connection = True  # the body, if any, is not read: the connection cannot be reused
         self._send(status, {"error": message})
 
     def _send(self, status: HTTPStatus, body, kind: str = "application/json"):
-        self.wfile.write(_response(status, body, kind, close=self.close_connection))
+        if getattr(self, "_unread_body", False):  # what follows on the connection is a body, not a request
+            self.close_connection = True
+        self.wfile.write(_response(status, body, kind, close=self.close_connection,
+                                   head_only=getattr(self, "_head_only", False)))
+        self._head_only = False
 
     def log_message(self, format, *args):
         pass  # one line per request would drown the terminal while drawing
 
 
-def _response(status: HTTPStatus, body, kind: str = "application/json", *, close: bool = False) -> bytes:
+class _HeaderBudget:
+    """A request's stream while its line and headers are read: at most ``budget`` bytes in all
+    (``http.server`` caps each line, not their sum)."""
+
+    def __init__(self, raw, budget: int):
+        self.raw, self.left = raw, budget
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self.raw.readline(self.left + 1 if size < 0 else min(size, self.left + 1))
+        self.left -= len(line)
+        if self.left < 0:
+            raise http.client.LineTooLong("the request line and headers")
+        return line
+
+
+class _Log:
+    """A log of at most :data:`LOG_BURST` lines a minute: a client must not flood the operator's terminal."""
+
+    def __init__(self, log):
+        self.log, self.lock = log, threading.Lock()
+        self.window, self.count, self.dropped = 0.0, 0, 0
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.window >= 60:
+                if self.dropped:
+                    self.log(f"({self.dropped} more failed requests in the last minute were not shown)")
+                self.window, self.count, self.dropped = now, 0, 0
+            self.count += 1
+            if self.count > LOG_BURST:
+                self.dropped += 1
+                return
+        self.log(line)
+
+
+def _response(status: HTTPStatus, body, kind: str = "application/json", *, close: bool = False,
+              head_only: bool = False) -> bytes:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     head = [f"HTTP/1.1 {status.value} {status.phrase}", f"Content-Type: {kind}", f"Content-Length: {len(data)}",
             "Cache-Control: no-store", "X-Content-Type-Options: nosniff"]
     if close:
         head.append("Connection: close")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + data
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + (b"" if head_only else data)
 
 
 def _asset(name: str) -> bytes:

@@ -231,3 +231,89 @@ def test_a_client_trickling_its_headers_is_cut_off(served, monkeypatch):
             except OSError:
                 break
         assert slow.recv(100) == b"" and time.perf_counter() - t0 < 4  # closed after about a second
+
+
+def test_headers_are_capped_in_all_not_only_line_by_line(served):
+    """99 headers of 1,000 bytes: each line is allowed, their sum is not."""
+    head = b"GET /api/health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 1000) for i in range(99))
+    reply = raw(served, head + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 431 ") and b"over 16,384 bytes" in reply
+    assert raw(served, b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 8000 + b"\r\nConnection: close\r\n\r\n"
+               ).startswith(b"HTTP/1.1 200 ")
+
+
+def test_slow_clients_on_every_slot_do_not_keep_a_real_client_out(served, mnist):
+    """Every slot taken by a client that sends a byte and waits: a new client is still answered,
+    each time, and the client that waited longest for its request is the one cut off."""
+    slow = []
+    try:
+        for _ in range(mnistfx.server.MAX_CONNECTIONS):
+            s = socket.create_connection(served.server_address[:2], timeout=10)
+            s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n\x89")
+            slow.append(s)
+        time.sleep(0.5)  # all are in, each with its thread
+        for i in range(5):
+            t0 = time.perf_counter()
+            status, answer, _ = request(served, "POST", "/api/predict", png(mnist.test_images[i]))
+            assert status == 200 and answer["label"] == int(mnist.test_labels[i])
+            assert time.perf_counter() - t0 < 5
+        assert slow[0].recv(100) == b""  # the one that waited longest made room
+        slow[-1].settimeout(0.2)
+        with pytest.raises(TimeoutError):  # the newest still waits for its body (or its deadline)
+            slow[-1].recv(100)
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_a_body_that_is_not_read_is_never_taken_for_the_next_request(served):
+    """A GET with a body, or a POST elsewhere: one answer, and the connection closes (behind a proxy,
+    the body would otherwise be a second, smuggled request)."""
+    inner = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    for head in (b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",
+                 b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"):
+        reply = raw(served, head % len(inner) + inner)
+        assert reply.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in reply, reply
+
+
+def test_a_target_that_is_no_url_gets_400_as_json(served):
+    reply = raw(served, b"GET http://[/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400 ") and b'{"error": "the request\'s path is not a URL path"}' in reply
+
+
+def test_head_answers_get_s_headers_without_a_body(served):
+    status, body, reply = request(served, "HEAD", "/")
+    assert status == 200 and body == b"" and int(reply.getheader("Content-Length")) == len(request(served, "GET", "/")[1])
+
+
+def test_expect_100_continue_is_said_only_to_a_body_that_will_be_read(served, mnist):
+    reply = raw(served, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 99000000\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in reply
+    image = png(mnist.test_images[0])
+    with socket.create_connection(served.server_address[:2], timeout=10) as s:
+        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(image))
+        assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n")
+        s.sendall(image)
+        reply = b"".join(iter(lambda: s.recv(65536), b""))
+    assert reply.startswith(b"HTTP/1.1 200 ") and b'"label": %d' % int(mnist.test_labels[0]) in reply
+
+
+def test_a_client_cannot_flood_the_operator_s_log(monkeypatch):
+    lines = []
+    log = mnistfx.server._Log(lines.append)
+    for i in range(50):
+        log(f"error {i}")
+    assert lines == [f"error {i}" for i in range(mnistfx.server.LOG_BURST)]
+    log.window -= 60  # a minute later: what was held back is counted, and lines flow again
+    log("error 50")
+    assert lines[-2:] == ["(45 more failed requests in the last minute were not shown)", "error 50"]
+
+
+def test_only_a_loopback_address_is_local(tuned_weights):
+    for host, local in (("127.1", True), ("127.0.0.1", True), ("0.0.0.0", False)):
+        server = mnistfx.make_server(tuned_weights, host, 0)
+        try:
+            assert server.local_only is local, host
+        finally:
+            server.server_close()
