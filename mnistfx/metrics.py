@@ -9,6 +9,7 @@ from torch.func import vmap
 from torch.nn import functional as F
 
 from .ensemble import unstack
+from .errors import WeightsError
 from .contract import blaming, check_logits, check_params, check_state
 from .models import Model, check_images
 
@@ -123,6 +124,9 @@ def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Ten
 
     Returns:
         A :class:`Metrics`; its loss is the cross-entropy (an ensemble's: of the mean probabilities).
+
+    Raises:
+        WeightsError: the model's output for some image is NaN or infinite (no prediction to score).
     """
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
         raise ValueError("labels must be a 1-D tensor of digits 0-9")
@@ -135,6 +139,10 @@ def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Ten
     else:
         out = probabilities(model, params, images, **kwargs).cpu()
         loss = F.nll_loss(out.clamp(min=1e-30).log(), labels).item() if len(labels) else float("nan")
+    unusable = int((~out.isfinite()).any(1).sum())
+    if unusable:  # argmax would call them all 0 and score them
+        raise WeightsError(f"these weights give NaN or infinite outputs for {unusable:,} of {len(out):,} images: they "
+                           "are not usable (train again; a run that diverged needs a lower learning rate)")
     return metrics_from_predictions(out.argmax(1), labels, loss=loss)
 
 

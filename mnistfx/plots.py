@@ -14,6 +14,7 @@ import torch
 
 from ._checks import is_finite
 from ._io import atomic_write_bytes, read_limited
+from .constants import MAX_EPOCHS
 from .data import MNIST, load_mnist
 from .errors import MnistfxError
 from .metrics import Metrics, evaluate_members, metrics_from_predictions
@@ -156,6 +157,14 @@ def plot_run(run_dir, *, out=None, data: MNIST | None = None, device: str = "cpu
 
 
 _HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy")
+_MAX_LOSS = 1e6  # cross-entropy far past any run's first epoch; larger numbers are no history to draw
+
+
+def _drawable(entry) -> bool:
+    """One epoch of a history, with numbers a plot can hold (matplotlib fails on finite extremes)."""
+    return (isinstance(entry, dict) and all(is_finite(entry.get(k)) for k in _HISTORY_KEYS)
+            and float(entry["epoch"]).is_integer() and 1 <= entry["epoch"] <= MAX_EPOCHS
+            and 0 <= entry["val_accuracy"] <= 1 and all(0 <= entry[k] <= _MAX_LOSS for k in ("train_loss", "val_loss")))
 
 
 def _read_history(path: Path) -> list[dict]:
@@ -166,7 +175,7 @@ def _read_history(path: Path) -> list[dict]:
         history = json.loads(raw).get("history")
     except (ValueError, RecursionError, AttributeError):
         history = None
-    if not isinstance(history, list) or not history or not all(
-            isinstance(h, dict) and all(is_finite(h.get(k)) for k in _HISTORY_KEYS) for h in history):
-        raise MnistfxError(f"{path} holds no per-epoch history mnistfx can draw: {fix}")
+    if not isinstance(history, list) or not 0 < len(history) <= MAX_EPOCHS or not all(map(_drawable, history)):
+        raise MnistfxError(f"{path} holds no per-epoch history mnistfx can draw (epochs 1-{MAX_EPOCHS:,}, losses "
+                           f"0-{_MAX_LOSS:g}, accuracies 0-1): {fix}")
     return history

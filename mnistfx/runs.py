@@ -173,7 +173,9 @@ def prepare_run_dir(path) -> Path:
         with tempfile.TemporaryFile(dir=path):  # a nameless file where the system allows: no name is taken
             pass
     except OSError as e:
-        raise MnistfxError(f"cannot write to output folder {path} ({e.strerror}): pass --out with a writable folder") from None
+        # a resumed run cannot move, so the advice fits both: make the folder writable, or start elsewhere
+        raise MnistfxError(f"cannot write to output folder {path} ({e.strerror}): make it writable, or write the "
+                           "run to another folder") from None
     remove_stale_temps(path, RUN_FILES)
     return path
 

@@ -4,6 +4,7 @@ Every case must end in one line, ``error: ...``, that names the problem, a non-z
 traceback, and no file created or changed (nothing half-written).
 """
 
+import json
 import pickle
 import shutil
 
@@ -821,6 +822,34 @@ def plot_of_a_run_whose_history_is_damaged(tmp_path, ctx):
     shutil.copy(ctx["weights"], tmp_path / "run" / "weights.safetensors")
     (tmp_path / "run" / "history.json").write_text('{"history": [{"epoch": 1, "train_loss": NaN}]}')
     return ["plot", str(tmp_path / "run")]
+
+
+@case("holds no per-epoch history mnistfx can draw", "epochs 1-10,000")
+def plot_of_a_history_of_extreme_numbers(tmp_path, ctx):
+    import shutil
+
+    (tmp_path / "run").mkdir()
+    shutil.copy(ctx["weights"], tmp_path / "run" / "weights.safetensors")
+    history = [{"epoch": e, "train_loss": 1e308 * (-1) ** e, "val_loss": 1.0, "val_accuracy": 0.5} for e in (1, 2)]
+    (tmp_path / "run" / "history.json").write_text(json.dumps({"history": history}))
+    return ["plot", str(tmp_path / "run")]
+
+
+@case("give NaN or infinite outputs for 10,000 of 10,000 images", "not usable")
+def eval_of_weights_whose_outputs_overflow(tmp_path, ctx):
+    params = mnistfx.get_model("tuned").init(0)
+    params["fc4.weight"] = params["fc4.weight"].sign() * 3e38  # finite, but every logit is inf - inf
+    mnistfx.save_weights(tmp_path / "w.safetensors", params, {"model": "tuned"})
+    return ["eval", str(tmp_path / "w.safetensors")]
+
+
+@case("shows no digit, only a mark 1 pixels across")
+def predict_of_one_lit_pixel(tmp_path, ctx):
+    import numpy as np
+
+    image = np.zeros((2, 2), np.uint8)
+    image[0, 0] = 255
+    return _predict(ctx, _png(tmp_path, image))
 
 
 def _train(tmp_path, *bad):

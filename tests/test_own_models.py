@@ -217,3 +217,17 @@ def test_a_model_that_fails_only_under_grad_is_one_error_in_bench_too(mnist):
     _model("grad_only", apply=apply, noise=own_models.noise)
     with pytest.raises(mnistfx.ModelError, match=r"grad_only's train step at batch 32 failed \(RuntimeError"):
         mnistfx.benchmark("grad_only", kinds=("train",), batch_sizes=(32,), seconds=0.05, repeats=1, data=mnist)
+
+
+def test_a_run_whose_model_gives_nan_when_evaluated_is_not_saved(mnist, tmp_path):
+    """Finite training steps, but NaN logits in eval mode: the run stops at its first evaluation
+    with one error, and nothing is written where the run would have been saved."""
+
+    def apply(params, x, *, train=False, noise=None):
+        out = own_models.apply(params, x, train=train, noise=noise)
+        return out if train else out * float("nan")
+
+    _model("nan_in_eval", apply=apply, noise=own_models.noise)
+    with pytest.raises(mnistfx.WeightsError, match="give NaN or infinite outputs for 500 of 500 images"):
+        mnistfx.train(_small("nan_in_eval", epochs=1), data=mnist, checkpoint_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "weights.safetensors").exists()
