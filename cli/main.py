@@ -51,7 +51,8 @@ def main(argv=None) -> int:
         _error(e.format_message())
         return leave(e.exit_code)
     except MnistfxError as e:
-        _error(str(e))
+        if not getattr(e, "quiet", False):  # a stopped data-parallel rank other than 0: rank 0 says it
+            _error(str(e))
         return leave(1)
     return status if isinstance(status, int) else 0  # a command's click.exceptions.Exit
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
+import threading
+import time
 
 import click
 from click.core import ParameterSource
@@ -97,8 +100,10 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
         raise click.UsageError("Missing argument 'MODEL': name a model (tuned, cnn, resnet or MODULE:ATTR), or pass "
                                "--resume FOLDER.")
     model = None if model is None else named_model(model)
+    where = {}  # the run folder, once known: what a stopped rank tells the user to resume
     if parallel is not None:
-        signal.signal(signal.SIGTERM, functools.partial(_stopped, parallel.rank))
+        signal.signal(signal.SIGTERM, functools.partial(_stopped, parallel.rank, where))
+        _watch_stops(parallel.rank, where)
         if os.environ.get(PARENT_ENV) == str(os.getppid()):
             stop_with_parent()
         # the group is left only by a rank whose run finished: one that a lost peer broke cannot be torn down
@@ -124,6 +129,7 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
             raise click.UsageError(f"--momentum is sgd's, and this run's optimizer is {cfg.optimizer}: pass "
                                    "--optimizer sgd with it")
         out = out or mnistfx.default_run_dir(cfg)
+    where["out"] = out
     if nproc and nproc > 1 and parallel is None:  # checked here once, not by each process
         from mnistfx.runs import check_resumable, check_run_dir
 
@@ -165,11 +171,62 @@ def _report(run, out, as_json):
     out_console.print(printable(f"wrote {paths['weights']} and {paths['history']}"))
 
 
-def _stopped(rank, signum, frame):
-    """A data-parallel rank that torchrun stops (another rank failed) says so in one line (once)."""
+class _Stopped(mnistfx.MnistfxError):
+    """A data-parallel rank stopped by a signal (the launcher's, or torchrun's after another rank
+    failed). Every rank would say the same, so only rank 0 says it (``quiet`` elsewhere)."""
+
+    def __init__(self, rank: int, signum: int, where: dict):
+        out = where.get("out")
+        if out is not None and (mnistfx.run_folder(out) / "checkpoint.safetensors").is_file():
+            fix = f"continue it with `mnistfx train --resume {out}`"
+        else:
+            fix = "run the command again (no checkpoint was written yet)"
+        super().__init__(f"rank {rank} was stopped ({signal.Signals(signum).name}): the run stops; {fix}")
+        self.quiet = rank != 0
+
+
+_HANDLED = threading.Event()  # the signal reached Python: the rank is stopping by itself
+_STOP_GRACE = 2.0             # seconds the main thread has to act on a stop before the watcher ends the process
+
+
+def _stopped(rank, where, signum, frame):
+    """SIGTERM to a data-parallel rank: one line (from rank 0), once."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise mnistfx.MnistfxError(f"rank {rank} was stopped ({signal.Signals(signum).name}): another process of the "
-                               "run ended first")
+    _HANDLED.set()
+    raise _Stopped(rank, signum, where)
+
+
+def _interrupted(signum, frame):
+    """Ctrl-C to a data-parallel rank: Python's own KeyboardInterrupt, noted for the watcher."""
+    _HANDLED.set()
+    raise KeyboardInterrupt
+
+
+def _watch_stops(rank: int, where: dict) -> None:
+    """End this rank promptly on SIGTERM or SIGINT, even while its main thread waits in C++ (the
+    rendezvous, a collective), where Python's handlers run only once the call returns (minutes).
+    The signal's wakeup byte wakes a thread; if the main thread has not acted on it within
+    :data:`_STOP_GRACE`, the thread says what :class:`_Stopped` would and ends the process."""
+    signal.signal(signal.SIGINT, _interrupted)
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def watch():
+        while True:
+            signum = os.read(read, 1)[0]
+            if signum not in (signal.SIGTERM, signal.SIGINT):
+                continue
+            time.sleep(_STOP_GRACE)
+            if _HANDLED.is_set():
+                return
+            stopped = _Stopped(rank, signum, where)
+            if not stopped.quiet:
+                sys.stderr.write(f"error: {printable(str(stopped))}\n")
+                sys.stderr.flush()
+            os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mnistfx-stop-watch").start()
 
 
 def _resume_checkpoint(resume_dir, model):

@@ -26,6 +26,7 @@ import datetime
 import hashlib
 import os
 import re
+import socket
 from dataclasses import dataclass
 from typing import Callable
 
@@ -90,12 +91,32 @@ def start(parallel: Parallel) -> None:
     tensors where there is a GPU."""
     if dist.is_initialized():
         return
+    _check_address(parallel)
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     try:
         dist.init_process_group(backend, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as e:
         raise MnistfxError(f"rank {parallel.rank} cannot join the other processes ({str(e).strip()[:200]}): check "
                            "torchrun's --rdzv-endpoint / MASTER_ADDR and MASTER_PORT") from None
+
+
+def _check_address(parallel: Parallel) -> None:
+    """Refuse a ``MASTER_ADDR`` that does not resolve, or a ``MASTER_PORT`` that is no port, at once: the
+    rendezvous would retry it until its timeout."""
+    env = os.environ
+    fix = "check torchrun's --master-addr and --master-port (or --rdzv-endpoint), or MASTER_ADDR and MASTER_PORT"
+    port = env.get("MASTER_PORT")
+    if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"rank {parallel.rank}: MASTER_PORT {port!r} is not a port number: {fix}")
+    address = env.get("MASTER_ADDR")
+    if address is None:
+        return
+    try:
+        socket.getaddrinfo(address, None)
+    except (OSError, UnicodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(f"rank {parallel.rank}: MASTER_ADDR {address!r} is not an address this machine can find "
+                          f"({reason}): {fix}") from None
 
 
 def stop() -> None:

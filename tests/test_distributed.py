@@ -190,3 +190,55 @@ def test_a_rank_whose_peer_dies_stops_with_one_line(tmp_path):
     assert any("rank 0 lost the other processes" in line or "rank 0 was stopped (SIGTERM)" in line for line in lines)
     assert len(lines) == 1 or "error: rank 1 was killed (SIGKILL): the run stops" in lines
     assert mnistfx.load_checkpoint(tmp_path / "run").epoch >= 1  # what was written is whole
+
+
+def _rank0_cli(tmp_path, **env):
+    """`mnistfx train` as rank 0 of 2, with torchrun's variables (``env`` overriding them)."""
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), **env}
+    return subprocess.Popen([MNISTFX, "train", "tuned", "--no-compile", "--epochs", "1", "--out", str(tmp_path / "run")],
+                            env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_master_address_that_does_not_resolve_is_one_line_before_the_rendezvous(tmp_path):
+    for name, value, message in (("MASTER_ADDR", "lcalhost", "MASTER_ADDR 'lcalhost' is not an address"),
+                                 ("MASTER_PORT", "29x00", "MASTER_PORT '29x00' is not a port number")):
+        proc = _rank0_cli(tmp_path, **{name: value})
+        code, err = proc.wait(timeout=120), proc.stderr.read()
+        lines = err.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and message in lines[0] and "--master-addr" in lines[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_stops_a_rank_waiting_in_the_rendezvous_at_once(tmp_path):
+    """Rank 0 alone waits in C++ for rank 1 (five minutes at most): SIGTERM still ends it in seconds, with one line."""
+    port = _free_port()
+    proc = _rank0_cli(tmp_path, MASTER_PORT=str(port))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # rank 0 listens for the others: it is in the rendezvous
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, err = proc.wait(timeout=60), proc.stderr.read()
+    assert time.monotonic() - t0 < 30  # about 2 s; minutes if the signal waited for the C++ call to return
+    assert code == 1 and err.strip().splitlines() == [
+        "error: rank 0 was stopped (SIGTERM): the run stops; run the command again (no checkpoint was written yet)"], err
+
+
+def test_sigterm_to_the_launcher_is_one_line_that_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([MNISTFX, "train", "tuned", "--nproc", "2", "--epochs", "50", "--train-size", "640",
+                             "--val-size", "500", "--no-compile", "--no-test", "--out", str(out)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 180
+    while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    code, err = proc.wait(timeout=60), proc.stderr.read()
+    assert code == 128 + signal.SIGTERM and err.strip().splitlines() == [
+        f"error: rank 0 was stopped (SIGTERM): the run stops; continue it with `mnistfx train --resume {out}`"], err
+    assert mnistfx.load_checkpoint(out).epoch >= 1
