@@ -1,15 +1,32 @@
 """Shared fixtures: the real MNIST (fetched once into one shared data folder) and small slices."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 import mnistfx
 
 # One compile cache for this process and the commands the tests run (which choose it themselves): a graph
 # compiled in one is found by the other instead of compiled again, cold, in every subprocess.
 mnistfx.use_compile_cache()
+
+# The suite runs in pytest-xdist workers (pyproject.toml: -n 2, a file to a worker): much of a test's time
+# is torch.compile's Python, on one core, so two files at once fill two cores. Each worker, and each
+# command it starts, gets its share of the cores rather than all of them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+
+
+def _shared(tmp_path_factory) -> Path:
+    """A folder all workers of this session share (each worker's own temp folder is inside it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
 
 
 @pytest.fixture(scope="session")
@@ -53,5 +70,9 @@ def tuned_weights(tmp_path_factory):
 def trained_tuned(mnist, tmp_path_factory):
     """`tuned` trained with the fast recipe (seed 0, about 99.1 % on the test set; a minute or two, in
     float32 where the CPU has no bf16), saved as a run folder; the weights file's path."""
-    run = mnistfx.train(mnistfx.recipe("tuned", "fast", seed=0), data=mnist, test=False)
-    return mnistfx.save_run(run, tmp_path_factory.mktemp("trained") / "tuned-fast")["weights"]
+    folder = _shared(tmp_path_factory) / "trained-tuned-fast"
+    with FileLock(f"{folder}.lock"):  # trained once a session: a worker that needs it too waits, then reads it
+        if not (folder / "weights.safetensors").is_file():
+            run = mnistfx.train(mnistfx.recipe("tuned", "fast", seed=0), data=mnist, test=False)
+            mnistfx.save_run(run, folder)
+    return folder / "weights.safetensors"

@@ -55,14 +55,14 @@ def test_the_model_has_state_and_no_state_in_its_parameters():
 
 def test_resnet_learns_stores_its_statistics_and_resumes_bit_for_bit(mnist, tmp_path):
     def keep(kind, **info):
-        if kind == "checkpoint" and (info["epoch"], info["step"]) == (1, 8):
-            shutil.copytree(tmp_path / "run", tmp_path / "at-8")
+        if kind == "checkpoint" and (info["epoch"], info["step"]) == (2, 80):  # resumed: 20 steps, to the end
+            shutil.copytree(tmp_path / "run", tmp_path / "at-2-80")
 
     full = mnistfx.train(_small(), data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=4, on_event=keep,
                          test=False)
     assert full.val.accuracy > 0.85
     assert full.history[1]["train_loss"] < full.history[0]["train_loss"]
-    again = mnistfx.resume(tmp_path / "at-8", data=mnist, test=False)
+    again = mnistfx.resume(tmp_path / "at-2-80", data=mnist, test=False)
     assert same_bits(again.params, full.params) and same_bits(again.state, full.state)
     weights = mnistfx.load_model_weights(mnistfx.save_run(full, tmp_path / "run")["weights"])
     assert same_bits(weights.state, full.state)
