@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 import uuid
 
 ARGV: list[str] = []  # the command line `main` was given, which each process runs again
@@ -25,9 +26,16 @@ def stop_with_parent() -> None:
         pass
 
 
-def launch(nproc: int) -> int:
+def launched() -> bool:
+    """Whether ``mnistfx train --nproc`` started this process (its launcher is its parent): the launcher
+    then speaks for a run that a signal stopped."""
+    return os.environ.get(PARENT_ENV) == str(os.getppid())
+
+
+def launch(nproc: int, out) -> int:
     """Run ``python -m mnistfx`` with :data:`ARGV` in ``nproc`` processes; their exit status (the first
-    failed one's, if any failed: torchrun then stops the others)."""
+    failed one's, if any failed: torchrun then stops the others). A signal to the launcher (Ctrl-C,
+    SIGTERM) stops them all, and the launcher says how to go on with the run in ``out``."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -43,6 +51,7 @@ def launch(nproc: int) -> int:
     for name in [*logging.root.manager.loggerDict, "torch.distributed"]:  # the ranks speak for themselves
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+    started = time.time()
     # the launcher makes a (here empty) folder for the processes' logs: one that is removed afterwards
     with tempfile.TemporaryDirectory(prefix="mnistfx-launch-") as logs:
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
@@ -60,7 +69,19 @@ def launch(nproc: int) -> int:
             except ValueError:
                 how = f"exit status {failure.exitcode}"
             raise MnistfxError(f"rank {rank} was killed ({how}): the run stops") from None
-        except SignalException as e:  # Ctrl-C or a kill: the launcher passed it on, each rank said it stopped
+        except SignalException as e:  # Ctrl-C or a kill: the launcher passed it on; the ranks stop quietly
+            from mnistfx.runs import run_folder
+
+            folder, how = run_folder(out), signal.Signals(int(e.sigval)).name
+            weights = folder / "weights.safetensors"
+            if weights.is_file() and weights.stat().st_mtime >= started:  # the signal came as it ended
+                line = f"the run was stopped ({how}) after it finished: its weights are in {out}"
+            elif (folder / "checkpoint.safetensors").is_file():
+                line = f"the run was stopped ({how}): continue it with `mnistfx train --resume {out}`"
+            else:
+                line = f"the run was stopped ({how}): run the command again (no checkpoint was written yet)"
+            sys.stdout.flush()
+            print(f"error: {line}", file=sys.stderr, flush=True)
             return 128 + int(e.sigval)
         except RendezvousError as e:
             raise MnistfxError(f"the {nproc} processes could not meet ({e}): try again") from None

@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     try:
         status = cli.main(args=argv, prog_name="mnistfx", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        _error("interrupted")
+        if not launch.launched():  # a rank of --nproc: the launcher says it for the run
+            _error("interrupted")
         return leave(130)
     except click.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "mnistfx"

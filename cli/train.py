@@ -18,7 +18,7 @@ from mnistfx.config import RECIPES
 from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_ENSEMBLE, MAX_EPOCHS, MAX_NPROC, MAX_SEED,
                                MAX_STEPS_PER_CALL, OPTIMIZERS, PRECISIONS)
 
-from .launch import PARENT_ENV, stop_with_parent
+from .launch import launched, stop_with_parent
 from .options import (console, data_root_option, device_option, json_option, named_model, positive,
                       printable, quiet_torch_logs, recipe_values)
 
@@ -104,7 +104,7 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
     if parallel is not None:
         signal.signal(signal.SIGTERM, functools.partial(_stopped, parallel.rank, where))
         _watch_stops(parallel.rank, where)
-        if os.environ.get(PARENT_ENV) == str(os.getppid()):
+        if launched():
             stop_with_parent()
         # the group is left only by a rank whose run finished: one that a lost peer broke cannot be torn down
         # (see mnistfx_cli.main.leave), and a failed rank leaves the process without it
@@ -143,7 +143,7 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
                 check_resumable(out, ckpt.finished)
         except mnistfx.RunFolderError as e:
             raise click.UsageError(str(e)) from None
-        raise click.exceptions.Exit(launch(nproc))
+        raise click.exceptions.Exit(launch(nproc, out))
     mnistfx.use_compile_cache()
     quiet_torch_logs()
     try:
@@ -173,7 +173,8 @@ def _report(run, out, as_json):
 
 class _Stopped(mnistfx.MnistfxError):
     """A data-parallel rank stopped by a signal (the launcher's, or torchrun's after another rank
-    failed). Every rank would say the same, so only rank 0 says it (``quiet`` elsewhere)."""
+    failed). Every rank would say the same, so only rank 0 says it (``quiet`` elsewhere), and under
+    ``--nproc`` none does: the launcher speaks for the run, or the rank that failed did."""
 
     def __init__(self, rank: int, signum: int, where: dict):
         out = where.get("out")
@@ -182,7 +183,7 @@ class _Stopped(mnistfx.MnistfxError):
         else:
             fix = "run the command again (no checkpoint was written yet)"
         super().__init__(f"rank {rank} was stopped ({signal.Signals(signum).name}): the run stops; {fix}")
-        self.quiet = rank != 0
+        self.quiet = rank != 0 or launched()
 
 
 _HANDLED = threading.Event()  # the signal reached Python: the rank is stopping by itself

@@ -71,8 +71,9 @@ def from_environment() -> Parallel | None:
     except (KeyError, ValueError):
         raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must all be whole numbers: start data-parallel runs "
                           "with torchrun or --nproc") from None
-    if not 0 <= rank < world or local < 0:
-        raise ConfigError(f"RANK {rank} does not fit WORLD_SIZE {world}: start data-parallel runs with torchrun")
+    if not 0 <= rank < world or not 0 <= local < world:
+        raise ConfigError(f"RANK {rank} and LOCAL_RANK {local} do not fit WORLD_SIZE {world}: start data-parallel "
+                          "runs with torchrun")
     return None if world == 1 else Parallel(rank, world, local)
 
 

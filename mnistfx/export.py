@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import keyword
 import math
 import os
 import re
@@ -127,19 +128,37 @@ _PLAIN = re.compile(r"archive_format|archive_version|byteorder|\.data/version|\.
                     r"|data/(weights|constants)/model_(weights|constants)_config\.json|data/sample_inputs/model\.pt")
 # The strings of a program's graph that torch's deserializer evaluates, runs or resolves, in the grammar
 # torch.export writes them: a symbolic size is sympy's srepr (which sympify evaluates), a node's target
-# an operator that the program calls, a name an attribute path or a variable of generated code.
-_EXPR_TOKEN = re.compile(r"\s+|-?\d+|[(),*+/-]|Symbol\('[su]\d+'(?:, [a-z]+=(?:True|False))*\)|true|false|oo"
-                         r"|(?:Integer|Rational|Add|Mul|Pow|Max|Min|FloorDiv|CeilDiv|CleanDiv|Mod|PythonMod"
+# an operator that the program calls, and every other string a name or a path of names, which torch
+# writes into generated Python source (a quote or a bracket there would be code).
+_EXPR_TOKEN = re.compile(r"\s+|-?\d{1,12}(?!\d)|[(),*+/-]|Symbol\('[su]\d{1,9}'(?:, [a-z]+=(?:True|False))*\)|true|false"
+                         r"|(?:Integer|Rational|Add|Mul|Max|Min|FloorDiv|CeilDiv|CleanDiv|Mod|PythonMod"
                          r"|ModularIndexing|FloorToInt|CeilToInt|IntTrueDiv|Eq|Ne|Lt|Le|Gt|Ge|StrictLessThan"
                          r"|StrictGreaterThan|LessThan|GreaterThan|Equality|Unequality|And|Or|Not)(?=\()")
-_EXPR_MAX_CHARS = 4096
-_TARGET = re.compile(r"torch\.ops\.aten\.[a-z_][a-z0-9_]*\.[A-Za-z][A-Za-z0-9_]*"
-                     r"|_operator\.(?:getitem|add|sub|mul|floordiv|truediv|mod|neg|pow|eq|ne|lt|le|gt|ge)"
+_EXPR_MAX_CHARS = 4096  # no Pow and numbers of at most 12 digits: sympify computes what it reads, exactly
+# ATen operators that compute tensors from tensors: those mnistfx's models export to, and the usual ones
+# of a model of one's own. Not those that touch files or memory (aten.from_file maps any file) or work
+# in place.
+_OPS = frozenset("""
+    _assert_tensor_metadata add avg_pool2d conv2d div flatten linear log_softmax logsumexp max_pool2d mean mul
+    relu reshape rsqrt stack sub to unsqueeze
+    addmm mm matmul bmm t transpose permute view squeeze expand expand_as view_as reshape_as contiguous clone
+    cat split chunk slice select index_select narrow flip roll alias detach _unsafe_view _to_copy type_as
+    conv1d conv3d convolution batch_norm _native_batch_norm_legit_no_training layer_norm group_norm
+    instance_norm adaptive_avg_pool1d adaptive_avg_pool2d adaptive_max_pool2d max_pool1d max_pool2d_with_indices
+    avg_pool1d pad constant_pad_nd upsample_nearest2d upsample_bilinear2d pixel_shuffle embedding einsum
+    scaled_dot_product_attention gelu silu sigmoid tanh hardtanh leaky_relu elu softplus softmax _softmax
+    _log_softmax exp log sqrt square reciprocal erf neg abs clamp clamp_min clamp_max maximum minimum where
+    sum amax amin max min var std var_mean argmax eq ne lt gt le ge floor_divide dropout native_dropout
+    full_like zeros_like ones_like sym_size
+""".split())
+_TARGET = re.compile(r"torch\.ops\.aten\.(?P<op>[A-Za-z_][A-Za-z0-9_]*)\.[A-Za-z][A-Za-z0-9_]*"
+                     r"|_operator\.(?:getitem|add|sub|mul|floordiv|truediv|mod|neg|eq|ne|lt|le|gt|ge)"
                      r"|torch\.sym_(?:float|int|max|min|not|ite|sqrt|sum)")
+_NAMES = re.compile(r"[\w.,;+\-]*")  # any other string: names, paths of names, lists of them
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ATTRIBUTE = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
+_VARIABLE_KEYS = {"name", "as_name", "forward_arg_names"}
 _ATTRIBUTE_KEYS = {"parameter_name", "buffer_name", "tensor_constant_name", "fqn"}
-_VARIABLE_KEYS = {"name", "as_name"}
 _REFUSED_KEYS = {"as_graph", "as_graphs", "as_custom_obj", "as_operator", "custom_obj_name"}  # code and objects
 _METADATA_KEYS = {"stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn"}  # shown in generated code
 _TREESPEC_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict"}
@@ -235,7 +254,8 @@ def _check_graph(node, key: str = "") -> None:
                 raise MnistfxError("its graph's inputs or outputs are named tuples, whose names torch writes into code")
             if k in ("in_spec", "out_spec"):
                 _check_treespec(v)
-            elif k == "metadata" and isinstance(v, dict) and key == "nodes":
+                continue
+            if k == "metadata" and isinstance(v, dict) and key == "nodes":
                 for m in v:
                     if m not in _METADATA_KEYS:
                         raise MnistfxError(f"a node of its graph holds metadata {m!r}")
@@ -244,15 +264,18 @@ def _check_graph(node, key: str = "") -> None:
         for v in node:
             _check_graph(v, key)
     elif isinstance(node, str):
-        if _CONTROL.search(node):
-            raise MnistfxError(f"its graph holds a {key or 'string'} with control characters")
-        if key == "expr_str":
+        if key == "stack_trace":  # free text, in a comment of generated code
+            if _CONTROL.search(node):
+                raise MnistfxError("its graph holds a stack_trace with control characters")
+        elif key == "expr_str":
             _check_expr(node)
-        elif key == "target" and ("__" in node or not _TARGET.fullmatch(node)):
-            raise MnistfxError(f"its graph calls {node[:80]!r}, which is not an ATen operator")
-        elif key in _ATTRIBUTE_KEYS and node and ("__" in node or not _ATTRIBUTE.fullmatch(node)):
-            raise MnistfxError(f"its graph names an attribute {node[:80]!r}")
-        elif key in _VARIABLE_KEYS and not _VARIABLE.fullmatch(node):
+        elif key == "target":
+            target = _TARGET.fullmatch(node)
+            if target is None or (target["op"] is not None and target["op"] not in _OPS):
+                raise MnistfxError(f"its graph calls {node[:80]!r}, which is not an ATen operator of tensor arithmetic")
+        elif not _NAMES.fullmatch(node) or key in _ATTRIBUTE_KEYS and node and ("__" in node or not _ATTRIBUTE.fullmatch(node)):
+            raise MnistfxError(f"its graph holds a {key or 'string'} {node[:80]!r} that is not a plain name")
+        elif key in _VARIABLE_KEYS and (not _VARIABLE.fullmatch(node) or keyword.iskeyword(node)):
             raise MnistfxError(f"its graph names a value {node[:80]!r}")
 
 

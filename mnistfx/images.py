@@ -28,8 +28,10 @@ DECODE_SIDE = 1024              # images are shrunk to about this many pixels a 
 JPEG_MAX_SCANS = 64            # a progressive JPEG has about ten; each one more is a full decoding pass
 JPEG_MAX_SEGMENTS = 256        # APPn and COM segments: a photo has a handful, and Pillow keeps each one
 PNG_MAX_CHUNKS = 10_000        # a large photo has a few thousand IDAT chunks; Pillow walks every chunk
+PNM_MAX_HEADER = 4096          # bytes of a PBM/PGM/PPM/PFM header: Pillow reads it (comments too) a byte at a time
+_PNM_HEADER = {n: re.compile(rb"P[1-6Ff](?:(?:\s|#[^\r\n]*[\r\n])+[-+.\deE]+){%d}\s" % n) for n in (2, 3)}  # sizes, max
 PY_DECODE_MAX_PIXELS = 1 << 20  # files Pillow decodes in Python (run-length BMP, plain-text PBM/PGM/PPM): ~0.6 µs a pixel
-MIN_DIGIT_PART = 1 / 8          # a digit's ink spans at least this part of its image's longer side...
+MIN_DIGIT_PART = 0.1            # a digit's ink spans at least this part of its image's shorter side...
 MIN_DIGIT_PIXELS = 3            # ...and at least this many pixels: a speck or a tap of the pen is not a digit
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "PPM")  # no ICO (images in a container), no TIFF (libtiff prints)
 _FIX = "pass an image (PNG, JPEG, ...) of one digit"
@@ -107,7 +109,7 @@ def prepare_digit(image, *, invert: bool | None = None, alpha=None, source: str 
     r0, r1 = np.quantile(rows, [0.002, 0.998]).round().astype(int)
     c0, c1 = np.quantile(cols, [0.002, 0.998]).round().astype(int)
     span = max(r1 - r0, c1 - c0) + 1
-    if span < max(MIN_DIGIT_PIXELS, MIN_DIGIT_PART * max(gray.shape)):
+    if span < max(MIN_DIGIT_PIXELS, MIN_DIGIT_PART * min(gray.shape)):
         raise MnistfxError(f"{source} shows no digit, only a mark {span} pixels across in an image of "
                            f"{gray.shape[1]}×{gray.shape[0]} (a digit spans at least {MIN_DIGIT_PART:.0%} of it): "
                            f"crop the image to the digit, or {_FIX}")
@@ -149,7 +151,8 @@ def _decode(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return decode_image(read_limited(path, IMAGE_MAX_BYTES, what="image", fix=_FIX, error=MnistfxError), str(path))
 
 
-def decode_image(data: bytes, source: str = "the image", *, fix: str = _FIX) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_image(data: bytes, source: str = "the image", *, fix: str = _FIX,
+                 max_pixels: int = IMAGE_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode an image file's bytes (PNG, JPEG, BMP, GIF, WebP, PPM) to gray, as ``predict`` reads files.
 
     The size, the structure and the pixel count its header claims are checked before decoding;
@@ -160,6 +163,7 @@ def decode_image(data: bytes, source: str = "the image", *, fix: str = _FIX) -> 
         data: the file's bytes (at most :data:`IMAGE_MAX_BYTES`).
         source: what to call the image in an error (its path, an upload's name).
         fix: what the user can do, ending every error.
+        max_pixels: the most pixels the header may claim (decoding costs about 40 ns a pixel).
 
     Returns:
         ``(gray, alpha)``: gray (H, W) as uint8, or as float32 with its opacity ``alpha`` (H, W) in
@@ -168,16 +172,17 @@ def decode_image(data: bytes, source: str = "the image", *, fix: str = _FIX) -> 
     Raises:
         MnistfxError: too large, or not an image that can be decoded.
     """
-    gray, alpha, _ = decode_sized(data, source, fix=fix)
+    gray, alpha, _ = decode_sized(data, source, fix=fix, max_pixels=max_pixels)
     return gray, alpha
 
 
-def decode_sized(data: bytes, source: str, *, fix: str = _FIX) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+def decode_sized(data: bytes, source: str, *, fix: str = _FIX,
+                 max_pixels: int = IMAGE_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
     """:func:`decode_image`, and the image's ``(width, height)`` as a viewer shows it (before shrinking)."""
     if len(data) > IMAGE_MAX_BYTES:
         raise MnistfxError(f"{source} is {len(data):,} bytes, more than any image mnistfx reads "
                            f"({IMAGE_MAX_BYTES:,}): {fix}")
-    limits = (f"images of up to {IMAGE_MAX_PIXELS:,} pixels, at most {IMAGE_MAX_ASPECT} times as long as wide, "
+    limits = (f"images of up to {max_pixels:,} pixels, at most {IMAGE_MAX_ASPECT} times as long as wide, "
               f"are read: {fix}")
     _check_structure(source, data, fix)
     try:
@@ -191,7 +196,7 @@ def decode_sized(data: bytes, source: str, *, fix: str = _FIX) -> tuple[np.ndarr
                 raise MnistfxError(f"{source} claims {int(claimed[1]):,} pixels: {limits}" if claimed
                                    else f"{source} claims too many pixels: {limits}") from None
             width, height = img.size
-            if width < 1 or height < 1 or width * height > IMAGE_MAX_PIXELS \
+            if width < 1 or height < 1 or width * height > max_pixels \
                     or max(width, height) > IMAGE_MAX_ASPECT * min(width, height):
                 raise MnistfxError(f"{source} claims {width}×{height} pixels: {limits}")
             if width * height > PY_DECODE_MAX_PIXELS and any(tile[0] in Image.DECODERS for tile in img.tile):
@@ -213,13 +218,17 @@ def decode_sized(data: bytes, source: str, *, fix: str = _FIX) -> tuple[np.ndarr
 
 
 def _check_structure(source: str, data: bytes, fix: str) -> None:
-    """Refuse a JPEG or PNG whose count of scans, segments or chunks no photo has (each costs Pillow time)."""
+    """Refuse a JPEG or PNG whose count of scans, segments or chunks no photo has, or a PBM/PGM/PPM/PFM
+    whose header runs long (each costs Pillow time)."""
     if data[:2] == b"\xff\xd8":  # 0xFF is escaped inside scan data, so these counts are of markers
         scans = data.count(b"\xff\xda")
         segments = sum(data.count(bytes((0xFF, m))) for m in (*range(0xE0, 0xF0), 0xFE))
         if scans > JPEG_MAX_SCANS or segments > JPEG_MAX_SEGMENTS:
             raise MnistfxError(f"{source} is a JPEG of {scans} scans and {segments} metadata segments (photos have "
                                f"at most a dozen of each): {fix}")
+    elif re.match(rb"P[1-6Ff]\s", data) and not _PNM_HEADER[2 if data[1:2] in b"14" else 3].match(data[:PNM_MAX_HEADER]):
+        raise MnistfxError(f"{source} is a PBM/PGM/PPM/PFM whose header is not its sizes within "
+                           f"{PNM_MAX_HEADER:,} bytes (long comments): {fix}")
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         at, chunks = 8, 0
         while at + 8 <= len(data) and chunks <= PNG_MAX_CHUNKS:

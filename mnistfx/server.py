@@ -13,8 +13,9 @@ and must arrive within :data:`HEADER_DEADLINE`, its body at :data:`MAX_BODY` wit
 :data:`BODY_DEADLINE`; a body that is not read closes the connection (so it is never parsed as the
 next request); ``Expect: 100-continue`` is answered only after the length is checked; ``HEAD``
 answers ``GET``'s headers. At most :data:`MAX_CONNECTIONS` are open; when all are, the one that has
-waited longest for its request is cut off to make room, so slow clients cannot hold every slot.
-Failures are logged at most :data:`LOG_BURST` lines a minute.
+waited longest on its client (for a request, or to take an answer) is cut off to make room, so slow
+clients cannot hold every slot. At most :data:`MAX_QUEUED` images wait to be decoded (more get 503),
+each of at most :data:`MAX_PIXELS`. Failures are logged at most :data:`LOG_BURST` lines a minute.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import errno
 import http.client
 import ipaddress
 import json
+import re
 import socket
 import sys
 import threading
@@ -43,8 +45,11 @@ MAX_HEADER_BYTES = 16 << 10  # a request line and its headers; a browser's are u
 IDLE_TIMEOUT = 10        # seconds a connection may wait between two reads
 HEADER_DEADLINE = 10     # seconds a request line and its headers may take to arrive in all (or an idle kept-alive wait)
 BODY_DEADLINE = 30       # seconds a request body may take to arrive in all
-MAX_CONNECTIONS = 64     # open at once; when all are, the one waiting longest for its request is cut off
+MAX_CONNECTIONS = 64     # open at once; when all are, the one waiting longest on its client is cut off
+MAX_QUEUED = 8           # images waiting for the one being decoded; more are answered 503 at once
+MAX_PIXELS = 4_000_000   # a posted image's pixels (the page sends 280×280): at most ~0.2 s of decoding each
 LOG_BURST = 5            # failure lines logged a minute; more are counted, not printed
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110)
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"), "/style.css": ("style.css", "text/css; charset=utf-8")}
 _SOURCE = "the posted image"
@@ -56,6 +61,7 @@ class Predictor:
     def __init__(self, weights: Weights):
         self.weights = weights
         self.lock = threading.Lock()
+        self.queue = threading.BoundedSemaphore(MAX_QUEUED + 1)  # the one being answered, and those waiting
         with torch.inference_mode():  # the first call's one-off costs, now
             weights.probabilities(torch.zeros(1, 28, 28, dtype=torch.uint8))
 
@@ -66,15 +72,28 @@ class Predictor:
         Raises:
             MnistfxError: the bytes are not an image that can be decoded, or it shows no digit; the weights
                 give no finite probabilities.
+            Busy: :data:`MAX_QUEUED` images already wait.
         """
+        if not self.queue.acquire(blocking=False):
+            raise Busy(f"{MAX_QUEUED} images wait to be read already: retry")
+        try:
+            return self._answer(data)
+        finally:
+            self.queue.release()
+
+    def _answer(self, data: bytes) -> dict:
         with self.lock:  # one image at a time: a decoded image may take 200 MB, and there are 2 cores to share
             start = time.perf_counter()
-            gray, alpha = decode_image(data, _SOURCE)
+            gray, alpha = decode_image(data, _SOURCE, max_pixels=MAX_PIXELS)
             image = prepare_digit(gray, alpha=alpha, source=_SOURCE)
             with torch.inference_mode():
                 probs = self.weights.checked_probabilities(image[None])[0].float().cpu()
         return {"label": int(probs.argmax()), "probabilities": [round(float(p), 6) for p in probs],
                 "image": image.tolist(), "ms": round(1000 * (time.perf_counter() - start), 3)}
+
+
+class Busy(MnistfxError):
+    """The server has as many images waiting as it queues."""
 
 
 class DigitServer(ThreadingHTTPServer):
@@ -91,7 +110,8 @@ class DigitServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.open = 0           # connections with a thread
         self.cut = 0            # of them, cut off to make room and not yet ended
-        self.waiting = {}       # handler -> when it began to wait for its request (insertion order: oldest first)
+        self.waiting = {}       # handler -> when it began to wait on its client (insertion order: oldest first)
+        self.local = threading.local()
         super().__init__(address, _Handler)
 
     @property
@@ -125,11 +145,13 @@ class DigitServer(ThreadingHTTPServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address):
+        self.local.ended = False
         try:
             super().process_request_thread(request, client_address)
         finally:
-            with self.lock:
-                self.open -= 1
+            if not self.local.ended:  # the handler never ran (see ended())
+                with self.lock:
+                    self.open -= 1
 
     def wait(self, handler, waiting: bool) -> None:
         """Note that ``handler`` waits for (``True``) or has (``False``) its next request."""
@@ -139,11 +161,13 @@ class DigitServer(ThreadingHTTPServer):
                 self.waiting[handler] = time.monotonic()
 
     def ended(self, handler) -> None:
-        """``handler``'s connection is over."""
+        """``handler``'s connection is over (in its own thread): its slot is free, in one step with its
+        cut-off, so that a count between the two never refuses a connection."""
         with self.lock:
             self.waiting.pop(handler, None)
-            if handler.counted_cut:
-                self.cut -= 1
+            self.open -= 1
+            self.cut -= handler.counted_cut
+        self.local.ended = True
 
     def handle_error(self, request, client_address):
         error = sys.exc_info()[1]
@@ -186,11 +210,28 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self._deadline.cancel()  # the headers are in; the body has its own deadline
             self.rfile = getattr(self.rfile, "raw", self.rfile)
-        length = self.headers.get("Content-Length", "0").strip()
-        self._unread_body = bool(self.headers.get("Transfer-Encoding")) or length != "0"
+        # what follows the headers is a body unless the request says, in one plain way, that it has none
+        lengths = [v.strip() for v in self.headers.get_all("Content-Length", [])]
+        self._unread_body = "Transfer-Encoding" in self.headers or lengths not in ([], ["0"])
+        problem = self._framing_problem(lengths)
+        if problem:
+            self._refuse(HTTPStatus.BAD_REQUEST, problem)
+            return False
         if not self._unread_body:
             self.server.wait(self, False)
         return True
+
+    def _framing_problem(self, lengths: list[str]) -> str | None:
+        """Why the request's headers cannot say where it ends, if they cannot (a proxy in front may read
+        them otherwise: a request smuggled in a body)."""
+        if self.headers.defects or self.headers.get_payload():  # e.g. "Content-Length : 5" is no header
+            return "a header line is not 'Name: value'"
+        for name, value in self.headers.items():
+            if not _TOKEN.fullmatch(name) or "\r" in value or "\n" in value:  # folded lines are obsolete
+                return "a header's name or value is malformed (or folded over lines)"
+        if len(lengths) > 1:
+            return "the request has more than one Content-Length"
+        return None
 
     def cut_off(self, counted: bool = False):
         """End the connection from another thread (its deadline passed, or its slot is needed)."""
@@ -242,6 +283,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.wait(self, False)
         try:
             answer = self.server.predictor(body)
+        except Busy as e:
+            return self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(e)})
         except MnistfxError as e:
             return self._send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
         except Exception as e:  # never a dead thread without an answer
@@ -252,11 +295,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body_length(self) -> int | None:
         """The body's length if it may be read; else the refusal is sent and ``None`` returned."""
-        if self.headers.get("Transfer-Encoding"):
+        if "Transfer-Encoding" in self.headers:
             return self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length, not chunked")
         lengths = self.headers.get_all("Content-Length", [])
-        if len(lengths) > 1:
-            return self._refuse(HTTPStatus.BAD_REQUEST, "the request has more than one Content-Length")
         if not lengths:
             return self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length")
         length = lengths[0].strip()
@@ -300,6 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: HTTPStatus, body, kind: str = "application/json"):
         if getattr(self, "_unread_body", False):  # what follows on the connection is a body, not a request
             self.close_connection = True
+        self.server.wait(self, True)  # a client that does not read its answer holds the slot: it may be cut off
         self.wfile.write(_response(status, body, kind, close=self.close_connection,
                                    head_only=getattr(self, "_head_only", False)))
         self._head_only = False

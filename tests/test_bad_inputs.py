@@ -843,6 +843,12 @@ def eval_of_weights_whose_outputs_overflow(tmp_path, ctx):
     return ["eval", str(tmp_path / "w.safetensors")]
 
 
+@case("is a PBM/PGM/PPM/PFM whose header is not its sizes within 4,096 bytes")
+def pgm_with_a_long_comment_in_its_header(tmp_path, ctx):
+    (tmp_path / "digit.pgm").write_bytes(b"P5\n28 28\n#" + b"x" * 1_000_000 + b"\n255\n" + bytes(784))
+    return _predict(ctx, tmp_path / "digit.pgm")
+
+
 @case("shows no digit, only a mark 1 pixels across")
 def predict_of_one_lit_pixel(tmp_path, ctx):
     import numpy as np

@@ -208,9 +208,22 @@ EDITS = {  # what a crafted graph may hold that torch would evaluate, run or res
     "named tuple fields": (lambda m, code: m["graph_module"].update(treespec_namedtuple_fields={
         "x": {"field_names": [code]}}), "named tuples"),
     "an attribute path through a dunder": (lambda m, code: m["graph_module"]["signature"]["input_specs"][0][
-        "parameter"].update(parameter_name="members.__class__"), "attribute"),
+        "parameter"].update(parameter_name="members.__class__"), "not a plain name"),
+    "an argument name that is code": (lambda m, code: m["graph_module"]["module_call_graph"][0]["signature"].update(
+        forward_arg_names=[f"images={code}, _='''):#"]), "not a plain name"),
+    "an operator that maps a file": (lambda m, code: _node(m).update(target="torch.ops.aten.from_file.default"),
+                                     "not an ATen operator of tensor arithmetic"),
+    "a size that takes for ever to compute": (lambda m, code: _size(m).update(
+        expr_str="Mul(Symbol('s34', positive=True, integer=True), Pow(Integer(10), Integer(100000000000)))"),
+        "symbolic size"),
+    "a number too long to be a size": (lambda m, code: _size(m).update(expr_str="Integer(" + "9" * 40 + ")"),
+                                       "symbolic size"),
+    "a quote in a module's name": (lambda m, code: _node(m)["metadata"].update(nn_module_stack=f"L,,'{code}'"),
+                                   "not a plain name"),
     "a value name that is not a name": (lambda m, code: m["graph_module"]["graph"]["outputs"][0]["as_tensor"].update(
-        name="x; import os"), "value"),
+        name="x; import os"), "not a plain name"),
+    "a keyword for a value's name": (lambda m, code: m["graph_module"]["graph"]["outputs"][0]["as_tensor"].update(
+        name="import"), "names a value 'import'"),
 }
 
 

@@ -153,8 +153,13 @@ def test_a_speck_or_a_tap_of_the_pen_is_no_digit(digits):
         with pytest.raises(mnistfx.MnistfxError, match=f"shows no digit, only a mark {across} pixels across"):
             mnistfx.prepare_digit(image)
     short_one = np.zeros((280, 280), np.uint8)
-    short_one[100:150, 135:145] = 255  # a stroke 50 pixels tall is a digit (a 1)
-    assert mnistfx.prepare_digit(short_one).shape == (28, 28)
+    short_one[100:130, 135:145] = 255  # a stroke 30 pixels tall on the page's canvas is a digit (a 1)
+    strip = np.zeros((280, 2800), np.uint8)
+    strip[:, 1400:1420] = 255  # a 1 the height of a long strip
+    page = np.zeros((2000, 2000), np.uint8)
+    page[900:1100, 980:1020] = 255  # a 1 of 200 pixels on a page
+    for image in (short_one, strip, page):
+        assert mnistfx.prepare_digit(image).shape == (28, 28)
     for d in digits:  # MNIST's own digits, and copies of them in a corner of a larger image, are digits
         corner = np.zeros((84, 84), np.uint8)
         corner[:28, :28] = d.numpy()

@@ -317,3 +317,69 @@ def test_only_a_loopback_address_is_local(tuned_weights):
             assert server.local_only is local, host
         finally:
             server.server_close()
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n",  # which one?
+    b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length : %d\r\n\r\n",  # no header: the rest is a "body"
+    b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n Content-Length: %d\r\n\r\n",  # folded onto X-A
+    b"GET /api/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\nX-Len: %d\r\n\r\n",  # chunked, or not?
+])
+def test_headers_that_do_not_say_plainly_where_a_request_ends_are_refused(served, head):
+    """A proxy in front may read such headers otherwise than the server: one answer, then the connection
+    closes, so the bytes after them are never taken for a second request."""
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    reply = raw(served, head % len(inner) + inner)
+    assert reply.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in reply and b"smuggled" not in reply, reply
+
+
+def test_clients_that_do_not_read_their_answers_do_not_keep_a_real_client_out(served, mnist):
+    """Every slot taken by a client that pipelines requests and never reads: the server's writes block,
+    and those connections are cut off to make room as idle ones are."""
+    greedy = []
+    try:
+        for _ in range(mnistfx.server.MAX_CONNECTIONS + 6):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            s.connect(served.server_address[:2])
+            s.setblocking(False)
+            try:
+                s.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 400)
+            except BlockingIOError:
+                pass
+            greedy.append(s)
+        time.sleep(1)  # the server's threads are blocked writing pages no one reads
+        for i in range(3):
+            status, answer, _ = request(served, "POST", "/api/predict", png(mnist.test_images[i]))
+            assert status == 200 and answer["label"] == int(mnist.test_labels[i]), (answer, served.open, served.cut, len(served.waiting))
+    finally:
+        for s in greedy:
+            s.close()
+
+
+def test_images_beyond_the_queue_are_answered_503_at_once(served, mnist):
+    body = png(mnist.test_images[0])
+    answers = []
+
+    def post():
+        answers.append(request(served, "POST", "/api/predict", body)[:2])
+
+    with served.predictor.lock:  # an image being read for a long time
+        waiting = [threading.Thread(target=post) for _ in range(mnistfx.server.MAX_QUEUED + 1)]
+        for t in waiting:
+            t.start()
+        deadline = time.monotonic() + 20
+        while served.predictor.queue._value > 0 and time.monotonic() < deadline:  # all have their place in line
+            time.sleep(0.05)
+        status, answer, _ = request(served, "POST", "/api/predict", body)
+        assert status == 503 and "wait to be read already" in answer["error"]
+    for t in waiting:
+        t.join(timeout=30)
+    assert [a[0] for a in answers] == [200] * (mnistfx.server.MAX_QUEUED + 1)
+
+
+def test_a_posted_image_is_bounded_by_the_server_s_own_pixel_limit(served):
+    out = io.BytesIO()
+    Image.new("L", (2500, 2000)).save(out, "PNG")  # 5 megapixels: fine for predict, not for the page's API
+    status, answer, _ = request(served, "POST", "/api/predict", out.getvalue())
+    assert status == 400 and "images of up to 4,000,000 pixels" in answer["error"]
