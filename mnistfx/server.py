@@ -110,7 +110,7 @@ class DigitServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.open = 0           # connections with a thread
         self.cut = 0            # of them, cut off to make room and not yet ended
-        self.waiting = {}       # handler -> when it began to wait on its client (insertion order: oldest first)
+        self.waiting = {}       # handlers waiting on their client, as an ordered set: the longest wait first
         self.local = threading.local()
         super().__init__(address, _Handler)
 
@@ -128,7 +128,7 @@ class DigitServer(ThreadingHTTPServer):
     def process_request(self, request, client_address):
         with self.lock:
             if self.open - self.cut >= MAX_CONNECTIONS and self.waiting:
-                oldest = next(iter(self.waiting))  # all slots taken: the longest wait for a request makes room
+                oldest = next(iter(self.waiting))  # all slots taken: the longest wait on a client makes room
                 del self.waiting[oldest]
                 oldest.cut_off(counted=True)
                 self.cut += 1
@@ -154,11 +154,12 @@ class DigitServer(ThreadingHTTPServer):
                     self.open -= 1
 
     def wait(self, handler, waiting: bool) -> None:
-        """Note that ``handler`` waits for (``True``) or has (``False``) its next request."""
+        """Note that ``handler`` waits on its client (``True``: for a request, or to take an answer) or
+        works for it (``False``)."""
         with self.lock:
             self.waiting.pop(handler, None)
             if waiting:  # at the end of the order: the newest wait
-                self.waiting[handler] = time.monotonic()
+                self.waiting[handler] = None
 
     def ended(self, handler) -> None:
         """``handler``'s connection is over (in its own thread): its slot is free, in one step with its

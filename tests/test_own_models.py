@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mnistfx
+from mnistfx import registry
 import own_models
 from helpers import MNISTFX, assert_one_line_error, run_cli, same_bits
 
@@ -18,8 +19,14 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope="module", autouse=True)
 def _registered():
+    """The models of one's own that this module's tests register, unregistered after them: the registry is
+    the process's, and the next test file in this worker expects the built-in models alone."""
+    before = dict(registry._REGISTRY)
     for model in (own_models.mlp, own_models.bn_mlp):
         mnistfx.register_model(model, replace=True)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)
 
 
 def _small(model, **overrides):
