@@ -76,7 +76,8 @@ def launch(nproc: int, out) -> int:
             weights = folder / "weights.safetensors"
             if weights.is_file() and weights.stat().st_mtime >= started:  # the signal came as it ended
                 line = f"the run was stopped ({how}) after it finished: its weights are in {out}"
-            elif (folder / "checkpoint.safetensors").is_file():
+            elif (folder / "checkpoint.safetensors").is_file() \
+                    and (folder / "checkpoint.safetensors").stat().st_mtime >= started:  # this run's, not one it replaces
                 line = f"the run was stopped ({how}): continue it with `mnistfx train --resume {out}`"
             else:
                 line = f"the run was stopped ({how}): run the command again (no checkpoint was written yet)"

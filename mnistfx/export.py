@@ -41,6 +41,7 @@ _TRACE_BATCH = 2  # sizes 0 and 1 would be specialised by torch.export
 _PROTOBUF_MAX_BYTES = (2 << 30) - 1  # one ONNX file without external data
 _INSTALL = "pip install 'mnistfx[export]'"
 _JSON_MAX_BYTES = 64 << 20  # a program's graph and configs: a few hundred kB for these models
+_VALUE_MAX_BYTES = 256 << 20  # one value the graph computes for 2 images (resnet's largest: about 1 MB)
 
 
 class ImagesToLogits(nn.Module):
@@ -130,11 +131,11 @@ _PLAIN = re.compile(r"archive_format|archive_version|byteorder|\.data/version|\.
 # torch.export writes them: a symbolic size is sympy's srepr (which sympify evaluates), a node's target
 # an operator that the program calls, and every other string a name or a path of names, which torch
 # writes into generated Python source (a quote or a bracket there would be code).
-_EXPR_TOKEN = re.compile(r"\s+|-?\d{1,12}(?!\d)|[(),*+/-]|Symbol\('[su]\d{1,9}'(?:, [a-z]+=(?:True|False))*\)|true|false"
+_EXPR_TOKEN = re.compile(r"\s+|-?\d{1,12}(?!\d)|[(),+/-]|\*(?!\s*\*)|Symbol\('[su]\d{1,9}'(?:, [a-z]+=(?:True|False))*\)|true|false"
                          r"|(?:Integer|Rational|Add|Mul|Max|Min|FloorDiv|CeilDiv|CleanDiv|Mod|PythonMod"
                          r"|ModularIndexing|FloorToInt|CeilToInt|IntTrueDiv|Eq|Ne|Lt|Le|Gt|Ge|StrictLessThan"
                          r"|StrictGreaterThan|LessThan|GreaterThan|Equality|Unequality|And|Or|Not)(?=\()")
-_EXPR_MAX_CHARS = 4096  # no Pow and numbers of at most 12 digits: sympify computes what it reads, exactly
+_EXPR_MAX_CHARS = 4096  # no Pow or ** and numbers of at most 12 digits: sympify computes what it reads, exactly
 # ATen operators that compute tensors from tensors: those mnistfx's models export to, and the usual ones
 # of a model of one's own. Not those that touch files or memory (aten.from_file maps any file) or work
 # in place.
@@ -188,9 +189,12 @@ def load_program(path) -> torch.export.ExportedProgram:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             _check_archive(archive)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return torch.export.load(io.BytesIO(data))
+            checked = _rewritten(archive)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(checked)
+            _dry_run(program)
+            return program
     except MnistfxError as e:
         raise MnistfxError(f"{path}: {e}: {fix}") from None
     except Exception as e:  # zip errors, torch's own checks, JSON nested past recursion: all mean "not such a program"
@@ -223,11 +227,55 @@ def _check_archive(archive: zipfile.ZipFile) -> None:
             if entry.get("use_pickle", True):
                 raise MnistfxError(f"its {kind} ask for pickled tensors")
             tensors[f"data/{kind}/{entry['path_name']}"] = _storage_bytes(entry["tensor_meta"])
+    if sum(tensors.values()) > WEIGHTS_MAX_BYTES:
+        raise MnistfxError(f"its tensors' recorded shapes need more than {WEIGHTS_MAX_BYTES:,} bytes")
     for name, info in parts.items():
+        # torch fills a tensor with no bytes with zeros of its recorded shape: the bytes must be the shape's
         if name.startswith(("data/weights/weight_", "data/constants/tensor_")) \
-                and info.file_size > tensors.get(name, 0):
-            raise MnistfxError(f"its {name} would inflate to {info.file_size:,} bytes, more than its tensor holds")
+                and info.file_size != tensors.get(name, 0):
+            raise MnistfxError(f"its {name} would inflate to {info.file_size:,} bytes, not the "
+                               f"{tensors.get(name, 0):,} its tensor holds")
+    if set(tensors) - set(parts):
+        raise MnistfxError("a tensor its configs name is missing from it")
     _check_graph(json.loads(archive.read(parts["models/model.json"])))
+
+
+def _dry_run(program: torch.export.ExportedProgram) -> None:
+    """Run ``program`` once on fake tensors of a batch of 2 (shapes only: nothing is allocated) and refuse
+    it if any value it computes would take more than :data:`_VALUE_MAX_BYTES` (an allowed operator with a
+    giant size argument, such as a pad of 10**9, would take all memory when run)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    too_large = []
+
+    class Sized(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            for value in torch.utils._pytree.tree_leaves(out):
+                if isinstance(value, torch.Tensor) and value.numel() * value.element_size() > _VALUE_MAX_BYTES:
+                    too_large.append(tuple(value.shape))
+                    raise MemoryError  # stops the run; fx adds its own lines to the error, so the shape is kept apart
+            return out
+
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+        try:
+            Sized(program.module()).run(fake.from_tensor(_example()))
+        except MemoryError:
+            if not too_large:
+                raise
+    if too_large:
+        raise MnistfxError(f"its graph computes a value of shape {too_large[0]} for 2 images")
+
+
+def _rewritten(archive: zipfile.ZipFile) -> io.BytesIO:
+    """The checked entries as a new archive: torch's zip reader and Python's may read two archives out
+    of one file (a second central directory), so torch reads the one that was checked."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as fresh:
+        for info in archive.infolist():
+            fresh.writestr(info.filename, archive.read(info))
+    out.seek(0)
+    return out
 
 
 def _storage_bytes(meta: dict) -> int:

@@ -226,9 +226,13 @@ def _check_structure(source: str, data: bytes, fix: str) -> None:
         if scans > JPEG_MAX_SCANS or segments > JPEG_MAX_SEGMENTS:
             raise MnistfxError(f"{source} is a JPEG of {scans} scans and {segments} metadata segments (photos have "
                                f"at most a dozen of each): {fix}")
-    elif re.match(rb"P[1-6Ff]\s", data) and not _PNM_HEADER[2 if data[1:2] in b"14" else 3].match(data[:PNM_MAX_HEADER]):
-        raise MnistfxError(f"{source} is a PBM/PGM/PPM/PFM whose header is not its sizes within "
-                           f"{PNM_MAX_HEADER:,} bytes (long comments): {fix}")
+    elif re.match(rb"P[1-6Ff]\s", data):
+        header = _PNM_HEADER[2 if data[1:2] in b"14" else 3].match(data[:PNM_MAX_HEADER])
+        if header is None:
+            raise MnistfxError(f"{source} is a PBM/PGM/PPM/PFM whose header is not its sizes within "
+                               f"{PNM_MAX_HEADER:,} bytes (long comments): {fix}")
+        if data[1:2] in b"123" and b"#" in data[header.end():]:  # Pillow copies the rest past each comment
+            raise MnistfxError(f"{source} is a plain-text PBM/PGM/PPM with comments among its pixels: {fix}")
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         at, chunks = 8, 0
         while at + 8 <= len(data) and chunks <= PNG_MAX_CHUNKS:

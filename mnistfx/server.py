@@ -46,7 +46,8 @@ IDLE_TIMEOUT = 10        # seconds a connection may wait between two reads
 HEADER_DEADLINE = 10     # seconds a request line and its headers may take to arrive in all (or an idle kept-alive wait)
 BODY_DEADLINE = 30       # seconds a request body may take to arrive in all
 MAX_CONNECTIONS = 64     # open at once; when all are, the one waiting longest on its client is cut off
-MAX_QUEUED = 8           # images waiting for the one being decoded; more are answered 503 at once
+MAX_QUEUED = 8           # images waiting for the one being decoded; more are answered 503 at once...
+MAX_QUEUED_PER_CLIENT = 3  # ...as are more than this many from one address
 MAX_PIXELS = 4_000_000   # a posted image's pixels (the page sends 280×280): at most ~0.2 s of decoding each
 LOG_BURST = 5            # failure lines logged a minute; more are counted, not printed
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110)
@@ -62,24 +63,33 @@ class Predictor:
         self.weights = weights
         self.lock = threading.Lock()
         self.queue = threading.BoundedSemaphore(MAX_QUEUED + 1)  # the one being answered, and those waiting
+        self.queued, self.lock_queued = {}, threading.Lock()  # client address -> its images in the queue
         with torch.inference_mode():  # the first call's one-off costs, now
             weights.probabilities(torch.zeros(1, 28, 28, dtype=torch.uint8))
 
-    def __call__(self, data: bytes) -> dict:
+    def __call__(self, data: bytes, client: str = "") -> dict:
         """The answer to an image file's bytes: ``label``, ``probabilities``, ``image`` (28 rows of 28
         values 0-255: what the model saw) and ``ms`` (the work on this image, from its bytes to the answer).
 
         Raises:
             MnistfxError: the bytes are not an image that can be decoded, or it shows no digit; the weights
                 give no finite probabilities.
-            Busy: :data:`MAX_QUEUED` images already wait.
+            Busy: :data:`MAX_QUEUED` images already wait, or :data:`MAX_QUEUED_PER_CLIENT` of ``client``'s
+                (its address): one client cannot take every place in the queue.
         """
-        if not self.queue.acquire(blocking=False):
-            raise Busy(f"{MAX_QUEUED} images wait to be read already: retry")
+        with self.lock_queued:
+            mine = self.queued.get(client, 0)
+            if mine >= MAX_QUEUED_PER_CLIENT or not self.queue.acquire(blocking=False):
+                raise Busy(f"{MAX_QUEUED} images wait to be read already ({mine} of them yours): retry")
+            self.queued[client] = mine + 1
         try:
             return self._answer(data)
         finally:
-            self.queue.release()
+            with self.lock_queued:
+                self.queue.release()
+                self.queued[client] -= 1
+                if not self.queued[client]:
+                    del self.queued[client]
 
     def _answer(self, data: bytes) -> dict:
         with self.lock:  # one image at a time: a decoded image may take 200 MB, and there are 2 cores to share
@@ -283,7 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._unread_body = False
         self.server.wait(self, False)
         try:
-            answer = self.server.predictor(body)
+            answer = self.server.predictor(body, self.client_address[0])
         except Busy as e:
             return self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(e)})
         except MnistfxError as e:

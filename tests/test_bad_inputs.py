@@ -849,6 +849,12 @@ def pgm_with_a_long_comment_in_its_header(tmp_path, ctx):
     return _predict(ctx, tmp_path / "digit.pgm")
 
 
+@case("plain-text PBM/PGM/PPM with comments among its pixels")
+def pbm_with_comments_among_its_pixels(tmp_path, ctx):
+    (tmp_path / "digit.pbm").write_bytes(b"P1\n28 28\n" + b"0 " * 784 + b"#\n" * 1_000_000)  # 23 s for Pillow
+    return _predict(ctx, tmp_path / "digit.pbm")
+
+
 @case("shows no digit, only a mark 1 pixels across")
 def predict_of_one_lit_pixel(tmp_path, ctx):
     import numpy as np

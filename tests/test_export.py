@@ -3,10 +3,13 @@
 import io
 import json
 import os
+import pickle
 import stat
+import struct
 import sys
 import warnings
 import zipfile
+import zlib
 
 import pytest
 import torch
@@ -216,6 +219,8 @@ EDITS = {  # what a crafted graph may hold that torch would evaluate, run or res
     "a size that takes for ever to compute": (lambda m, code: _size(m).update(
         expr_str="Mul(Symbol('s34', positive=True, integer=True), Pow(Integer(10), Integer(100000000000)))"),
         "symbolic size"),
+    "a power written as **": (lambda m, code: _size(m).update(
+        expr_str="Mul(Symbol('s34', positive=True, integer=True), 10**999999999999)"), "symbolic size"),
     "a number too long to be a size": (lambda m, code: _size(m).update(expr_str="Integer(" + "9" * 40 + ")"),
                                        "symbolic size"),
     "a quote in a module's name": (lambda m, code: _node(m)["metadata"].update(nn_module_stack=f"L,,'{code}'"),
@@ -248,10 +253,90 @@ def test_torch_itself_runs_the_crafted_size(honest_program, tmp_path):
     assert marker.exists()
 
 
-def test_load_program_refuses_a_tensor_that_inflates_past_its_shape(honest_program, tmp_path):
-    path = edited_program(honest_program, tmp_path / "big.pt2",
-                          entry=lambda name, part: part * 2 if name.endswith("weights/weight_0") else part)
-    with pytest.raises(mnistfx.MnistfxError, match="weight_0 would inflate to .* more than its tensor holds"):
-        load_program(path)
+def test_load_program_refuses_a_tensor_whose_bytes_are_not_its_shape_s(honest_program, tmp_path):
+    for change in (lambda part: part * 2, lambda part: b""):  # torch fills an empty entry with zeros of its shape
+        path = edited_program(honest_program, tmp_path / "odd.pt2",
+                              entry=lambda name, part: change(part) if name.endswith("weights/weight_0") else part)
+        with pytest.raises(mnistfx.MnistfxError, match="weight_0 would inflate to .* bytes, not the .* its tensor holds"):
+            load_program(path)
     honest = edited_program(honest_program, tmp_path / "honest.pt2")  # rewritten unchanged: still loads
     assert load_program(honest).module()(torch.zeros(2, 28, 28, dtype=torch.uint8)).shape == (2, 10)
+
+
+class _Opens:
+    """Unpickled, it opens (creates) a file: the proof that a pickle in an archive ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _two_archives(honest: dict, crafted: dict) -> bytes:
+    """One file that Python's zipfile reads as ``honest`` (name -> bytes) and torch's own reader (miniz)
+    as ``crafted``: the end record's central-directory size fits the last directory, which zipfile reads
+    (shifting offsets as for data before an archive), and its offset names the first, which miniz reads."""
+    out = bytearray(b"\0" * sum(46 + len(n) for n in crafted))  # zipfile's shifted offsets stay >= 0
+
+    def local(name, data):
+        at = len(out)
+        out.extend(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, zlib.crc32(data), len(data), len(data),
+                               len(name), 0) + name.encode() + data)
+        return at
+
+    def directory(entries, shift=0, pad=0):
+        return b"".join(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, zlib.crc32(data), len(data),
+                                    len(data), len(name), 0, pad, 0, 0, 0, at - shift) + name.encode() + b" " * pad
+                        for name, data, at in entries)
+
+    mine, theirs = [], []
+    for name, data in honest.items():
+        at = local(name, data)
+        mine.append((name, data, at))
+        theirs.append((name, crafted[name], at if crafted[name] == data else local(name, crafted[name])))
+    first = directory(theirs)
+    first_at = len(out)
+    out.extend(first)
+    last = directory(mine, shift=len(first), pad=16)
+    out.extend(last)
+    out.extend(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(mine), len(mine), len(last), first_at, 0))
+    return bytes(out)
+
+
+def test_torch_reads_the_archive_that_was_checked(honest_program, tmp_path):
+    """A file that zipfile and torch's reader see as two archives: the one torch would see asks for a
+    pickled tensor. load_program gives torch the archive it checked, and nothing is unpickled."""
+    marker = tmp_path / "ran"
+    with zipfile.ZipFile(io.BytesIO(honest_program)) as z:
+        honest = {i.filename: z.read(i) for i in z.infolist()}
+    crafted = dict(honest)
+    root = next(iter(honest)).partition("/")[0]
+    config = json.loads(honest[f"{root}/data/weights/model_weights_config.json"])
+    entry = next(iter(config["config"].values()))
+    entry["use_pickle"] = True
+    crafted[f"{root}/data/weights/model_weights_config.json"] = json.dumps(config).encode()
+    crafted[f"{root}/data/weights/{entry['path_name']}"] = pickle.dumps(_Opens(marker), protocol=2)
+    path = tmp_path / "two.pt2"
+    path.write_bytes(_two_archives(honest, crafted))
+    program = load_program(path)
+    assert not marker.exists()
+    assert program.module()(torch.zeros(2, 28, 28, dtype=torch.uint8)).shape == (2, 10)
+    with zipfile.ZipFile(path) as z:  # what zipfile sees is the honest archive
+        assert {i.filename: z.read(i) for i in z.infolist()} == honest
+
+
+def test_load_program_refuses_a_graph_that_computes_a_value_too_large(honest_program, tmp_path):
+    """An allowed operator with a giant size argument (a pad of 10**9) would take all memory when the
+    program runs: a dry run on fake tensors (shapes only) finds it while loading."""
+
+    def pad(model):
+        node = next(n for n in model["graph_module"]["graph"]["nodes"] if n["name"] == "reshape")
+        node["target"] = "torch.ops.aten.constant_pad_nd.default"
+        node["inputs"] = [{"name": "self", "arg": {"as_tensor": {"name": "images"}}, "kind": 1},
+                          {"name": "pad", "arg": {"as_ints": [0, 10**9]}, "kind": 1},
+                          {"name": "value", "arg": {"as_float": 0.0}, "kind": 1}]
+
+    path = edited_program(honest_program, tmp_path / "pad.pt2", pad)
+    with pytest.raises(mnistfx.MnistfxError, match=r"computes a value of shape \(2, 28, 1000000028\) for 2 images"):
+        load_program(path)

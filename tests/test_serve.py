@@ -358,24 +358,44 @@ def test_clients_that_do_not_read_their_answers_do_not_keep_a_real_client_out(se
 
 
 def test_images_beyond_the_queue_are_answered_503_at_once(served, mnist):
+    """While an image is being read, three more from one client wait (a fourth is 503), and up to eight in
+    all from several clients (loopback addresses 127.0.0.x are clients of their own)."""
     body = png(mnist.test_images[0])
     answers = []
 
-    def post():
-        answers.append(request(served, "POST", "/api/predict", body)[:2])
+    def post(client):
+        conn = http.client.HTTPConnection(*served.server_address[:2], timeout=60, source_address=(client, 0))
+        try:
+            conn.request("POST", "/api/predict", body=body)
+            answers.append(conn.getresponse().status)
+        finally:
+            conn.close()
 
-    with served.predictor.lock:  # an image being read for a long time
-        waiting = [threading.Thread(target=post) for _ in range(mnistfx.server.MAX_QUEUED + 1)]
-        for t in waiting:
-            t.start()
+    def queue_filled_to(n):
         deadline = time.monotonic() + 20
-        while served.predictor.queue._value > 0 and time.monotonic() < deadline:  # all have their place in line
+        while served.predictor.queue._value > mnistfx.server.MAX_QUEUED + 1 - n and time.monotonic() < deadline:
             time.sleep(0.05)
-        status, answer, _ = request(served, "POST", "/api/predict", body)
-        assert status == 503 and "wait to be read already" in answer["error"]
+
+    per_client = mnistfx.server.MAX_QUEUED_PER_CLIENT
+    clients = [f"127.0.0.{i}" for i in range(2, 9)]
+    waiting = []
+    with served.predictor.lock:  # an image being read for a long time
+        for client in (c for c in clients for _ in range(per_client)):
+            if len(waiting) == mnistfx.server.MAX_QUEUED + 1:
+                break
+            waiting.append(threading.Thread(target=post, args=(client,)))
+            waiting[-1].start()
+            queue_filled_to(len(waiting))
+        conn = http.client.HTTPConnection(*served.server_address[:2], timeout=30, source_address=(clients[0], 0))
+        conn.request("POST", "/api/predict", body=body)
+        reply = conn.getresponse()
+        assert reply.status == 503 and "(3 of them yours)" in json.loads(reply.read())["error"]
+        conn.close()
+        status, answer, _ = request(served, "POST", "/api/predict", body)  # 127.0.0.1: no image of its own waits
+        assert status == 503 and "8 images wait to be read already (0 of them yours)" in answer["error"]
     for t in waiting:
-        t.join(timeout=30)
-    assert [a[0] for a in answers] == [200] * (mnistfx.server.MAX_QUEUED + 1)
+        t.join(timeout=60)
+    assert answers == [200] * (mnistfx.server.MAX_QUEUED + 1)
 
 
 def test_a_posted_image_is_bounded_by_the_server_s_own_pixel_limit(served):
