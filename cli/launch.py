@@ -32,6 +32,23 @@ def launched() -> bool:
     return os.environ.get(PARENT_ENV) == str(os.getppid())
 
 
+def next_step(out, since: float) -> str:
+    """What to do with the run in ``out`` that a signal stopped; its files are this run's if written
+    ``since`` it started (an ``--overwrite`` run may stop before it replaces the old run's)."""
+    from mnistfx.runs import run_folder
+
+    folder = run_folder(out)
+
+    def ours(name):
+        return (folder / name).is_file() and (folder / name).stat().st_mtime >= since
+
+    if ours("weights.safetensors"):  # the signal came as it ended
+        return f"it had finished: its weights are in {out}"
+    if ours("checkpoint.safetensors"):
+        return f"continue it with `mnistfx train --resume {out}`"
+    return "run the command again (no checkpoint was written yet)"
+
+
 def launch(nproc: int, out) -> int:
     """Run ``python -m mnistfx`` with :data:`ARGV` in ``nproc`` processes; their exit status (the first
     failed one's, if any failed: torchrun then stops the others). A signal to the launcher (Ctrl-C,
@@ -70,19 +87,9 @@ def launch(nproc: int, out) -> int:
                 how = f"exit status {failure.exitcode}"
             raise MnistfxError(f"rank {rank} was killed ({how}): the run stops") from None
         except SignalException as e:  # Ctrl-C or a kill: the launcher passed it on; the ranks stop quietly
-            from mnistfx.runs import run_folder
-
-            folder, how = run_folder(out), signal.Signals(int(e.sigval)).name
-            weights = folder / "weights.safetensors"
-            if weights.is_file() and weights.stat().st_mtime >= started:  # the signal came as it ended
-                line = f"the run was stopped ({how}) after it finished: its weights are in {out}"
-            elif (folder / "checkpoint.safetensors").is_file() \
-                    and (folder / "checkpoint.safetensors").stat().st_mtime >= started:  # this run's, not one it replaces
-                line = f"the run was stopped ({how}): continue it with `mnistfx train --resume {out}`"
-            else:
-                line = f"the run was stopped ({how}): run the command again (no checkpoint was written yet)"
             sys.stdout.flush()
-            print(f"error: {line}", file=sys.stderr, flush=True)
+            print(f"error: the run was stopped ({signal.Signals(int(e.sigval)).name}): {next_step(out, started)}",
+                  file=sys.stderr, flush=True)
             return 128 + int(e.sigval)
         except RendezvousError as e:
             raise MnistfxError(f"the {nproc} processes could not meet ({e}): try again") from None

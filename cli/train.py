@@ -18,7 +18,7 @@ from mnistfx.config import RECIPES
 from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_ENSEMBLE, MAX_EPOCHS, MAX_NPROC, MAX_SEED,
                                MAX_STEPS_PER_CALL, OPTIMIZERS, PRECISIONS)
 
-from .launch import launched, stop_with_parent
+from .launch import launched, next_step, stop_with_parent
 from .options import (console, data_root_option, device_option, json_option, named_model, positive,
                       printable, quiet_torch_logs, recipe_values)
 
@@ -100,7 +100,7 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
         raise click.UsageError("Missing argument 'MODEL': name a model (tuned, cnn, resnet or MODULE:ATTR), or pass "
                                "--resume FOLDER.")
     model = None if model is None else named_model(model)
-    where = {}  # the run folder, once known: what a stopped rank tells the user to resume
+    where = {"since": time.time()}  # and the run folder, once known: what a stopped rank tells the user
     if parallel is not None:
         signal.signal(signal.SIGTERM, functools.partial(_stopped, parallel.rank, where))
         _watch_stops(parallel.rank, where)
@@ -177,11 +177,8 @@ class _Stopped(mnistfx.MnistfxError):
     ``--nproc`` none does: the launcher speaks for the run, or the rank that failed did."""
 
     def __init__(self, rank: int, signum: int, where: dict):
-        out = where.get("out")
-        if out is not None and (mnistfx.run_folder(out) / "checkpoint.safetensors").is_file():
-            fix = f"continue it with `mnistfx train --resume {out}`"
-        else:
-            fix = "run the command again (no checkpoint was written yet)"
+        fix = ("run the command again (no checkpoint was written yet)" if "out" not in where
+               else next_step(where["out"], where["since"]))
         super().__init__(f"rank {rank} was stopped ({signal.Signals(signum).name}): the run stops; {fix}")
         self.quiet = rank != 0 or launched()
 
