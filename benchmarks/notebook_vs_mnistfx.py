@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import MNIST
 
 import mnistfx
-from mnistfx.notebook import NotebookNet, train_transform
+from mnistfx.models.notebook_cnns import NotebookNet, train_transform
 
 
 def notebook_img_per_s(model: str, root, steps: int, batch: int = 32) -> float:

@@ -28,7 +28,7 @@ def export(weights, out, fmt, model_spec, overwrite, as_json):
         fmt = FORMATS.get(os.path.splitext(out)[1].lower())
         if fmt is None:
             raise click.UsageError("pass --format onnx or --format pt2 (--out ends in neither .onnx nor .pt2)")
-    from mnistfx import export as exporting  # the module (torch), not loaded for --help
+    from mnistfx.trained import export as exporting  # the module (torch), not loaded for --help
 
     if fmt == "onnx":
         exporting.require_onnx()  # before the weights are read

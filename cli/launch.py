@@ -35,7 +35,7 @@ def launched() -> bool:
 def next_step(out, since: float) -> str:
     """What to do with the run in ``out`` that a signal stopped; its files are this run's if written
     ``since`` it started (an ``--overwrite`` run may stop before it replaces the old run's)."""
-    from mnistfx.runs import run_folder
+    from mnistfx.training.runs import run_folder
 
     folder = run_folder(out)
 

@@ -8,7 +8,7 @@ import math
 import click
 
 import mnistfx
-from mnistfx.config import RECIPES
+from mnistfx.training.config import RECIPES
 from mnistfx.constants import DEVICES_HINT
 
 DATA_ROOT_HELP = "Data folder (default: $MNISTFX_DATA or ~/.cache/mnistfx)."

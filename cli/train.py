@@ -14,7 +14,7 @@ import click
 from click.core import ParameterSource
 
 import mnistfx
-from mnistfx.config import RECIPES
+from mnistfx.training.config import RECIPES
 from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_ENSEMBLE, MAX_EPOCHS, MAX_NPROC, MAX_SEED,
                                MAX_STEPS_PER_CALL, OPTIMIZERS, PRECISIONS)
 
@@ -91,7 +91,7 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
 
     Data-parallel: `--nproc N` on one machine, or `torchrun ... -m mnistfx train ...` (see the README).
     """
-    from mnistfx import distributed
+    from mnistfx.training import distributed
 
     parallel = distributed.from_environment()  # set when torchrun (or --nproc) started this process
     if resume_dir is not None:
@@ -131,7 +131,7 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
         out = out or mnistfx.default_run_dir(cfg)
     where["out"] = out
     if nproc and nproc > 1 and parallel is None:  # checked here once, not by each process
-        from mnistfx.runs import check_resumable, check_run_dir
+        from mnistfx.training.runs import check_resumable, check_run_dir
 
         from .launch import launch
 

@@ -7,6 +7,14 @@ step (forward, loss, gradients, Adam). Inference is preprocessing and the eval f
 synchronisation; on CUDA it is timed with CUDA events. Eager and compiled blocks alternate, so
 a noisy machine affects both alike, and the median block is reported. Compile time (the first
 compiled call) is reported apart and never counted in throughput.
+
+:func:`benchmark_ensemble` measures an ensemble's training: K members in one vmapped compiled step against K separate
+compiled steps, in one process.
+
+Both modes are measured twice: the steps alone, on the same prepared inputs (what the vmapped step
+itself gains), and as training runs them, with each call's batch preparation (the ensemble
+gathers and augments one batch for all members and draws K members' dropout noise; K separate
+runs each prepare their own batch). Throughput counts member-images: K x batch per step.
 """
 
 from __future__ import annotations
@@ -19,15 +27,17 @@ from typing import Callable
 import torch
 
 from ._checks import check_choice, check_positive, check_whole, is_whole
-from .constants import (BENCH_BATCH_SIZES, BENCH_KINDS, BENCH_MAX_REPEATS, BENCH_MAX_SECONDS, MAX_BATCH_SIZE,
-                        PRECISIONS)
-from .contract import blaming
-from .data import MNIST, load_mnist
+from .constants import BENCH_BATCH_SIZES, BENCH_KINDS, BENCH_MAX_REPEATS, BENCH_MAX_SECONDS, MAX_BATCH_SIZE, MAX_ENSEMBLE, PRECISIONS
+from .models.model import blaming
+from .data.mnist import MNIST, load_mnist
 from .errors import ConfigError
-from .registry import get_model
-from .optim import adam
-from .runtime import resolve_device
-from .step import batch_inputs, check_trainable, compile_step, make_train_step
+from .models.registry import get_model
+from .training.optim import adam
+from .runtime.device import keep_freed_memory, resolve_device
+from .training.batches import batch_inputs
+from .training.step import check_trainable, make_train_step
+from .training.compiling import compile_step
+from .models.ensemble import make_ensemble_step, stack
 
 
 class _Timer:
@@ -57,14 +67,8 @@ class _Timer:
 def _workload(kind: str, model, images, labels, batch: int, device, precision: str) -> tuple[Callable, Callable]:
     """``(make, run)``: ``make(compiled)`` builds a fresh state, ``run(state, i)`` does step ``i``
     and returns a tensor whose value depends on it."""
-    n = images.shape[0]
-    g_idx = torch.Generator(device=device).manual_seed(0)
-    order = torch.randperm(n, generator=g_idx, device=device)
+    indices = _batch_indices(images.shape[0], batch, device)
     init = {k: v.to(device) for k, v in model.init(0).items()}
-
-    def indices(i):
-        start = (i * batch) % (n - batch + 1)
-        return order[start:start + batch]
 
     if kind == "train":
         def make(compiled):
@@ -125,8 +129,7 @@ def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=BENCH_BA
     check_timing(seconds, repeats)
     dev = resolve_device(device)
     data = data or load_mnist()
-    # CUDA events and synchronize() act on the current device: make it the one measured.
-    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+    with _current(dev):
         return _measure(m, data, dev, batch_sizes, kinds, precision, seconds, repeats, on_result)
 
 
@@ -198,3 +201,121 @@ def race(states: dict, run: Callable, dev, images: int, seconds: float, repeats:
             out.sum().item()
             rates[mode].append(steps[mode] * images / timer.stop())
     return {mode: statistics.median(r) for mode, r in rates.items()}
+
+
+def benchmark_ensemble(model: str = "tuned", *, members=(2, 4, 8), batch_size: int = 32, device: str = "cpu",
+                       precision: str = "fp32", seconds: float = 1.0, repeats: int = 3, data: MNIST | None = None,
+                       on_result: Callable | None = None) -> list[dict]:
+    """Member-images per second of K members in one vmapped compiled step and in K separate ones.
+
+    Arguments:
+        model: a model name (built in or registered).
+        members: the ensemble sizes K to measure.
+        batch_size: images per member per step.
+        device, precision, seconds, repeats, data, on_result: as :func:`~mnistfx.benchmark`.
+
+    Returns:
+        One dict per K: ``members``, ``batch_size``; ``separate`` and ``vmapped`` (member-img/s, with
+        batch preparation) and their ``speedup``; ``step_separate``, ``step_vmapped`` and
+        ``step_speedup`` (the steps alone); ``compile_seconds`` of the vmapped step.
+    """
+    m = get_model(model)
+    check_choice("precision", precision, PRECISIONS)
+    if not members:
+        raise ConfigError("members must list at least one ensemble size")
+    for k in members:
+        check_whole("members", k, 2, MAX_ENSEMBLE)
+    check_whole("batch-size", batch_size, 1, MAX_BATCH_SIZE)
+    check_timing(seconds, repeats)
+    dev = resolve_device(device)
+    data = data or load_mnist()
+    if dev.type == "cpu":
+        keep_freed_memory()  # as train() does for ensembles; both modes run under it
+    images, labels = training_data(m, data, dev)
+    results = []
+    with _current(dev):
+        for k in members:
+            with blaming(m, f"ensemble step of {k} members"):
+                result = _compare_ensemble(m, images, labels, k, batch_size, dev, precision, seconds, repeats)
+            results.append(result)
+            if on_result:
+                on_result(result)
+    return results
+
+
+def _compare_ensemble(model, images, labels, k, batch, dev, precision, seconds, repeats) -> dict:
+    opt = adam(1e-3)
+    step = make_train_step(model, opt, precision=precision)
+    single, vmapped = compile_step(step, dev), compile_step(make_ensemble_step(step), dev)
+    params = [{n: t.to(dev) for n, t in model.init(i).items()} for i in range(k)]
+    indices = _batch_indices(images.shape[0], batch, dev)
+
+    def gens(seed):
+        return [torch.Generator(device=dev).manual_seed(seed + j) for j in range(2)]
+
+    def fresh():
+        return {"params": params, "states": [model.init_state(p) for p in params],
+                "opt": [opt.init(p) for p in params], "gens": [gens(10 * j) for j in range(k)], "all": gens(1)}
+
+    prepared = []
+    for i in range(4):  # a few batches ready-made, for the steps-alone modes
+        x, noise = batch_inputs(model, images, indices(i), aug_key=i, drop_key=100 + i, members=k)
+        prepared.append((x, labels[indices(i)], noise))
+
+    def run_separate(s, i, prepare):
+        for j in range(k):
+            if prepare:
+                idx = indices(i)
+                x, noise = batch_inputs(model, images, idx, aug_key=s["gens"][j][0], drop_key=s["gens"][j][1])
+                y = labels[idx]
+            else:
+                x, y, noise = prepared[i % 4]
+                noise = {n: v[j] for n, v in noise.items()}
+            s["params"][j], s["states"][j], s["opt"][j], loss, _ = single(s["params"][j], s["states"][j],
+                                                                          s["opt"][j], x, y, noise)
+        return loss
+
+    def run_vmapped(s, i, prepare):
+        if prepare:
+            idx = indices(i)
+            x, noise = batch_inputs(model, images, idx, aug_key=s["all"][0], drop_key=s["all"][1], members=k)
+            y = labels[idx]
+        else:
+            x, y, noise = prepared[i % 4]
+        s["params"], s["states"], s["opt"], loss, _ = vmapped(s["params"], s["states"], s["opt"], x, y, noise)
+        return loss
+
+    def stacked():
+        s = fresh()
+        return {**s, "params": stack(s["params"]), "states": stack(s["states"]) if s["states"][0] else {},
+                "opt": stack(s["opt"])}
+
+    modes = {"step_separate": {**fresh(), "run": run_separate, "prepare": False},
+             "step_vmapped": {**stacked(), "run": run_vmapped, "prepare": False},
+             "separate": {**fresh(), "run": run_separate, "prepare": True},
+             "vmapped": {**stacked(), "run": run_vmapped, "prepare": True}}
+    run_separate(fresh(), 0, False)  # compile the single step
+    t0 = time.perf_counter()
+    run_vmapped(stacked(), 0, False).sum().item()
+    compile_seconds = time.perf_counter() - t0
+    rates = race(modes, lambda s, i: s["run"](s, i, s["prepare"]), dev, k * batch, seconds, repeats)
+    return {"members": k, "batch_size": batch, **{mode: round(r, 1) for mode, r in rates.items()},
+            "speedup": round(rates["vmapped"] / rates["separate"], 3),
+            "step_speedup": round(rates["step_vmapped"] / rates["step_separate"], 3),
+            "compile_seconds": round(compile_seconds, 2)}
+
+
+def _current(dev: torch.device):
+    """CUDA events and ``synchronize()`` act on the current device: make ``dev`` the one measured."""
+    return torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+
+
+def _batch_indices(n: int, batch: int, device) -> Callable:
+    """``indices(i)``: the ``i``-th batch of a fixed shuffle of ``n`` images, wrapping around."""
+    order = torch.randperm(n, generator=torch.Generator(device=device).manual_seed(0), device=device)
+
+    def indices(i):
+        start = (i * batch) % (n - batch + 1)
+        return order[start:start + batch]
+
+    return indices

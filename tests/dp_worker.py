@@ -16,9 +16,10 @@ import torch
 from safetensors.torch import save_file
 
 import mnistfx
-from mnistfx import distributed
-from mnistfx.optim import sgd
-from mnistfx.step import batch_inputs, make_train_step
+from mnistfx.training import distributed
+from mnistfx.training.optim import sgd
+from mnistfx.training.batches import batch_inputs
+from mnistfx.training.step import make_train_step
 
 BATCH = 64
 

@@ -16,7 +16,7 @@ import pytest
 import mnistfx
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = sorted((ROOT / "mnistfx").glob("*.py"))
+LIBRARY = sorted((ROOT / "mnistfx").rglob("*.py"))
 
 
 def test_every_public_name_resolves_and_says_what_it_does():
@@ -39,31 +39,59 @@ def test_the_lazy_table_and_the_eager_imports_for_type_checkers_agree():
 def test_no_public_name_shadows_a_module():
     for name in mnistfx.__all__:
         assert importlib.util.find_spec(f"mnistfx.{name}") is None, f"mnistfx.{name} is also a module"
-    import mnistfx.training as training
+    import mnistfx.training.loop as loop
 
-    assert training.train is mnistfx.train and callable(mnistfx.train)
+    assert loop.train is mnistfx.train and callable(mnistfx.train)  # the subpackage is not called `train`
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(name: str) -> bool:
+    folder, _, leaf = name.replace(".", "/").rpartition("/")
+    return (ROOT / folder / f"{leaf}.py").is_file() or (ROOT / folder / leaf / "__init__.py").is_file()
 
 
 def _imports(path: Path):
-    """(module-level mnistfx imports, mnistfx imports inside functions) of one library file."""
+    """(module-level mnistfx imports, mnistfx imports inside functions) of one library file, as full
+    module names (``from .x import y`` names ``x.y`` where that is a module, else ``x``)."""
     tree = ast.parse(path.read_text())
+    package = _module(path).split(".") if path.name == "__init__.py" else _module(path).split(".")[:-1]
     top, nested = set(), set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            names = [node.module] if node.module else [a.name for a in node.names]
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            names = {f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base for a in node.names}
             inside = node not in tree.body and not any(node in getattr(n, "body", []) for n in tree.body
                                                        if isinstance(n, ast.If))
             (nested if inside else top).update(names)
     return top, nested
 
 
-def test_no_import_cycle_and_no_import_hidden_in_a_function():
+# The layers, lowest first: a module imports from its own layer or those below, never from one above.
+LAYERS = {"mnistfx.errors": 0, "mnistfx.constants": 0, "mnistfx.rng": 0, "mnistfx._checks": 0, "mnistfx._io": 0,
+          "mnistfx.runtime": 0, "mnistfx.data": 1, "mnistfx.models": 2, "mnistfx.training": 3, "mnistfx.trained": 4,
+          "mnistfx.bench": 4}
+
+
+def _layer(module: str) -> int:
+    return next(rank for prefix, rank in LAYERS.items() if module == prefix or module.startswith(prefix + "."))
+
+
+def test_imports_run_one_way_between_layers_without_cycles_or_hiding_in_functions():
     graph = {}
     for path in LIBRARY:
+        module = _module(path)
         top, nested = _imports(path)
-        if path.name != "__init__.py":
-            assert not nested, f"{path.name} imports {sorted(nested)} inside a function"
-            graph[path.stem] = top
+        if module in ("mnistfx", "mnistfx.__main__"):
+            continue
+        assert not nested, f"{module} imports {sorted(nested)} inside a function"
+        for dep in top:
+            assert _layer(dep) <= _layer(module), f"{module} (layer {_layer(module)}) imports {dep} from above"
+        graph[module] = top
+    assert {_layer(m) for m in graph} == set(LAYERS.values())  # every module is in a layer
     done, visiting = set(), []
 
     def visit(module):
@@ -87,8 +115,8 @@ def test_the_version_lives_in_one_place():
 
 def test_the_builtin_model_names_are_the_models():
     from mnistfx.constants import OPTIMIZERS as OPTIMIZER_NAMES
-    from mnistfx.optim import OPTIMIZERS
-    from mnistfx.reference import ARCHS
+    from mnistfx.training.optim import OPTIMIZERS
+    from mnistfx.models.notebook_cnns import ARCHS
 
     from mnistfx.constants import NOTEBOOK_MODELS
     assert mnistfx.MODELS == (*NOTEBOOK_MODELS, "resnet") == mnistfx.model_names()[:3]
@@ -97,7 +125,7 @@ def test_the_builtin_model_names_are_the_models():
 
 
 def test_the_package_root_and_the_cli_constants_load_without_torch():
-    code = ("import sys, mnistfx, mnistfx.config, mnistfx.constants, mnistfx_cli.main; "
+    code = ("import sys, mnistfx, mnistfx.training.config, mnistfx.constants, mnistfx_cli.main; "
             "assert 'torch' not in sys.modules, 'torch imported'; print(mnistfx.__version__)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -119,7 +147,8 @@ def test_the_cli_is_installed_as_mnistfx_cli_not_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     (wheel,) = tmp_path.glob("mnistfx-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "mnistfx_cli/main.py" in names and "mnistfx/training.py" in names
+    assert "mnistfx_cli/main.py" in names and "mnistfx/training/loop.py" in names and "mnistfx/trained/web/index.html" in names
+    assert "mnistfx/py.typed" in names
     assert not any(n.startswith("cli/") for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "mnistfx = mnistfx_cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -14,7 +14,7 @@ import torch
 import mnistfx
 from helpers import assert_one_line_error, run_cli
 from mnistfx_cli.main import main
-from mnistfx import fetch
+from mnistfx.data import fetch
 
 CASES = {}
 

@@ -129,7 +129,7 @@ def test_weights_round_trip_keeps_metadata(tmp_path):
 
 
 def test_the_notebook_checkpoint_both_ways(notebook_ckpt, trained, mnist, tmp_path, capsys):
-    from mnistfx.notebook import NotebookNet
+    from mnistfx.models.notebook_cnns import NotebookNet
 
     weights = tmp_path / "notebook.safetensors"
     assert run_cli(capsys, "import-notebook", str(notebook_ckpt), "--out", str(weights))[0] == 0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import mnistfx
-from mnistfx import fetch
-from mnistfx.idx import IDX_FILES
+from mnistfx.data import fetch
+from mnistfx.data.idx import IDX_FILES
 
 # SHA-256 of the decoded uint8 arrays (C order), from SPEC.
 ARRAY_SHA256 = {

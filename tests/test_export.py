@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import mnistfx
-from mnistfx.export import INPUT, OUTPUT, export_onnx, load_program
+from mnistfx.trained.export import INPUT, OUTPUT, export_onnx, load_program
 
 from helpers import assert_one_line_error, run_cli
 
@@ -102,7 +102,7 @@ def test_load_program_refuses_what_would_be_unpickled(tuned_weights, tmp_path):
     """torch.export.save keeps example inputs with torch.save (a pickle); load_program refuses that,
     and a file that is not an archive."""
     w = mnistfx.load_model_weights(tuned_weights)
-    from mnistfx.export import ImagesToLogits
+    from mnistfx.trained.export import ImagesToLogits
 
     program = torch.export.export(ImagesToLogits(w), (torch.zeros(2, 28, 28, dtype=torch.uint8),))
     buffer = io.BytesIO()

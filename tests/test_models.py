@@ -5,7 +5,8 @@ import torch
 
 import mnistfx
 from mnistfx.constants import NOTEBOOK_MODELS
-from mnistfx.notebook import NotebookNet, to_notebook_state_dict
+from mnistfx.models.notebook_checkpoint import to_notebook_state_dict
+from mnistfx.models.notebook_cnns import NotebookNet
 
 
 @pytest.mark.parametrize("name, count", [("tuned", 477_738), ("cnn", 2_624_669)])

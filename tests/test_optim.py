@@ -98,7 +98,7 @@ def test_adamw_and_sgd_match_torch_optim(mnist, make, torch_class, kwargs):
 
 
 def test_the_config_names_the_optimiser():
-    from mnistfx.optim import config_optimizer
+    from mnistfx.training.optim import config_optimizer
     base = mnistfx.recipe("tuned", epochs=1)
     assert config_optimizer(base).name == "adam"
     assert config_optimizer(mnistfx.recipe("tuned", optimizer="adamw", weight_decay=0.01)).buffers == ("mu", "nu")

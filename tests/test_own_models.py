@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mnistfx
-from mnistfx import registry
+from mnistfx.models import registry
 import own_models
 from helpers import MNISTFX, assert_one_line_error, run_cli, same_bits
 

@@ -12,7 +12,7 @@ from PIL import Image
 import mnistfx
 from composed import compose, digit_errors
 from helpers import assert_one_line_error, run_cli
-from mnistfx.reading import _components
+from mnistfx.trained.numbers import _components
 
 
 @pytest.fixture(scope="module")

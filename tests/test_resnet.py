@@ -11,8 +11,8 @@ from torch import nn
 
 import mnistfx
 from helpers import MNISTFX, same_bits
-from mnistfx._cpu import has_native_bf16
-from mnistfx.resnet import batch_norm
+from mnistfx.runtime.cpu import has_native_bf16
+from mnistfx.models.resnet import batch_norm
 
 
 def _small(**overrides):

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 import mnistfx
 from helpers import MNISTFX, assert_one_line_error, run_cli
 from helpers import same_bits as _same_bits
-from mnistfx.checkpoint import CHECKPOINT_FILE
-from mnistfx.idx import IDX_FILES
+from mnistfx.training.checkpoint import CHECKPOINT_FILE
+from mnistfx.data.idx import IDX_FILES
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])

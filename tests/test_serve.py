@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 import mnistfx
+from mnistfx.trained import server as serving
 from helpers import assert_one_line_error, run_cli
 
 
@@ -220,7 +221,7 @@ def test_an_opaque_rgba_png_is_read_as_its_gray_version(served, mnist):
 
 
 def test_a_client_trickling_its_headers_is_cut_off(served, monkeypatch):
-    monkeypatch.setattr(mnistfx.server, "HEADER_DEADLINE", 1.0)
+    monkeypatch.setattr(serving, "HEADER_DEADLINE", 1.0)
     with socket.create_connection(served.server_address[:2], timeout=10) as slow:
         t0 = time.perf_counter()
         slow.sendall(b"GET / HTTP/1.1\r\n")
@@ -247,7 +248,7 @@ def test_slow_clients_on_every_slot_do_not_keep_a_real_client_out(served, mnist)
     each time, and the client that waited longest for its request is the one cut off."""
     slow = []
     try:
-        for _ in range(mnistfx.server.MAX_CONNECTIONS):
+        for _ in range(serving.MAX_CONNECTIONS):
             s = socket.create_connection(served.server_address[:2], timeout=10)
             s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n\x89")
             slow.append(s)
@@ -301,10 +302,10 @@ def test_expect_100_continue_is_said_only_to_a_body_that_will_be_read(served, mn
 
 def test_a_client_cannot_flood_the_operator_s_log(monkeypatch):
     lines = []
-    log = mnistfx.server._Log(lines.append)
+    log = serving._Log(lines.append)
     for i in range(50):
         log(f"error {i}")
-    assert lines == [f"error {i}" for i in range(mnistfx.server.LOG_BURST)]
+    assert lines == [f"error {i}" for i in range(serving.LOG_BURST)]
     log.window -= 60  # a minute later: what was held back is counted, and lines flow again
     log("error 50")
     assert lines[-2:] == ["(45 more failed requests in the last minute were not shown)", "error 50"]
@@ -338,7 +339,7 @@ def test_clients_that_do_not_read_their_answers_do_not_keep_a_real_client_out(se
     and those connections are cut off to make room as idle ones are."""
     greedy = []
     try:
-        for _ in range(mnistfx.server.MAX_CONNECTIONS + 6):
+        for _ in range(serving.MAX_CONNECTIONS + 6):
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
             s.connect(served.server_address[:2])
@@ -373,15 +374,15 @@ def test_images_beyond_the_queue_are_answered_503_at_once(served, mnist):
 
     def queue_filled_to(n):
         deadline = time.monotonic() + 20
-        while served.predictor.queue._value > mnistfx.server.MAX_QUEUED + 1 - n and time.monotonic() < deadline:
+        while served.predictor.queue._value > serving.MAX_QUEUED + 1 - n and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    per_client = mnistfx.server.MAX_QUEUED_PER_CLIENT
+    per_client = serving.MAX_QUEUED_PER_CLIENT
     clients = [f"127.0.0.{i}" for i in range(2, 9)]
     waiting = []
     with served.predictor.lock:  # an image being read for a long time
         for client in (c for c in clients for _ in range(per_client)):
-            if len(waiting) == mnistfx.server.MAX_QUEUED + 1:
+            if len(waiting) == serving.MAX_QUEUED + 1:
                 break
             waiting.append(threading.Thread(target=post, args=(client,)))
             waiting[-1].start()
@@ -395,7 +396,7 @@ def test_images_beyond_the_queue_are_answered_503_at_once(served, mnist):
         assert status == 503 and "8 images wait to be read already (0 of them yours)" in answer["error"]
     for t in waiting:
         t.join(timeout=60)
-    assert answers == [200] * (mnistfx.server.MAX_QUEUED + 1)
+    assert answers == [200] * (serving.MAX_QUEUED + 1)
 
 
 def test_a_posted_image_is_bounded_by_the_server_s_own_pixel_limit(served):

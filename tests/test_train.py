@@ -176,7 +176,7 @@ def test_recipes_by_name():
 
 
 def test_a_bf16_recipe_trains_in_float32_where_the_cpu_would_emulate_bf16():
-    from mnistfx._cpu import has_native_bf16
+    from mnistfx.runtime.cpu import has_native_bf16
 
     assert mnistfx.RECIPES["fast"]["tuned"].precision == mnistfx.RECIPES["default"]["resnet"].precision == "bf16"
     on_this_cpu = "bf16" if has_native_bf16() else "fp32"

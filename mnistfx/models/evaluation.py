@@ -1,0 +1,171 @@
+"""Evaluation: predictions, accuracy, per-class precision / recall / F1, confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.func import vmap
+from torch.nn import functional as F
+
+from .ensemble import unstack
+from ..errors import WeightsError
+from .model import blaming, check_logits, check_params, check_state
+from .model import Model, check_images
+
+EVAL_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Classification metrics on a labelled set of images.
+
+    Attributes:
+        accuracy: fraction correct, in [0, 1].
+        loss: mean cross-entropy.
+        confusion: int64 tensor (10, 10); row = true class, column = predicted class.
+        precision, recall, f1: float64 tensors (10,), per class.
+        n: number of images.
+    """
+
+    accuracy: float
+    loss: float
+    confusion: torch.Tensor
+    precision: torch.Tensor
+    recall: torch.Tensor
+    f1: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def correct(self) -> int:
+        return int(self.confusion.diagonal().sum())
+
+    def to_dict(self) -> dict:
+        """Plain Python values, for JSON."""
+        return {
+            "accuracy": self.accuracy, "loss": self.loss, "n": self.n, "correct": self.correct,
+            "precision": self.precision.tolist(), "recall": self.recall.tolist(),
+            "f1": self.f1.tolist(), "confusion": self.confusion.tolist(),
+        }
+
+
+def logits(model: Model, params: dict, images: torch.Tensor, *, state: dict | None = None,
+           members: int | None = None, batch_size: int = EVAL_BATCH, forward=None) -> torch.Tensor:
+    """Logits for uint8 images, computed in chunks of ``batch_size``.
+
+    Arguments:
+        model: the model.
+        params: its parameters; the images are moved to their device.
+        images: uint8 tensor (N, 28, 28), (N, 1, 28, 28) or (N, 784).
+        state: the model's state (a model with state, e.g. batch-norm statistics).
+        members: ``params`` (and ``state``) are an ensemble of this many members, stacked.
+        batch_size: chunk size.
+        forward: a function ``(params, x) -> logits`` to use instead of ``model.apply``
+            (e.g. a compiled one); its last chunk is padded to ``batch_size`` so that it
+            sees one shape only and never recompiles.
+
+    Returns:
+        float32 logits (N, 10) on the parameters' device; (members, N, 10) for an ensemble.
+    """
+    images = check_images(images)
+    pad = forward is not None  # a compiled forward must see one shape; eager needs no padding
+    if state is None and model.has_state:
+        raise ValueError(f"{model.name} has state (e.g. batch-norm statistics): pass state=, from the weights file "
+                         "or the run")
+    state = {} if state is None else state
+    if forward is None:
+        check_params(model, params, members=members)
+        check_state(model, state, members=members)
+
+        def forward(p, x, s=state):
+            return model.forward(p, s, x)[0]
+        if members is not None:
+            forward = vmap(forward, in_dims=(0, None, 0))
+    device = next(iter(params.values())).device
+    n = images.shape[0]
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            chunk = images[start:start + batch_size].to(device)
+            if pad and chunk.shape[0] < batch_size:
+                chunk = torch.cat([chunk, chunk.new_zeros((batch_size - chunk.shape[0], *chunk.shape[1:]))])
+            x = model.preprocess(chunk)
+            with blaming(model, "apply"):
+                y = forward(params, x, state) if members is not None else forward(params, x)
+            check_logits(model, y if members is None else y[0], x.shape[0])
+            out.append(y.float())
+    if not out:
+        return torch.empty(*(() if members is None else (members,)), 0, 10, device=device)
+    return torch.cat(out, dim=-2)[..., :n, :]
+
+
+def probabilities(model: Model, params: dict, images: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Class probabilities (N, 10) for uint8 images: the softmax of the logits, or for an ensemble
+    (``members=K``) the mean of its members' softmax. Keyword arguments as :func:`logits`."""
+    out = logits(model, params, images, **kwargs).softmax(-1)
+    return out.mean(0) if kwargs.get("members") is not None else out
+
+
+def predict(model: Model, params: dict, images: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Predicted digits (int64, shape (N,)) for uint8 images; keyword arguments as :func:`logits`."""
+    return probabilities(model, params, images, **kwargs).argmax(1)
+
+
+def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Tensor, **kwargs) -> Metrics:
+    """Accuracy, loss, per-class precision / recall / F1 and the confusion matrix.
+
+    Arguments:
+        model, params, images: as :func:`logits` (keyword arguments are passed on); an ensemble
+            (``members=K``) is scored on the mean of its members' probabilities.
+        labels: int64 tensor (N,) of digits 0-9.
+
+    Returns:
+        A :class:`Metrics`; its loss is the cross-entropy (an ensemble's: of the mean probabilities).
+
+    Raises:
+        WeightsError: the model's output for some image is NaN or infinite (no prediction to score).
+    """
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise ValueError("labels must be a 1-D tensor of digits 0-9")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"got {images.shape[0]} images but {labels.shape[0]} labels")
+    labels = labels.cpu().long()
+    if kwargs.get("members") is None:
+        out = logits(model, params, images, **kwargs).cpu()
+        loss = F.cross_entropy(out, labels).item() if len(labels) else float("nan")
+    else:
+        out = probabilities(model, params, images, **kwargs).cpu()
+        loss = F.nll_loss(out.clamp(min=1e-30).log(), labels).item() if len(labels) else float("nan")
+    unusable = int((~out.isfinite()).any(1).sum())
+    if unusable:  # argmax would call them all 0 and score them
+        raise WeightsError(f"these weights give NaN or infinite outputs for {unusable:,} of {len(out):,} images: they "
+                           "are not usable (train again; a run that diverged needs a lower learning rate)")
+    return metrics_from_predictions(out.argmax(1), labels, loss=loss)
+
+
+def evaluate_members(model: Model, params: dict, images: torch.Tensor, labels: torch.Tensor, *,
+                     members: int, state: dict | None = None) -> list[Metrics]:
+    """Each ensemble member's :class:`Metrics` (``params`` and ``state`` stacked, as :func:`evaluate`)."""
+    states = unstack(state) if state else [{}] * members
+    return [evaluate(model, p, images, labels, state=s) for p, s in zip(unstack(params), states)]
+
+
+def metrics_from_predictions(pred: torch.Tensor, labels: torch.Tensor, *, loss: float = float("nan")) -> Metrics:
+    """:class:`Metrics` from predicted and true digits (both int64 tensors of digits 0-9, shape (N,))."""
+    for name, t in (("pred", pred), ("labels", labels)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
+            raise ValueError(f"{name} must be a 1-D int64 tensor of digits, not {getattr(t, 'dtype', type(t).__name__)}")
+        if len(t) and not 0 <= int(t.min()) <= int(t.max()) <= 9:
+            raise ValueError(f"{name} must hold digits 0-9, not {int(t.min())}..{int(t.max())}")
+    if pred.shape != labels.shape:
+        raise ValueError(f"got {len(pred)} predictions but {len(labels)} labels")
+    confusion = torch.bincount(labels * 10 + pred, minlength=100).reshape(10, 10)
+    tp = confusion.diagonal().double()
+    precision = tp / confusion.sum(0).double().clamp(min=1)
+    recall = tp / confusion.sum(1).double().clamp(min=1)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    accuracy = (tp.sum() / max(len(labels), 1)).item()
+    return Metrics(accuracy, loss, confusion, precision, recall, f1)

@@ -1,0 +1,93 @@
+"""Models by name: the built-in ones, those registered with :func:`register_model`, and ``module:attr``.
+
+A name in a weights file or a checkpoint is only ever looked up here: nothing is imported because
+a file says so. Code is imported only from a ``module:attr`` the user names (:func:`import_model`,
+the command line's ``MODEL`` argument and ``--model`` option).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from ..constants import MODELS, NOTEBOOK_MODELS
+from ..errors import ConfigError, WeightsError
+from .model import Model
+from .notebook_cnns import reference_model
+from .resnet import make_resnet
+
+_REGISTRY: dict[str, Model] = {**{name: reference_model(name) for name in NOTEBOOK_MODELS}, "resnet": make_resnet()}
+
+
+def register_model(model: Model, *, replace: bool = False) -> Model:
+    """Make ``model`` known by its name to :func:`get_model`, :func:`~mnistfx.train`, weights loading and
+    the other functions that take a model's name; returns it.
+
+    Arguments:
+        model: a :class:`~mnistfx.Model`.
+        replace: replace a model registered under the same name (a built-in one never is).
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"register_model takes a mnistfx.Model, not {type(model).__name__}")
+    if model.name in MODELS or (model.name in _REGISTRY and not replace and _REGISTRY[model.name] is not model):
+        raise ConfigError(f"a model named {model.name!r} is already registered: give yours another name"
+                          + ("" if model.name in MODELS else " (or pass replace=True)"))
+    _REGISTRY[model.name] = model
+    return model
+
+
+def get_model(name: str) -> Model:
+    """The model called ``name``: a built-in one (:data:`~mnistfx.MODELS`) or one registered."""
+    if isinstance(name, str) and name in _REGISTRY:
+        return _REGISTRY[name]
+    raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(model_names())}, or name your own as "
+                      "MODULE:ATTR (in Python: register_model)")
+
+
+def model_names() -> tuple[str, ...]:
+    """The names :func:`get_model` knows, built-in ones first."""
+    return tuple(_REGISTRY)
+
+
+def guess_model(params: dict, *, source: str, among=None) -> str:
+    """The name of the model (of ``among``, default all known) whose parameter names and shapes
+    ``params`` has; :class:`~mnistfx.WeightsError` if none."""
+    shapes = {k: tuple(v.shape) for k, v in params.items()}
+    for name in among or model_names():
+        if shapes == get_model(name).shapes():
+            return name
+    raise WeightsError(f"{source} holds weights that match no model and name none: pass weights written by "
+                       "`mnistfx train`")
+
+
+def import_model(spec: str) -> Model:
+    """Import the :class:`~mnistfx.Model` ``spec`` names (``"package.module:attr"``), register it, return it.
+
+    The current folder is searched first, so ``mymodels:mlp`` finds ``./mymodels.py``. Only name a
+    module you trust: importing runs its code.
+    """
+    module_name, sep, attr = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{spec!r} is not MODULE:ATTR (for example mymodels:mlp, for the Model mlp in mymodels.py)")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:  # for this import only: later imports must not find files of the current folder first
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        hint = (f": run from the folder that holds {module_name.replace('.', '/')}.py, or install it"
+                if e.name and (module_name + ".").startswith(e.name + ".") else "")  # else its own import failed
+        raise ConfigError(f"cannot import {module_name!r} for model {spec} ({e}){hint}") from None
+    except (Exception, SystemExit) as e:
+        raise ConfigError(f"importing {module_name!r} for model {spec} failed: {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:120]}") from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+    model = getattr(module, attr, None)
+    if not isinstance(model, Model):
+        what = "nothing" if model is None else f"of type {type(model).__name__}"
+        raise ConfigError(f"{spec} is {what}, not a mnistfx.Model: point at the Model(...) your module makes")
+    return register_model(model, replace=True)

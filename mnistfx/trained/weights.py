@@ -1,0 +1,111 @@
+"""Trained weights and the model they belong to: :func:`load_model_weights` reads and checks them into
+a :class:`Weights`, which evaluates and predicts (what the CLI's eval, serve, read and export use)."""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .._checks import is_whole
+from ..constants import MAX_ENSEMBLE, MODELS
+from ..errors import WeightsError
+from ..models.evaluation import Metrics, evaluate, probabilities
+from ..models.model import Model, check_finite, check_params, check_state, check_state_usable
+from ..models.notebook_checkpoint import import_notebook_checkpoint
+from ..models.registry import get_model, guess_model, model_names
+from ..models.weights_file import _FIX, STATE_PREFIX, load_weights, printable_name
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """Trained weights as :func:`load_model_weights` reads them.
+
+    Attributes:
+        model: the :class:`~mnistfx.Model` they belong to.
+        params: the parameters (an ensemble's stacked on a leading member axis).
+        state: the model's state (``{}`` for a model without state).
+        metadata: what the file says about them (config, accuracies, versions).
+        members: the ensemble's size, or ``None`` for a single model.
+    """
+
+    model: Model
+    params: dict
+    state: dict
+    metadata: dict
+    members: int | None = None
+
+    def to(self, device) -> "Weights":
+        """The same weights on ``device``."""
+        move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        return dataclasses.replace(self, params=move(self.params), state=move(self.state))
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, 10) for uint8 images (an ensemble's: the mean of its members')."""
+        return probabilities(self.model, self.params, images, state=self.state, members=self.members)
+
+    def checked_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`probabilities`, refusing unusable weights (any probability not finite) with a
+        :class:`~mnistfx.WeightsError`."""
+        probs = self.probabilities(images)
+        if not bool(probs.isfinite().all()):
+            raise WeightsError("these weights give no finite probabilities for these images: they are not usable "
+                               "(train again)")
+        return probs
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> Metrics:
+        """:func:`~mnistfx.evaluate` of these weights."""
+        return evaluate(self.model, self.params, images, labels, state=self.state, members=self.members)
+
+
+def load_model_weights(path, model: str | None = None) -> Weights:
+    """Load weights and the model they belong to, checking that they fit.
+
+    Reads mnistfx safetensors files (a single model's or an ensemble's), and also the original
+    notebook's ``.pth`` checkpoints (with ``torch.load(weights_only=True)``, which refuses pickled
+    code). The model is looked up by name among the built-in and registered ones: nothing is
+    imported because a file names it.
+
+    Arguments:
+        path: a ``.safetensors`` (or notebook ``.pth``) file.
+        model: the expected model name; default: the one named in the file.
+
+    Returns:
+        A :class:`Weights`.
+
+    Raises:
+        WeightsError: unreadable file, unknown model, or weights that do not fit the model.
+    """
+    path = Path(path)
+    if path.is_file() and zipfile.is_zipfile(path):
+        name, params = import_notebook_checkpoint(path)
+        meta = {"model": name, "source": "notebook checkpoint"}
+    else:
+        params, meta = load_weights(path)
+        if str(meta.get("format", "")).startswith("mnistfx-checkpoint"):
+            raise WeightsError(f"{path} is a training checkpoint, not weights: pass the weights.safetensors "
+                               "beside it (or continue the run with --resume)")
+        name = meta.get("model")
+    state = {k[len(STATE_PREFIX):]: params.pop(k) for k in [k for k in params if k.startswith(STATE_PREFIX)]}
+    if name is None:
+        name = model or guess_model(params, source=str(path))
+    if model is not None and model != name:
+        raise WeightsError(f"{path} holds {printable_name(name)} weights, not {model}: pass the model they are for, "
+                           "or other weights")
+    if not isinstance(name, str) or name not in model_names():
+        raise WeightsError(f"{path} is for model {printable_name(name)}, which is not built in ({', '.join(MODELS)}) or "
+                           "registered here: pass --model MODULE:ATTR to import yours (in Python: mnistfx.register_model)")
+    members = meta.get("members")
+    if members is not None and not (is_whole(members) and 2 <= members <= MAX_ENSEMBLE):
+        raise WeightsError(f"{path} says it holds {printable_name(members)} ensemble members, which cannot be: {_FIX}")
+    m = get_model(name)
+    check_params(m, params, source=str(path), dtype=torch.float32, members=members)
+    check_state(m, state, source=str(path), members=members)
+    for part in (params, {STATE_PREFIX + k: v for k, v in state.items()}):
+        check_finite(part, source=str(path), fix="the file is damaged, or the run that wrote it diverged")
+    check_state_usable(m, state, source=str(path), fix="the file is damaged: use other weights")
+    return Weights(m, params, state, meta, members)
+
+

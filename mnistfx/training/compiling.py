@@ -1,0 +1,99 @@
+"""How a pure step is compiled: one ``torch.compile``\\ d graph with static shapes, a failure to compile
+as one line that says what to do, and the on-disk cache that keeps compiled kernels between runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .._io import user_cache_dir
+from ..errors import ConfigError, MnistfxError
+from .distributed import is_collective_failure
+
+_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+# On the CPU, inductor's C++ wrapper launches the kernels from C++ instead of Python, and the
+# runtime size and alignment asserts only repeat what dynamo's guards already check (shapes are
+# static). Measured in one process: +6 % img/s for the train step at batch 32, no change at 256,
+# and a cold compile no slower. CUDA keeps inductor's defaults (this combination is untested there).
+CPU_COMPILE_OPTIONS = {"cpp_wrapper": True, "size_asserts": False, "alignment_asserts": False,
+                       "scalar_asserts": False}
+
+
+
+def compile_step(fn: Callable, device) -> Callable:
+    """``fn`` as one ``torch.compile``\\ d graph with static shapes, compiled for ``device``.
+
+    Compiling happens at the first call; if it fails (no C++ compiler, a cache folder that cannot
+    be written, ...), that call raises a one-line :class:`~mnistfx.MnistfxError` that says so.
+    """
+    options = CPU_COMPILE_OPTIONS if torch.device(device).type == "cpu" else None
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+    ready = False
+
+    def call(*args):
+        nonlocal ready
+        if ready:
+            return compiled(*args)
+        try:
+            out = compiled(*args)
+        except Exception as e:  # inductor wraps what went wrong (OSError, CalledProcessError, ...) in its own errors
+            for inner in _causes(e):  # not the compiler's: a rank was stopped, or a peer failed
+                if isinstance(inner, MnistfxError) or is_collective_failure(inner):
+                    raise inner from None
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
+            raise MnistfxError(f"torch.compile failed ({cause}): run with --no-compile (a model of one's own must "
+                               "also trace under torch.compile), or point TORCHINDUCTOR_CACHE_DIR at a writable "
+                               "folder with room") from None
+        ready = True
+        return out
+
+    return call
+
+
+def _causes(e: BaseException):
+    """``e`` and the exceptions it was raised from (dynamo wraps what happens while it traces)."""
+    seen = []
+    while e is not None and len(seen) < 20 and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
+def use_compile_cache(folder=None) -> Path | None:
+    """Keep torch.compile's kernels in a folder that outlives the process (opt in).
+
+    Inductor caches compiled kernels on disk, by default in the system's temp folder, which is
+    often cleaned; a run that finds them starts compiling in about 2 s instead of 25. This points
+    the cache at ``folder`` (default: ``mnistfx/inductor`` in the user cache folder,
+    ``$XDG_CACHE_HOME`` or ``~/.cache``), unless ``$TORCHINDUCTOR_CACHE_DIR`` already names one,
+    which is kept. Where that folder cannot be created or written (or there is no home folder),
+    inductor's own cache in the temp folder is used. The folder itself is made when torch first
+    compiles.
+
+    Returns:
+        The cache folder chosen, or ``None`` for inductor's default.
+    """
+    if folder is None and os.environ.get(_CACHE_ENV):
+        return Path(os.environ[_CACHE_ENV])
+    if folder is None:
+        cache = user_cache_dir()
+        folder = cache / "mnistfx" / "inductor" if cache is not None else None
+    elif not str(folder):
+        raise ConfigError("the compile cache folder is an empty name: pass a folder")
+    folder = Path(folder).expanduser().absolute() if folder is not None else None
+    if folder is None or not _can_create(folder):
+        return None
+    os.environ[_CACHE_ENV] = str(folder)
+    return folder
+
+
+def _can_create(folder: Path) -> bool:
+    """Whether ``folder`` is a writable folder or could be made one (nothing is created here)."""
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path):  # a dangling link is there, and no folder can be made through it
+            return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    return False

@@ -1,0 +1,200 @@
+"""A finished run and its folder: :class:`Run`, what is saved of it, and the folder's rules.
+
+A run folder holds ``weights.safetensors``, ``history.json`` and ``checkpoint.safetensors``, each
+written atomically. A new run replaces a folder's run only when told to, and while a run writes
+into its folder no other process can.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_write_bytes, remove_stale_temps, to_json
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint
+from .config import TrainConfig
+from ..constants import VERSION
+from ..errors import MnistfxError, RunFolderError
+from ..models.evaluation import Metrics
+from ..models.weights_file import STATE_PREFIX, save_weights
+
+try:
+    import fcntl
+except ImportError:  # Windows: run folders are not locked
+    fcntl = None
+
+WEIGHTS_FILE = "weights.safetensors"
+HISTORY_FILE = "history.json"
+RUN_FILES = (WEIGHTS_FILE, HISTORY_FILE, CHECKPOINT_FILE)
+
+
+@dataclass
+class Run:
+    """The result of :func:`~mnistfx.train`.
+
+    Attributes:
+        config: what produced it.
+        params: the trained parameters (on the config's device); an ensemble's stacked.
+        state: the model's state (``{}`` for a model without state).
+        history: one dict per epoch (train loss, val loss and accuracy, seconds, img/s).
+        val: metrics on the validation split after the last epoch.
+        test: metrics on the full 10,000-image test set (``None`` if it was not evaluated);
+            an ensemble's from the mean of its members' probabilities.
+        member_val, member_test: an ensemble's metrics of each member.
+        seconds: wall time of the whole run; compile_seconds: of the first (compiling) step.
+        processes: the data-parallel processes that trained it (1: one process).
+    """
+
+    config: TrainConfig
+    params: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+    val: Metrics | None = None
+    test: Metrics | None = None
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    member_val: list[Metrics] | None = None
+    member_test: list[Metrics] | None = None
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+    processes: int = 1
+
+    def metadata(self) -> dict:
+        """What :func:`save_run` stores beside the weights: config, accuracies, times, versions."""
+        return {
+            "model": self.config.model, "config": self.config.to_dict(), "seed": self.config.seed,
+            "epochs": self.config.epochs, "members": self.config.ensemble if self.config.ensemble > 1 else None,
+            "val_accuracy": self.val.accuracy if self.val else None,
+            "test_accuracy": self.test.accuracy if self.test else None,
+            "member_val_accuracy": [m.accuracy for m in self.member_val] if self.member_val else None,
+            "member_test_accuracy": [m.accuracy for m in self.member_test] if self.member_test else None,
+            "seconds": round(self.seconds, 2), "compile_seconds": round(self.compile_seconds, 2),
+            "processes": self.processes, "mnistfx_version": VERSION, "torch_version": torch.__version__,
+        }
+
+    def summary(self) -> dict:
+        """The metadata with the per-epoch history and the validation and test metrics (``history.json``)."""
+        return {**self.metadata(), "history": self.history,
+                "val": self.val.to_dict() if self.val else None, "test": self.test.to_dict() if self.test else None}
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    """``runs/<model>-seed<N>``, with ``-<recipe>`` for a recipe other than the default and ``-ens<K>``
+    for an ensemble (``runs/tuned-fast-ens5-seed0``)."""
+    recipe_part = "" if config.recipe == "default" else f"-{config.recipe}"
+    ensemble_part = f"-ens{config.ensemble}" if config.ensemble > 1 else ""
+    return Path("runs") / f"{config.model}{recipe_part}{ensemble_part}-seed{config.seed}"
+
+
+def run_folder(path) -> Path:
+    """The run folder ``path`` names: itself, or the folder of a checkpoint file given instead."""
+    path = Path(path)
+    return path.parent if path.is_file() else path
+
+
+def check_run_dir(path, *, overwrite: bool = False) -> None:
+    """Raise :class:`~mnistfx.RunFolderError` if the folder ``path`` holds a run a new one would replace.
+
+    An unfinished run's checkpoint is progress that ``--resume`` can continue; a finished run's
+    files are results. Either is replaced only with ``overwrite``.
+    """
+    path = Path(path)
+    present = [name for name in RUN_FILES if (path / name).exists()]
+    if overwrite or not present:
+        return
+    try:
+        ckpt = load_checkpoint(path / CHECKPOINT_FILE) if CHECKPOINT_FILE in present else None
+    except MnistfxError:  # load_checkpoint turns every failure into one
+        ckpt = None  # damaged: there is nothing to continue, but the folder still holds a run's files
+    if ckpt is not None and not ckpt.finished:
+        raise RunFolderError(f"{path} holds an unfinished run (epoch {ckpt.epoch} of {ckpt.config.epochs}): continue "
+                             f"it with --resume {path}, start it again with --overwrite, or pass another --out")
+    raise RunFolderError(f"{path} holds a finished run ({', '.join(present)}): pass --overwrite to replace it, "
+                         "or another --out")
+
+
+def check_resumable(path, finished: bool) -> None:
+    """Raise :class:`~mnistfx.RunFolderError` if the run folder ``path`` holds a finished run with its
+    weights (resuming it would rewrite them); ``finished``: whether its checkpoint is at the end."""
+    path = Path(path)
+    if finished and all((path / name).is_file() for name in (WEIGHTS_FILE, HISTORY_FILE)):
+        raise RunFolderError(f"{path} holds a finished run, with its weights: there is nothing to resume")
+
+
+@contextlib.contextmanager
+def run_lock(path):
+    """Hold the run folder ``path`` while this process writes into it; another process is refused.
+
+    The lock (``flock`` on the folder itself, so no file is made) is released when the block ends,
+    also when the process dies. It is re-entrant within a process. Where ``fcntl`` is missing
+    (Windows) nothing is locked.
+    """
+    key = os.path.realpath(path)
+    fd = None
+    if fcntl is not None and key not in _HELD:
+        fd = os.open(key, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunFolderError(f"another mnistfx run is writing into {path}: let it finish, or pass another "
+                                 "--out") from None
+    _HELD[key] = _HELD.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        _HELD[key] -= 1
+        if not _HELD[key]:
+            del _HELD[key]
+        if fd is not None:
+            os.close(fd)  # closing releases the lock
+
+
+_HELD: dict[str, int] = {}  # run folders this process holds, by real path: how many holders
+
+
+def prepare_run_dir(path) -> Path:
+    """Create the run folder ``path`` (with parents) and check it is writable, before any work.
+
+    Old temp files that a killed save left beside a run's files are removed (the files
+    themselves are always whole: every save writes a temp file and renames it).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MnistfxError(f"output path {path} is a file: pass --out with a folder")
+    for name in RUN_FILES:
+        if (path / name).exists() and not (path / name).is_file():
+            raise MnistfxError(f"{path / name} is in the way (not a regular file): remove it or pass another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):  # a nameless file where the system allows: no name is taken
+            pass
+    except OSError as e:
+        # a resumed run cannot move, so the advice fits both: make the folder writable, or start elsewhere
+        raise MnistfxError(f"cannot write to output folder {path} ({e.strerror}): make it writable, or write the "
+                           "run to another folder") from None
+    remove_stale_temps(path, RUN_FILES)
+    return path
+
+
+def save_run(run: Run, out_dir) -> dict[str, Path]:
+    """Write ``weights.safetensors`` (with :meth:`Run.metadata`) and ``history.json`` (:meth:`Run.summary`)
+    into ``out_dir``, each atomically.
+
+    Returns:
+        The paths written, by kind: ``"weights"`` and ``"history"``.
+    """
+    out = prepare_run_dir(out_dir)
+    paths = {"weights": out / WEIGHTS_FILE, "history": out / HISTORY_FILE}
+    with run_lock(out):
+        try:
+            save_weights(paths["weights"], {**run.params, **{STATE_PREFIX + k: v for k, v in run.state.items()}},
+                         run.metadata())
+            atomic_write_bytes(paths["history"], (to_json(run.summary(), indent=2) + "\n").encode())
+        except OSError as e:
+            raise MnistfxError(f"cannot write the run's files into {out} ({e.strerror}); its checkpoint is whole: "
+                               f"make room, then `mnistfx train --resume {out}` writes them") from None
+    return paths
