@@ -2,7 +2,8 @@
 (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) as torchrun would.
 
     python dp_worker.py step OUT          one train step on this rank's shard of a fixed global batch
-    python dp_worker.py train OUT [STOP]  a short run (stopped by rank 0 at step STOP of epoch 1 if given)
+    python dp_worker.py train OUT [STOP]  a short compiled run (stopped by rank 0 at step STOP of epoch 1 if given)
+    python dp_worker.py eager OUT [STOP]  the same run, eager
     python dp_worker.py resume OUT        resume that run from OUT/run
 
 Each rank writes its parameters and state to OUT/rank<R>.safetensors.
@@ -25,7 +26,7 @@ BATCH = 64
 
 
 def small_config(**overrides):
-    """The run the train and resume modes share: tuned, two epochs of 1,280 images, compiled."""
+    """The run the train, eager and resume modes share: tuned, two epochs of 1,280 images."""
     return mnistfx.recipe("tuned", **{"epochs": 2, "train_size": 1280, "batch_size": BATCH, "val_size": 1000,
                                       "seed": 5, **overrides})
 
@@ -55,11 +56,11 @@ def main(mode, out, stop=None):
             params, loss = one_step(parallel, data)
             save_file({**params, "loss": loss.reshape(1)}, out / f"rank{parallel.rank}.safetensors")
             return
-        if mode == "train":
+        if mode in ("train", "eager"):
             def on_event(kind, **info):
                 if stop and kind == "checkpoint" and (info["epoch"], info["step"]) == (1, int(stop)):
                     raise KeyboardInterrupt  # rank 0 is stopped here, after its checkpoint
-            run = mnistfx.train(small_config(), data=data, checkpoint_dir=out / "run", checkpoint_every=4,
+            run = mnistfx.train(small_config(compile=mode == "train"), data=data, checkpoint_dir=out / "run", checkpoint_every=4,
                                 on_event=on_event if parallel.main else None, test=False, parallel=parallel)
         else:
             run = mnistfx.resume(out / "run", data=data, test=False, parallel=parallel)
