@@ -34,8 +34,12 @@ def run(args, nproc, out):
     if done.returncode:
         sys.exit(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
     summary = json.loads(done.stdout)
-    return {"processes": nproc, "img_per_s": [h["img_per_s"] for h in summary["history"]],
-            "wall_s": round(wall, 1), "val_accuracy": summary["val_accuracy"]}
+    return {
+        "processes": nproc,
+        "img_per_s": [h["img_per_s"] for h in summary["history"]],
+        "wall_s": round(wall, 1),
+        "val_accuracy": summary["val_accuracy"],
+    }
 
 
 def main():
@@ -54,8 +58,11 @@ def main():
             for result in (one, many):
                 print(json.dumps({"model": args.model, "round": r, **result}), flush=True)
             ratios.append(statistics.median(many["img_per_s"]) / statistics.median(one["img_per_s"]))
-    print(json.dumps({"model": args.model, "nproc": args.nproc, "img_per_s_ratio_median": round(
-        statistics.median(ratios), 3)}))
+    print(
+        json.dumps(
+            {"model": args.model, "nproc": args.nproc, "img_per_s_ratio_median": round(statistics.median(ratios), 3)}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,16 +28,25 @@ def main():
     data = mnistfx.load_mnist()
     model = mnistfx.get_model("tuned")
     for seed in args.seeds:
-        shared = mnistfx.train(mnistfx.recipe("tuned", epochs=args.epochs, seed=seed, ensemble=args.members),
-                               data=data)
-        runs = [mnistfx.train(mnistfx.recipe("tuned", epochs=args.epochs, seed=100 * seed + i + 1), data=data)
-                for i in range(args.members)]
+        shared = mnistfx.train(mnistfx.recipe("tuned", epochs=args.epochs, seed=seed, ensemble=args.members), data=data)
+        runs = [
+            mnistfx.train(mnistfx.recipe("tuned", epochs=args.epochs, seed=100 * seed + i + 1), data=data)
+            for i in range(args.members)
+        ]
         probs = torch.stack([mnistfx.probabilities(model, r.params, data.test_images) for r in runs]).mean(0)
         independent = (probs.argmax(1) == data.test_labels).float().mean().item()
-        print(json.dumps({"seed": seed, "shared_ensemble": shared.test.accuracy,
-                          "shared_members": [m.accuracy for m in shared.member_test],
-                          "independent_ensemble": independent,
-                          "independent_members": [r.test.accuracy for r in runs]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "seed": seed,
+                    "shared_ensemble": shared.test.accuracy,
+                    "shared_members": [m.accuracy for m in shared.member_test],
+                    "independent_ensemble": independent,
+                    "independent_members": [r.test.accuracy for r in runs],
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ def main():
     torch.manual_seed(0)  # the notebook's module and loader draw from the global RNG
     root = mnistfx.default_root()
     data = mnistfx.load_mnist(root)
-    print(f"{args.model}, batch 32, {args.steps} steps per run, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n{mnistfx.cpu_description()}")
+    print(
+        f"{args.model}, batch 32, {args.steps} steps per run, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}\n{mnistfx.cpu_description()}"
+    )
     print(f"{'round':>5} {'notebook img/s':>15} {'mnistfx img/s':>14} {'ratio':>6} {'compile s':>10}")
     ratios, ours, theirs = [], [], []
     for r in range(1, args.rounds + 1):
@@ -68,8 +70,10 @@ def main():
         fx, compile_s = mnistfx_img_per_s(args.model, data, args.steps)
         theirs.append(nb), ours.append(fx), ratios.append(fx / nb)
         print(f"{r:>5} {nb:>15,.0f} {fx:>14,.0f} {fx / nb:>5.1f}x {compile_s:>10.1f}", flush=True)
-    print(f"{'median':>5} {statistics.median(theirs):>15,.0f} {statistics.median(ours):>14,.0f} "
-          f"{statistics.median(ratios):>5.1f}x")
+    print(
+        f"{'median':>5} {statistics.median(theirs):>15,.0f} {statistics.median(ours):>14,.0f} "
+        f"{statistics.median(ratios):>5.1f}x"
+    )
 
 
 if __name__ == "__main__":

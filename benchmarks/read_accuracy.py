@@ -50,11 +50,13 @@ def main():
         for k in range(first, min(first + CHUNK, args.strings)):
             picks = rng.integers(len(data.test_images), size=args.digits)
             alone += [raw[i] for i in picks]
-            numbers.append(compose(rng, data.test_images, data.test_labels, args.digits, light_on_dark=k % 4 == 3,
-                                   indices=picks))
+            numbers.append(
+                compose(rng, data.test_images, data.test_labels, args.digits, light_on_dark=k % 4 == 3, indices=picks)
+            )
             buffer = io.BytesIO()
-            Image.fromarray(numbers[-1].image).save(buffer, *(("JPEG",) if args.jpeg else ("PNG",)),
-                                                    **({"quality": args.jpeg} if args.jpeg else {}))
+            Image.fromarray(numbers[-1].image).save(
+                buffer, *(("JPEG",) if args.jpeg else ("PNG",)), **({"quality": args.jpeg} if args.jpeg else {})
+            )
             files.append(buffer.getvalue())
         start = time.perf_counter()
         # mnistfx.read_number of each file, with the digits of CHUNK files in one batch through the model
@@ -62,19 +64,30 @@ def main():
         digits = iter(weights.probabilities(torch.stack([d.image for fs in found for d in fs])).argmax(1).tolist())
         texts = ["".join(str(next(digits)) for _ in fs) for fs in found]
         seconds += time.perf_counter() - start
-        for number, text in zip(numbers, texts):
+        for number, text in zip(numbers, texts, strict=True):
             errors += digit_errors(number.text, text)
             wrong += text != number.text
             miscounted += len(text) != len(number.text)
-    print(json.dumps({"strings": args.strings, "digits": args.digits, "seed": args.seed,
-                      "format": f"JPEG {args.jpeg}" if args.jpeg else "PNG",
-                      "digit_accuracy": round(1 - errors / (args.strings * args.digits), 5),
-                      "string_accuracy": round(1 - wrong / args.strings, 5),
-                      "strings_with_a_digit_missed_or_added": miscounted,
-                      "model_alone": {  # the same digits as MNIST's 28×28 images, classified directly
-                          "digit_accuracy": round(sum(alone) / len(alone), 5),
-                          "string_accuracy": round(sum(map(all, zip(*[iter(alone)] * args.digits))) / args.strings, 5)},
-                      "seconds_per_string": round(seconds / args.strings, 4)}))
+    print(
+        json.dumps(
+            {
+                "strings": args.strings,
+                "digits": args.digits,
+                "seed": args.seed,
+                "format": f"JPEG {args.jpeg}" if args.jpeg else "PNG",
+                "digit_accuracy": round(1 - errors / (args.strings * args.digits), 5),
+                "string_accuracy": round(1 - wrong / args.strings, 5),
+                "strings_with_a_digit_missed_or_added": miscounted,
+                "model_alone": {  # the same digits as MNIST's 28×28 images, classified directly
+                    "digit_accuracy": round(sum(alone) / len(alone), 5),
+                    "string_accuracy": round(
+                        sum(map(all, zip(*[iter(alone)] * args.digits, strict=True))) / args.strings, 5
+                    ),
+                },
+                "seconds_per_string": round(seconds / args.strings, 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

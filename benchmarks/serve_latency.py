@@ -45,8 +45,9 @@ def main() -> None:
             mnistfx.save_weights(weights, mnistfx.get_model("tuned").init(0), {"model": "tuned"})
         images = mnistfx.load_mnist().test_images
         bodies = [canvas_png(images[i % 1000]) for i in range(1000)]
-        server = subprocess.Popen([sys.executable, "-m", "mnistfx", "serve", weights, "--port", "0"],
-                                  stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mnistfx", "serve", weights, "--port", "0"], stdout=subprocess.PIPE, text=True
+        )
         try:
             line = server.stdout.readline()
             host, port = line.split(" at http://")[1].split("/")[0].rsplit(":", 1)
@@ -54,8 +55,9 @@ def main() -> None:
             rounds, inside = [], []
             for i in range(args.warmup + args.requests):
                 t0 = time.perf_counter()
-                conn.request("POST", "/api/predict", body=bodies[i % len(bodies)],
-                             headers={"Content-Type": "image/png"})
+                conn.request(
+                    "POST", "/api/predict", body=bodies[i % len(bodies)], headers={"Content-Type": "image/png"}
+                )
                 reply = conn.getresponse()
                 answer = json.loads(reply.read())
                 elapsed = 1000 * (time.perf_counter() - t0)
@@ -71,8 +73,10 @@ def main() -> None:
     for name, values in (("round trip (client)", rounds), ("inside the server (ms field)", inside)):
         p50, p90, p99 = np.percentile(values, [50, 90, 99])
         print(f"{name}: p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms over {len(values)} requests")
-    print(f"body: {np.mean([len(b) for b in bodies]):.0f} bytes on average; torch {mnistfx.environment('cpu')['torch']}; "
-          f"{mnistfx.cpu_description()}")
+    print(
+        f"body: {np.mean([len(b) for b in bodies]):.0f} bytes on average; torch {mnistfx.environment('cpu')['torch']}; "
+        f"{mnistfx.cpu_description()}"
+    )
 
 
 if __name__ == "__main__":

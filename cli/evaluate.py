@@ -20,19 +20,38 @@ def eval_(weights, model_spec, device, data_root, as_json):
     w = load_trained(weights, model_spec).to(dev)
     ds = mnistfx.load_mnist(data_root)
     m = w.evaluate(ds.test_images, ds.test_labels)
-    members = [] if w.members is None else mnistfx.evaluate_members(
-        w.model, w.params, ds.test_images, ds.test_labels, members=w.members, state=w.state)
+    members = (
+        []
+        if w.members is None
+        else mnistfx.evaluate_members(
+            w.model, w.params, ds.test_images, ds.test_labels, members=w.members, state=w.state
+        )
+    )
     name = w.model.name if w.members is None else f"ensemble of {w.members} {w.model.name}"
     if as_json:
-        click.echo(mnistfx.to_json({"model": w.model.name, "members": w.members, "weights": str(weights),
-                                    **m.to_dict(), "member_accuracy": [x.accuracy for x in members] or None}))
+        click.echo(
+            mnistfx.to_json(
+                {
+                    "model": w.model.name,
+                    "members": w.members,
+                    "weights": str(weights),
+                    **m.to_dict(),
+                    "member_accuracy": [x.accuracy for x in members] or None,
+                }
+            )
+        )
         return
     from rich.table import Table
     from rich.text import Text
 
     out = console()
-    out.print(Text.assemble(f"{name} from {printable(weights)}: test accuracy ",
-                            (f"{100 * m.accuracy:.2f}%", "bold"), f" ({m.correct}/{m.n}), loss {m.loss:.4f}"))
+    out.print(
+        Text.assemble(
+            f"{name} from {printable(weights)}: test accuracy ",
+            (f"{100 * m.accuracy:.2f}%", "bold"),
+            f" ({m.correct}/{m.n}), loss {m.loss:.4f}",
+        )
+    )
     if members:
         out.print("members alone: " + " ".join(f"{100 * x.accuracy:.2f}%" for x in members))
     per_class = Table("digit", "precision", "recall", "F1", "support", title="per class")
@@ -42,17 +61,25 @@ def eval_(weights, model_spec, device, data_root, as_json):
     out.print(per_class)
     confusion = Table("true \\ pred", *map(str, range(10)), title="confusion matrix")
     for d in range(10):
-        confusion.add_row(str(d), *(Text(str(v), style="bold") if i == d else (str(v) if v else "·")
-                                    for i, v in enumerate(m.confusion[d].tolist())))
+        confusion.add_row(
+            str(d),
+            *(
+                Text(str(v), style="bold") if i == d else (str(v) if v else "·")
+                for i, v in enumerate(m.confusion[d].tolist())
+            ),
+        )
     out.print(confusion)
 
 
 @click.command()
 @click.argument("weights", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--invert/--no-invert", default=None,
-              help="The digits are dark on light (--invert) or light on dark (--no-invert); default: decided "
-                   "from each image's border.")
+@click.option(
+    "--invert/--no-invert",
+    default=None,
+    help="The digits are dark on light (--invert) or light on dark (--no-invert); default: decided "
+    "from each image's border.",
+)
 @click.option("--show", is_flag=True, help="Also print the 28×28 image the model sees.")
 @model_option
 @json_option("Print predictions as JSON, with all ten probabilities.")
@@ -63,13 +90,19 @@ def predict(weights, images, invert, show, model_spec, as_json):
     batch = mnistfx.read_digit_images(images, invert=invert)
     probs = w.checked_probabilities(batch)
     conf, pred = probs.max(1)
-    rows = [{"image": path, "digit": int(p), "confidence": round(float(c), 4),
-             "probabilities": [round(float(v), 6) for v in row]}
-            for path, p, c, row in zip(images, pred, conf, probs)]
+    rows = [
+        {
+            "image": path,
+            "digit": int(p),
+            "confidence": round(float(c), 4),
+            "probabilities": [round(float(v), 6) for v in row],
+        }
+        for path, p, c, row in zip(images, pred, conf, probs, strict=True)
+    ]
     if as_json:
         click.echo(mnistfx.to_json(rows))
         return
-    for r, seen in zip(rows, batch):
+    for r, seen in zip(rows, batch, strict=True):
         click.echo(f"{printable(r['image'])}: {r['digit']} ({100 * r['confidence']:.1f}%)")
         if show:
             click.echo(_ascii(seen))

@@ -14,9 +14,13 @@ FORMATS = {".onnx": "onnx", ".pt2": "pt2"}
 @click.command()
 @click.argument("weights", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="The file to write (its folder must exist).")
-@click.option("--format", "fmt", type=click.Choice(sorted(set(FORMATS.values()))),
-              help="onnx (onnxruntime and others; needs the export extra) or pt2 (a torch.export program). "
-                   "Default: from --out's suffix (.onnx or .pt2).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(set(FORMATS.values()))),
+    help="onnx (onnxruntime and others; needs the export extra) or pt2 (a torch.export program). "
+    "Default: from --out's suffix (.onnx or .pt2).",
+)
 @model_option
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @json_option("Print what was written as JSON.")
@@ -37,8 +41,18 @@ def export(weights, out, fmt, model_spec, overwrite, as_json):
     path = write(w, out, overwrite=overwrite)
     size = path.stat().st_size
     if as_json:
-        click.echo(mnistfx.to_json({"out": str(path), "format": fmt, "bytes": size, "model": w.model.name,
-                                    "members": w.members, "weights": str(weights)}))
+        click.echo(
+            mnistfx.to_json(
+                {
+                    "out": str(path),
+                    "format": fmt,
+                    "bytes": size,
+                    "model": w.model.name,
+                    "members": w.members,
+                    "weights": str(weights),
+                }
+            )
+        )
         return
     name = w.model.name if w.members is None else f"ensemble of {w.members} {w.model.name}"
     click.echo(printable(f"wrote {out} ({fmt}, {name}, {size / 1e6:.1f} MB)"))

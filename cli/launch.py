@@ -71,9 +71,17 @@ def launch(nproc: int, out) -> int:
     started = time.time()
     # the launcher makes a (here empty) folder for the processes' logs: one that is removed afterwards
     with tempfile.TemporaryDirectory(prefix="mnistfx-launch-") as logs:
-        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                              rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-                              monitor_interval=0.1, logs_specs=DefaultLogsSpecs(log_dir=logs))
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=nproc,
+            run_id=str(uuid.uuid4()),
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",
+            max_restarts=0,
+            monitor_interval=0.1,
+            logs_specs=DefaultLogsSpecs(log_dir=logs),
+        )
         try:
             elastic_launch(config, sys.executable)("-m", "mnistfx", *ARGV)
         except ChildFailedError as e:
@@ -88,8 +96,11 @@ def launch(nproc: int, out) -> int:
             raise MnistfxError(f"rank {rank} was killed ({how}): the run stops") from None
         except SignalException as e:  # Ctrl-C or a kill: the launcher passed it on; the ranks stop quietly
             sys.stdout.flush()
-            print(f"error: the run was stopped ({signal.Signals(int(e.sigval)).name}): {next_step(out, started)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"error: the run was stopped ({signal.Signals(int(e.sigval)).name}): {next_step(out, started)}",
+                file=sys.stderr,
+                flush=True,
+            )
             return 128 + int(e.sigval)
         except RendezvousError as e:
             raise MnistfxError(f"the {nproc} processes could not meet ({e}): try again") from None

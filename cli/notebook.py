@@ -30,8 +30,12 @@ def import_notebook(checkpoint, out, overwrite):
     """Convert the notebook's CHECKPOINT (.pth state_dict) into mnistfx weights (safetensors)."""
     w = mnistfx.load_model_weights(checkpoint)
     with _writing(out):
-        mnistfx.save_weights(out, w.params, {"model": w.model.name, "source": "notebook checkpoint",
-                                           "mnistfx_version": mnistfx.__version__}, overwrite=overwrite)
+        mnistfx.save_weights(
+            out,
+            w.params,
+            {"model": w.model.name, "source": "notebook checkpoint", "mnistfx_version": mnistfx.__version__},
+            overwrite=overwrite,
+        )
 
 
 @click.command(name="export-notebook")

@@ -8,8 +8,8 @@ import math
 import click
 
 import mnistfx
-from mnistfx.training.config import RECIPES
 from mnistfx.constants import DEVICES_HINT
+from mnistfx.training.config import RECIPES
 
 DATA_ROOT_HELP = "Data folder (default: $MNISTFX_DATA or ~/.cache/mnistfx)."
 
@@ -17,9 +17,13 @@ data_root_option = click.option("--data-root", type=click.Path(), help=DATA_ROOT
 device_option = click.option("--device", default="cpu", show_default=True, help=f"{DEVICES_HINT}.")
 
 
-model_option = click.option("--model", "model_spec", metavar="MODEL",
-                            help="The weights' model when it is your own: MODULE:ATTR (imported; only name code you "
-                                 "trust). Default: the model the file names, if built in.")
+model_option = click.option(
+    "--model",
+    "model_spec",
+    metavar="MODEL",
+    help="The weights' model when it is your own: MODULE:ATTR (imported; only name code you "
+    "trust). Default: the model the file names, if built in.",
+)
 
 
 def named_model(spec: str) -> str:
@@ -65,13 +69,17 @@ def quiet_torch_logs():
 
 def recipe_values(field: str) -> str:
     """A config field's value in each recipe, for help texts: ``default recipe: tuned 15, cnn 10; fast: 12``."""
+
     def show(value):
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     parts = []
     for name, configs in RECIPES.items():
         values = {model: show(getattr(cfg, field)) for model, cfg in configs.items()}
-        shown = (next(iter(values.values())) if len(set(values.values())) == 1
-                 else ", ".join(f"{model} {value}" for model, value in values.items()))
+        shown = (
+            next(iter(values.values()))
+            if len(set(values.values())) == 1
+            else ", ".join(f"{model} {value}" for model, value in values.items())
+        )
         parts.append(f"{name} recipe: {shown}" if name == "default" else f"{name}: {shown}")
     return "; ".join(parts)

@@ -10,9 +10,12 @@ from .options import json_option, load_trained, model_option
 @click.command()
 @click.argument("weights", type=click.Path())
 @click.argument("image", type=click.Path())
-@click.option("--invert/--no-invert", default=None,
-              help="The digits are dark on light (--invert) or light on dark (--no-invert); default: whichever "
-                   "stands out more from the paper.")
+@click.option(
+    "--invert/--no-invert",
+    default=None,
+    help="The digits are dark on light (--invert) or light on dark (--no-invert); default: whichever "
+    "stands out more from the paper.",
+)
 @model_option
 @json_option("Print the number as JSON: each digit with all ten probabilities and its box.")
 def read(weights, image, invert, model_spec, as_json):

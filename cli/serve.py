@@ -9,10 +9,19 @@ from .options import device_option, load_trained, model_option, printable
 
 @click.command()
 @click.argument("weights", type=click.Path())
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; 127.0.0.1 is this machine only, 0.0.0.0 every network it is on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Port to listen on (0: any free one).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 127.0.0.1 is this machine only, 0.0.0.0 every network it is on.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on (0: any free one).",
+)
 @model_option
 @device_option
 def serve(weights, host, port, model_spec, device):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import functools
 import os
 import signal
@@ -14,74 +13,174 @@ import click
 from click.core import ParameterSource
 
 import mnistfx
+from mnistfx.constants import (
+    MAX_BATCH_SIZE,
+    MAX_CHECKPOINT_EVERY,
+    MAX_ENSEMBLE,
+    MAX_EPOCHS,
+    MAX_NPROC,
+    MAX_SEED,
+    MAX_STEPS_PER_CALL,
+    OPTIMIZERS,
+    PRECISIONS,
+)
 from mnistfx.training.config import RECIPES
-from mnistfx.constants import (MAX_BATCH_SIZE, MAX_CHECKPOINT_EVERY, MAX_ENSEMBLE, MAX_EPOCHS, MAX_NPROC, MAX_SEED,
-                               MAX_STEPS_PER_CALL, OPTIMIZERS, PRECISIONS)
 
 from .launch import launched, next_step, stop_with_parent
-from .options import (console, data_root_option, device_option, json_option, named_model, positive,
-                      printable, quiet_torch_logs, recipe_values)
+from .options import (
+    console,
+    data_root_option,
+    device_option,
+    json_option,
+    named_model,
+    positive,
+    printable,
+    quiet_torch_logs,
+    recipe_values,
+)
 
 
 def _epoch_line(e: dict) -> str:
-    return (f"epoch {e['epoch']:>3}  train loss {e['train_loss']:.4f}  val loss {e['val_loss']:.4f}  "
-            f"val acc {100 * e['val_accuracy']:.2f}%  {e['img_per_s']:,.0f} img/s  {e['seconds']:.1f}s")
+    return (
+        f"epoch {e['epoch']:>3}  train loss {e['train_loss']:.4f}  val loss {e['val_loss']:.4f}  "
+        f"val acc {100 * e['val_accuracy']:.2f}%  {e['img_per_s']:,.0f} img/s  {e['seconds']:.1f}s"
+    )
 
 
 @click.command()
 @click.argument("model", metavar="MODEL", required=False)
-@click.option("--recipe", "recipe_name", type=click.Choice(tuple(RECIPES)), default="default", show_default=True,
-              help="default: the notebook's recipe (15 epochs for tuned); fast: tuned to 99.1 % in under a minute. "
-                   "The options below override single values.")
-@click.option("--epochs", type=click.IntRange(1, MAX_EPOCHS), help=f"Passes over the training split ({recipe_values('epochs')}).")
-@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), help=f"Images per step ({recipe_values('batch_size')}).")
-@click.option("--lr", type=float, callback=positive,
-              help=f"The optimiser's (peak) learning rate ({recipe_values('lr')}).")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help=f"adam, adamw or sgd (with momentum) "
-              f"({recipe_values('optimizer')}).")
-@click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True),
-              help="adamw's decoupled weight decay (default 0.01), or sgd's L2 penalty (default 0; the resnet "
-                   "recipe's 5e-4).")
+@click.option(
+    "--recipe",
+    "recipe_name",
+    type=click.Choice(tuple(RECIPES)),
+    default="default",
+    show_default=True,
+    help="default: the notebook's recipe (15 epochs for tuned); fast: tuned to 99.1 % in under a minute. "
+    "The options below override single values.",
+)
+@click.option(
+    "--epochs", type=click.IntRange(1, MAX_EPOCHS), help=f"Passes over the training split ({recipe_values('epochs')})."
+)
+@click.option(
+    "--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), help=f"Images per step ({recipe_values('batch_size')})."
+)
+@click.option(
+    "--lr", type=float, callback=positive, help=f"The optimiser's (peak) learning rate ({recipe_values('lr')})."
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(OPTIMIZERS),
+    help=f"adam, adamw or sgd (with momentum) ({recipe_values('optimizer')}).",
+)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="adamw's decoupled weight decay (default 0.01), or sgd's L2 penalty (default 0; the resnet recipe's 5e-4).",
+)
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), help="sgd's momentum (default 0.9).")
-@click.option("--ensemble", type=click.IntRange(1, MAX_ENSEMBLE),
-              help="Train this many members in one vmapped step (default 1: a single model).")
-@click.option("--warmup", type=click.FloatRange(0, 1),
-              help=f"Fraction of steps, at the start, over which the lr rises from lr/25 ({recipe_values('warmup')}).")
-@click.option("--decay", type=click.FloatRange(0, 1),
-              help=f"Fraction of steps, at the end, over which the lr falls linearly to 0 ({recipe_values('decay')}; "
-                   "0: constant).")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1),
-              help=f"Cross-entropy label smoothing ({recipe_values('label_smoothing')}).")
-@click.option("--clean-epochs", type=click.IntRange(min=0),
-              help=f"Train the last N epochs without augmentation ({recipe_values('clean_epochs')}).")
-@click.option("--precision", type=click.Choice(PRECISIONS),
-              help=f"bf16: autocast the training forward pass ({recipe_values('precision')}).")
-@click.option("--seed", type=click.IntRange(-MAX_SEED, MAX_SEED), default=0, show_default=True, help="Seed of all randomness.")
+@click.option(
+    "--ensemble",
+    type=click.IntRange(1, MAX_ENSEMBLE),
+    help="Train this many members in one vmapped step (default 1: a single model).",
+)
+@click.option(
+    "--warmup",
+    type=click.FloatRange(0, 1),
+    help=f"Fraction of steps, at the start, over which the lr rises from lr/25 ({recipe_values('warmup')}).",
+)
+@click.option(
+    "--decay",
+    type=click.FloatRange(0, 1),
+    help=f"Fraction of steps, at the end, over which the lr falls linearly to 0 ({recipe_values('decay')}; "
+    "0: constant).",
+)
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1),
+    help=f"Cross-entropy label smoothing ({recipe_values('label_smoothing')}).",
+)
+@click.option(
+    "--clean-epochs",
+    type=click.IntRange(min=0),
+    help=f"Train the last N epochs without augmentation ({recipe_values('clean_epochs')}).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help=f"bf16: autocast the training forward pass ({recipe_values('precision')}).",
+)
+@click.option(
+    "--seed", type=click.IntRange(-MAX_SEED, MAX_SEED), default=0, show_default=True, help="Seed of all randomness."
+)
 @device_option
 @click.option("--out", type=click.Path(), help="Output folder (default: runs/MODEL-seedN, runs/MODEL-RECIPE-seedN).")
 @click.option("--no-compile", is_flag=True, help="Run the same step eagerly instead of torch.compile.")
-@click.option("--steps-per-call", type=click.IntRange(1, MAX_STEPS_PER_CALL),
-              help=f"Steps per call of the compiled function ({recipe_values('steps_per_call')}).")
+@click.option(
+    "--steps-per-call",
+    type=click.IntRange(1, MAX_STEPS_PER_CALL),
+    help=f"Steps per call of the compiled function ({recipe_values('steps_per_call')}).",
+)
 @click.option("--no-augment", is_flag=True, help="Train on the images as they are.")
 @click.option("--faithful-fill", is_flag=True, help="Augment as the notebook did (affine fill mid-grey for tuned).")
-@click.option("--val-size", type=click.IntRange(min=1),
-              help=f"Training images held out for validation (default {RECIPES['default']['tuned'].val_size}).")
+@click.option(
+    "--val-size",
+    type=click.IntRange(min=1),
+    help=f"Training images held out for validation (default {RECIPES['default']['tuned'].val_size}).",
+)
 @click.option("--train-size", type=click.IntRange(min=1), help="Train on only this many images (smoke runs).")
 @data_root_option
-@click.option("--checkpoint-every", type=click.IntRange(1, MAX_CHECKPOINT_EVERY),
-              help="Also write the checkpoint every N steps (it is always written after each epoch).")
-@click.option("--resume", "resume_dir", type=click.Path(),
-              help="Continue the interrupted run in this folder, with its own settings.")
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(1, MAX_CHECKPOINT_EVERY),
+    help="Also write the checkpoint every N steps (it is always written after each epoch).",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(),
+    help="Continue the interrupted run in this folder, with its own settings.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the run the output folder holds (finished or not).")
 @click.option("--no-test", is_flag=True, help="Do not evaluate on the test set (for sweeps: choose on validation).")
-@click.option("--nproc", type=click.IntRange(1, MAX_NPROC),
-              help="Train data-parallel in N processes on this machine (torchrun's launcher; each takes its share of "
-                   "every batch). Under torchrun itself, leave it out.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(1, MAX_NPROC),
+    help="Train data-parallel in N processes on this machine (torchrun's launcher; each takes its share of "
+    "every batch). Under torchrun itself, leave it out.",
+)
 @json_option("Print a JSON summary on stdout (stderr: only a progress bar on a terminal, and errors).")
-def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, momentum, ensemble, warmup, decay,
-          label_smoothing, clean_epochs, precision, seed, device, out, no_compile, steps_per_call, no_augment,
-          faithful_fill, val_size, train_size, data_root, checkpoint_every, resume_dir, overwrite, no_test, nproc,
-          as_json):
+def train(
+    model,
+    recipe_name,
+    epochs,
+    batch_size,
+    lr,
+    optimizer,
+    weight_decay,
+    momentum,
+    ensemble,
+    warmup,
+    decay,
+    label_smoothing,
+    clean_epochs,
+    precision,
+    seed,
+    device,
+    out,
+    no_compile,
+    steps_per_call,
+    no_augment,
+    faithful_fill,
+    val_size,
+    train_size,
+    data_root,
+    checkpoint_every,
+    resume_dir,
+    overwrite,
+    no_test,
+    nproc,
+    as_json,
+):
     """Train MODEL with a recipe; write weights, history and a checkpoint.
 
     MODEL is tuned, cnn or resnet, or a model of your own as MODULE:ATTR (e.g. mymodels:mlp, the Model
@@ -97,8 +196,9 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
     if resume_dir is not None:
         _refuse_settings_with_resume(click.get_current_context())
     elif model is None:
-        raise click.UsageError("Missing argument 'MODEL': name a model (tuned, cnn, resnet or MODULE:ATTR), or pass "
-                               "--resume FOLDER.")
+        raise click.UsageError(
+            "Missing argument 'MODEL': name a model (tuned, cnn, resnet or MODULE:ATTR), or pass --resume FOLDER."
+        )
     model = None if model is None else named_model(model)
     where = {"since": time.time()}  # and the run folder, once known: what a stopped rank tells the user
     if parallel is not None:
@@ -112,22 +212,48 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
         distributed.check_same_work(parallel, resume_dir is not None)
     if resume_dir is not None:
         # only rank 0 may see the run folder: it checks the checkpoint, then sends it to the others
-        ckpt = _resume_checkpoint(resume_dir, model) if parallel is None else distributed.on_main(
-            parallel, lambda: _resume_checkpoint(resume_dir, model), (mnistfx.MnistfxError, click.UsageError))
+        ckpt = (
+            _resume_checkpoint(resume_dir, model)
+            if parallel is None
+            else distributed.on_main(
+                parallel, lambda: _resume_checkpoint(resume_dir, model), (mnistfx.MnistfxError, click.UsageError)
+            )
+        )
         cfg = ckpt.config if ckpt is not None else None
         out = mnistfx.run_folder(resume_dir) if parallel is None or parallel.main else resume_dir
     else:
-        given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup": warmup, "decay": decay,
-                 "label_smoothing": label_smoothing, "clean_epochs": clean_epochs, "precision": precision,
-                 "val_size": val_size, "train_size": train_size, "data_root": data_root,
-                 "steps_per_call": steps_per_call, "optimizer": optimizer, "weight_decay": weight_decay,
-                 "momentum": momentum, "ensemble": ensemble}
-        cfg = mnistfx.recipe(model, recipe_name, seed=seed, device=device, compile=not no_compile,
-                             augment=not no_augment, faithful_fill=faithful_fill,
-                             **{k: v for k, v in given.items() if v is not None})
+        given = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "warmup": warmup,
+            "decay": decay,
+            "label_smoothing": label_smoothing,
+            "clean_epochs": clean_epochs,
+            "precision": precision,
+            "val_size": val_size,
+            "train_size": train_size,
+            "data_root": data_root,
+            "steps_per_call": steps_per_call,
+            "optimizer": optimizer,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "ensemble": ensemble,
+        }
+        cfg = mnistfx.recipe(
+            model,
+            recipe_name,
+            seed=seed,
+            device=device,
+            compile=not no_compile,
+            augment=not no_augment,
+            faithful_fill=faithful_fill,
+            **{k: v for k, v in given.items() if v is not None},
+        )
         if momentum is not None and cfg.optimizer != "sgd":
-            raise click.UsageError(f"--momentum is sgd's, and this run's optimizer is {cfg.optimizer}: pass "
-                                   "--optimizer sgd with it")
+            raise click.UsageError(
+                f"--momentum is sgd's, and this run's optimizer is {cfg.optimizer}: pass --optimizer sgd with it"
+            )
         out = out or mnistfx.default_run_dir(cfg)
     where["out"] = out
     if nproc and nproc > 1 and parallel is None:  # checked here once, not by each process
@@ -147,8 +273,18 @@ def train(model, recipe_name, epochs, batch_size, lr, optimizer, weight_decay, m
     mnistfx.use_compile_cache()
     quiet_torch_logs()
     try:
-        run = _run_with_progress(console(stderr=as_json), cfg, out, resume_dir is not None, data_root,
-                                 checkpoint_every or 0, overwrite, not no_test, quiet=as_json, parallel=parallel)
+        run = _run_with_progress(
+            console(stderr=as_json),
+            cfg,
+            out,
+            resume_dir is not None,
+            data_root,
+            checkpoint_every or 0,
+            overwrite,
+            not no_test,
+            quiet=as_json,
+            parallel=parallel,
+        )
     except BaseException:
         if parallel is not None:  # stopping already: the launcher's SIGTERM must not cut into the error line
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -163,7 +299,9 @@ def _report(run, out, as_json):
     """Save a finished run in ``out`` and say what it scored (JSON on stdout with ``as_json``)."""
     paths = mnistfx.save_run(run, out)
     if as_json:
-        click.echo(mnistfx.to_json({**run.summary(), "weights": str(paths["weights"]), "history_file": str(paths["history"])}))
+        click.echo(
+            mnistfx.to_json({**run.summary(), "weights": str(paths["weights"]), "history_file": str(paths["history"])})
+        )
         return
     out_console = console()
     for line in _result_lines(run):
@@ -177,14 +315,17 @@ class _Stopped(mnistfx.MnistfxError):
     ``--nproc`` none does: the launcher speaks for the run, or the rank that failed did."""
 
     def __init__(self, rank: int, signum: int, where: dict):
-        fix = ("run the command again (no checkpoint was written yet)" if "out" not in where
-               else next_step(where["out"], where["since"]))
+        fix = (
+            "run the command again (no checkpoint was written yet)"
+            if "out" not in where
+            else next_step(where["out"], where["since"])
+        )
         super().__init__(f"rank {rank} was stopped ({signal.Signals(signum).name}): the run stops; {fix}")
         self.quiet = rank != 0 or launched()
 
 
 _HANDLED = threading.Event()  # the signal reached Python: the rank is stopping by itself
-_STOP_GRACE = 2.0             # seconds the main thread has to act on a stop before the watcher ends the process
+_STOP_GRACE = 2.0  # seconds the main thread has to act on a stop before the watcher ends the process
 
 
 def _stopped(rank, where, signum, frame):
@@ -231,25 +372,31 @@ def _resume_checkpoint(resume_dir, model):
     """The checkpoint of the run ``resume_dir`` holds, which must be of ``model`` if one is named."""
     ckpt = mnistfx.load_checkpoint(resume_dir)  # a folder, or the checkpoint file itself
     if model is not None and model != ckpt.config.model:
-        raise click.UsageError(f"{resume_dir} is a run of {ckpt.config.model}, not {model}: drop MODEL or name "
-                               f"{ckpt.config.model}")
+        raise click.UsageError(
+            f"{resume_dir} is a run of {ckpt.config.model}, not {model}: drop MODEL or name {ckpt.config.model}"
+        )
     return ckpt
 
 
 def _result_lines(run) -> list[str]:
     """What a finished run scored: test (unless skipped) and validation, and an ensemble's members."""
+
     def pct(x):
         return f"{100 * x:.2f}%"
 
-    test = f"test accuracy {pct(run.test.accuracy)} ({run.test.correct}/{run.test.n}), " if run.test else "test skipped, "
+    test = (
+        f"test accuracy {pct(run.test.accuracy)} ({run.test.correct}/{run.test.n}), " if run.test else "test skipped, "
+    )
     lines = [f"{test}val {pct(run.val.accuracy)}, {run.seconds:.0f}s (compile {run.compile_seconds:.0f}s)"]
     members = run.member_test or run.member_val
     if members:
         accs = [m.accuracy for m in members]
         mean = sum(accs) / len(accs)
         std = (sum((a - mean) ** 2 for a in accs) / max(len(accs) - 1, 1)) ** 0.5
-        lines.append(f"{len(accs)} members, each alone ({'test' if run.member_test else 'val'}): "
-                     f"{' '.join(pct(a) for a in accs)} (mean {pct(mean)} ± {100 * std:.2f})")
+        lines.append(
+            f"{len(accs)} members, each alone ({'test' if run.member_test else 'val'}): "
+            f"{' '.join(pct(a) for a in accs)} (mean {pct(mean)} ± {100 * std:.2f})"
+        )
     return lines
 
 
@@ -258,28 +405,47 @@ def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, ove
     (unless ``quiet``: with --json, stderr holds only a transient bar and errors)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}  {task.fields[speed]}"), TimeElapsedColumn(),
-                        console=con, transient=True,
-                        disable=not con.is_terminal or (parallel is not None and not parallel.main))
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  {task.fields[speed]}"),
+        TimeElapsedColumn(),
+        console=con,
+        transient=True,
+        disable=not con.is_terminal or (parallel is not None and not parallel.main),
+    )
     state = {}
 
     def on_event(kind, **info):
         task = state["task"]
         if kind == "config" and not quiet:
-            con.print(printable(("resuming: " if resuming else "config: ")
-                                + " ".join(f"{k}={v}" for k, v in info["config"].to_dict().items())))
+            con.print(
+                printable(
+                    ("resuming: " if resuming else "config: ")
+                    + " ".join(f"{k}={v}" for k, v in info["config"].to_dict().items())
+                )
+            )
         elif kind == "loading":
             progress.update(task, description="loading MNIST…")
         elif kind == "start":
             state["total"], state["epochs"] = info["steps_per_epoch"], info["epochs"]
-            progress.update(task, total=state["total"], completed=info["step"],
-                            description=f"epoch {info['epoch']}/{state['epochs']}")
+            progress.update(
+                task,
+                total=state["total"],
+                completed=info["step"],
+                description=f"epoch {info['epoch']}/{state['epochs']}",
+            )
         elif kind == "compiling":
             progress.update(task, description="compiling… (first step)")
         elif kind == "step":
-            progress.update(task, completed=info["step"], loss=f"{info['loss']:.4f}",
-                            speed=f"{info['img_per_s']:,.0f} img/s", description=f"epoch {info['epoch']}/{state['epochs']}")
+            progress.update(
+                task,
+                completed=info["step"],
+                loss=f"{info['loss']:.4f}",
+                speed=f"{info['img_per_s']:,.0f} img/s",
+                description=f"epoch {info['epoch']}/{state['epochs']}",
+            )
             if info["step"] == state["total"] and info["epoch"] < state["epochs"]:
                 progress.reset(task, description=f"epoch {info['epoch'] + 1}/{state['epochs']}", loss="-", speed="")
         elif kind == "epoch" and not quiet:
@@ -290,10 +456,23 @@ def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, ove
         state["task"] = progress.add_task("starting…", total=None, loss="-", speed="")
         try:
             if resuming:
-                return mnistfx.resume(out, data_root=data_root, on_event=report, checkpoint_every=checkpoint_every,
-                                      test=test, parallel=parallel)
-            return mnistfx.train(cfg, on_event=report, checkpoint_dir=out, checkpoint_every=checkpoint_every,
-                                 overwrite=overwrite, test=test, parallel=parallel)
+                return mnistfx.resume(
+                    out,
+                    data_root=data_root,
+                    on_event=report,
+                    checkpoint_every=checkpoint_every,
+                    test=test,
+                    parallel=parallel,
+                )
+            return mnistfx.train(
+                cfg,
+                on_event=report,
+                checkpoint_dir=out,
+                checkpoint_every=checkpoint_every,
+                overwrite=overwrite,
+                test=test,
+                parallel=parallel,
+            )
         except mnistfx.RunFolderError as e:
             raise click.UsageError(str(e)) from None
 

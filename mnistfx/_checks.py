@@ -16,8 +16,9 @@ def is_whole(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_whole(name: str, value, lo: int, hi: int | None = None, *, hi_name: str | None = None,
-                why: str = "", error=ConfigError) -> int:
+def check_whole(
+    name: str, value, lo: int, hi: int | None = None, *, hi_name: str | None = None, why: str = "", error=ConfigError
+) -> int:
     """``value`` as an int, or ``error`` saying it must be a whole number in ``[lo, hi]``."""
     if not is_whole(value) or value < lo or (hi is not None and value > hi):
         bounds = f"≥ {lo}" if hi is None else f"from {lo} to {hi_name or hi}"

@@ -68,8 +68,9 @@ def open_checked(path, limit: int, *, what: str, fix: str, error):
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{what} {path} is not a regular file: {fix}")
         if info.st_size > limit:
-            raise error(f"{what} {path} is {info.st_size:,} bytes, more than any {what} mnistfx reads "
-                        f"({limit:,}): {fix}")
+            raise error(
+                f"{what} {path} is {info.st_size:,} bytes, more than any {what} mnistfx reads ({limit:,}): {fix}"
+            )
         f = open(path, "rb")
     except OSError as e:
         raise error(f"cannot read {what} {path} ({e.strerror}): {fix}") from None

@@ -22,22 +22,30 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from ._checks import check_choice, check_positive, check_whole, is_whole
-from .constants import BENCH_BATCH_SIZES, BENCH_KINDS, BENCH_MAX_REPEATS, BENCH_MAX_SECONDS, MAX_BATCH_SIZE, MAX_ENSEMBLE, PRECISIONS
-from .models.model import blaming
+from .constants import (
+    BENCH_BATCH_SIZES,
+    BENCH_KINDS,
+    BENCH_MAX_REPEATS,
+    BENCH_MAX_SECONDS,
+    MAX_BATCH_SIZE,
+    MAX_ENSEMBLE,
+    PRECISIONS,
+)
 from .data.mnist import MNIST, load_mnist
 from .errors import ConfigError
+from .models.ensemble import make_ensemble_step, stack
+from .models.model import blaming
 from .models.registry import get_model
-from .training.optim import adam
 from .runtime.device import keep_freed_memory, resolve_device
 from .training.batches import batch_inputs
-from .training.step import check_trainable, make_train_step
 from .training.compiling import compile_step
-from .models.ensemble import make_ensemble_step, stack
+from .training.optim import adam
+from .training.step import check_trainable, make_train_step
 
 
 class _Timer:
@@ -71,37 +79,56 @@ def _workload(kind: str, model, images, labels, batch: int, device, precision: s
     init = {k: v.to(device) for k, v in model.init(0).items()}
 
     if kind == "train":
+
         def make(compiled):
             opt = adam(1e-3)
             step = make_train_step(model, opt, precision=precision)
             step = compile_step(step, device) if compiled else step
             gens = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
-            return {"step": step, "params": init, "state": model.init_state(init), "opt_state": opt.init(init),
-                    "gens": gens}
+            return {
+                "step": step,
+                "params": init,
+                "state": model.init_state(init),
+                "opt_state": opt.init(init),
+                "gens": gens,
+            }
 
         def run(state, i):
             idx = indices(i)
             x, noise = batch_inputs(model, images, idx, aug_key=state["gens"][0], drop_key=state["gens"][1])
             state["params"], state["state"], state["opt_state"], loss, _ = state["step"](
-                state["params"], state["state"], state["opt_state"], x, labels[idx], noise)
+                state["params"], state["state"], state["opt_state"], x, labels[idx], noise
+            )
             return loss
     else:
+
         def make(compiled):
             model_state = model.init_state(init)
 
             def forward(params, x8):
                 return model.forward(params, model_state, model.preprocess(x8))[0]
+
             forward = compile_step(forward, device) if compiled else forward
             return {"forward": forward, "params": init}
 
         def run(state, i):
             return state["forward"](state["params"], images[indices(i)])
+
     return make, run
 
 
-def benchmark(model: str = "tuned", *, device: str = "cpu", batch_sizes=BENCH_BATCH_SIZES, kinds=BENCH_KINDS,
-              precision: str = "fp32", seconds: float = 1.0, repeats: int = 3, data: MNIST | None = None,
-              on_result: Callable | None = None) -> list[dict]:
+def benchmark(
+    model: str = "tuned",
+    *,
+    device: str = "cpu",
+    batch_sizes=BENCH_BATCH_SIZES,
+    kinds=BENCH_KINDS,
+    precision: str = "fp32",
+    seconds: float = 1.0,
+    repeats: int = 3,
+    data: MNIST | None = None,
+    on_result: Callable | None = None,
+) -> list[dict]:
     """Measure images per second, eager and compiled, for each kind and batch size.
 
     Arguments:
@@ -155,9 +182,13 @@ def _measure(m, data, dev, batch_sizes, kinds, precision, seconds, repeats, on_r
     for kind in kinds:
         for batch in batch_sizes:
             with torch.inference_mode(kind == "infer"), blaming(m, f"{kind} step at batch {batch}"):
-                result = {"kind": kind, "batch_size": batch,
-                          **_compare(*_workload(kind, m, images, labels, batch, dev, precision), dev, batch,
-                                     seconds, repeats)}
+                result = {
+                    "kind": kind,
+                    "batch_size": batch,
+                    **_compare(
+                        *_workload(kind, m, images, labels, batch, dev, precision), dev, batch, seconds, repeats
+                    ),
+                }
             results.append(result)
             if on_result:
                 on_result(result)
@@ -172,8 +203,12 @@ def _compare(make, run, dev, batch, seconds, repeats) -> dict:
     compile_seconds = time.perf_counter() - t0
     rates = race(states, run, dev, batch, seconds, repeats)
     eager, compiled = rates["eager"], rates["compiled"]
-    return {"eager": round(eager, 1), "compiled": round(compiled, 1), "speedup": round(compiled / eager, 3),
-            "compile_seconds": round(compile_seconds, 2)}
+    return {
+        "eager": round(eager, 1),
+        "compiled": round(compiled, 1),
+        "speedup": round(compiled / eager, 3),
+        "compile_seconds": round(compile_seconds, 2),
+    }
 
 
 def race(states: dict, run: Callable, dev, images: int, seconds: float, repeats: int) -> dict[str, float]:
@@ -203,9 +238,18 @@ def race(states: dict, run: Callable, dev, images: int, seconds: float, repeats:
     return {mode: statistics.median(r) for mode, r in rates.items()}
 
 
-def benchmark_ensemble(model: str = "tuned", *, members=(2, 4, 8), batch_size: int = 32, device: str = "cpu",
-                       precision: str = "fp32", seconds: float = 1.0, repeats: int = 3, data: MNIST | None = None,
-                       on_result: Callable | None = None) -> list[dict]:
+def benchmark_ensemble(
+    model: str = "tuned",
+    *,
+    members=(2, 4, 8),
+    batch_size: int = 32,
+    device: str = "cpu",
+    precision: str = "fp32",
+    seconds: float = 1.0,
+    repeats: int = 3,
+    data: MNIST | None = None,
+    on_result: Callable | None = None,
+) -> list[dict]:
     """Member-images per second of K members in one vmapped compiled step and in K separate ones.
 
     Arguments:
@@ -254,8 +298,13 @@ def _compare_ensemble(model, images, labels, k, batch, dev, precision, seconds, 
         return [torch.Generator(device=dev).manual_seed(seed + j) for j in range(2)]
 
     def fresh():
-        return {"params": params, "states": [model.init_state(p) for p in params],
-                "opt": [opt.init(p) for p in params], "gens": [gens(10 * j) for j in range(k)], "all": gens(1)}
+        return {
+            "params": params,
+            "states": [model.init_state(p) for p in params],
+            "opt": [opt.init(p) for p in params],
+            "gens": [gens(10 * j) for j in range(k)],
+            "all": gens(1),
+        }
 
     prepared = []
     for i in range(4):  # a few batches ready-made, for the steps-alone modes
@@ -271,8 +320,9 @@ def _compare_ensemble(model, images, labels, k, batch, dev, precision, seconds, 
             else:
                 x, y, noise = prepared[i % 4]
                 noise = {n: v[j] for n, v in noise.items()}
-            s["params"][j], s["states"][j], s["opt"][j], loss, _ = single(s["params"][j], s["states"][j],
-                                                                          s["opt"][j], x, y, noise)
+            s["params"][j], s["states"][j], s["opt"][j], loss, _ = single(
+                s["params"][j], s["states"][j], s["opt"][j], x, y, noise
+            )
         return loss
 
     def run_vmapped(s, i, prepare):
@@ -287,22 +337,32 @@ def _compare_ensemble(model, images, labels, k, batch, dev, precision, seconds, 
 
     def stacked():
         s = fresh()
-        return {**s, "params": stack(s["params"]), "states": stack(s["states"]) if s["states"][0] else {},
-                "opt": stack(s["opt"])}
+        return {
+            **s,
+            "params": stack(s["params"]),
+            "states": stack(s["states"]) if s["states"][0] else {},
+            "opt": stack(s["opt"]),
+        }
 
-    modes = {"step_separate": {**fresh(), "run": run_separate, "prepare": False},
-             "step_vmapped": {**stacked(), "run": run_vmapped, "prepare": False},
-             "separate": {**fresh(), "run": run_separate, "prepare": True},
-             "vmapped": {**stacked(), "run": run_vmapped, "prepare": True}}
+    modes = {
+        "step_separate": {**fresh(), "run": run_separate, "prepare": False},
+        "step_vmapped": {**stacked(), "run": run_vmapped, "prepare": False},
+        "separate": {**fresh(), "run": run_separate, "prepare": True},
+        "vmapped": {**stacked(), "run": run_vmapped, "prepare": True},
+    }
     run_separate(fresh(), 0, False)  # compile the single step
     t0 = time.perf_counter()
     run_vmapped(stacked(), 0, False).sum().item()
     compile_seconds = time.perf_counter() - t0
     rates = race(modes, lambda s, i: s["run"](s, i, s["prepare"]), dev, k * batch, seconds, repeats)
-    return {"members": k, "batch_size": batch, **{mode: round(r, 1) for mode, r in rates.items()},
-            "speedup": round(rates["vmapped"] / rates["separate"], 3),
-            "step_speedup": round(rates["step_vmapped"] / rates["step_separate"], 3),
-            "compile_seconds": round(compile_seconds, 2)}
+    return {
+        "members": k,
+        "batch_size": batch,
+        **{mode: round(r, 1) for mode, r in rates.items()},
+        "speedup": round(rates["vmapped"] / rates["separate"], 3),
+        "step_speedup": round(rates["step_vmapped"] / rates["step_separate"], 3),
+        "compile_seconds": round(compile_seconds, 2),
+    }
 
 
 def _current(dev: torch.device):
@@ -316,6 +376,6 @@ def _batch_indices(n: int, batch: int, device) -> Callable:
 
     def indices(i):
         start = (i * batch) % (n - batch + 1)
-        return order[start:start + batch]
+        return order[start : start + batch]
 
     return indices

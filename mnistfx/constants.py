@@ -12,22 +12,22 @@ try:
 except metadata.PackageNotFoundError:  # a source tree that was never installed
     VERSION = "0+unknown"
 
-NOTEBOOK_MODELS = ("tuned", "cnn")      # the notebook's two models, as mnistfx.reference defines them
+NOTEBOOK_MODELS = ("tuned", "cnn")  # the notebook's two models, as mnistfx.reference defines them
 MODELS = (*NOTEBOOK_MODELS, "resnet")  # the built-in models (resnet: mnistfx.resnet)
 MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")  # what a model may be called
-OPTIMIZERS = ("adam", "adamw", "sgd")   # as mnistfx.optim defines them
-PRECISIONS = ("fp32", "bf16")           # of the training forward pass
-MAX_ENSEMBLE = 64                       # members trained in one step
-MAX_NPROC = 256                         # data-parallel processes --nproc starts on one machine
-MAX_STEPS_PER_CALL = 8                  # compiling more steps into one graph takes minutes
-MAX_EPOCHS = 10_000                     # bounds that keep a mistyped number from running for ever
-MAX_BATCH_SIZE = 8192                   # a batch's activations and gradients stay within a few GB
+OPTIMIZERS = ("adam", "adamw", "sgd")  # as mnistfx.optim defines them
+PRECISIONS = ("fp32", "bf16")  # of the training forward pass
+MAX_ENSEMBLE = 64  # members trained in one step
+MAX_NPROC = 256  # data-parallel processes --nproc starts on one machine
+MAX_STEPS_PER_CALL = 8  # compiling more steps into one graph takes minutes
+MAX_EPOCHS = 10_000  # bounds that keep a mistyped number from running for ever
+MAX_BATCH_SIZE = 8192  # a batch's activations and gradients stay within a few GB
 MAX_SEED = 2**63 - 1
 MAX_CHECKPOINT_EVERY = 10**9
-BENCH_MAX_SECONDS = 60.0                # per timed block
+BENCH_MAX_SECONDS = 60.0  # per timed block
 BENCH_MAX_REPEATS = 100
 DATA_SOURCES = ("torchvision", "registry")
 BENCH_KINDS = ("train", "infer")
 BENCH_BATCH_SIZES = (32, 256, 512)
-MNIST_TRAIN_SIZE = 60000                # images in MNIST's training set (validation comes from it)
+MNIST_TRAIN_SIZE = 60000  # images in MNIST's training set (validation comes from it)
 DEVICES_HINT = "cpu, cuda or cuda:N"

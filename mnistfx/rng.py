@@ -20,7 +20,7 @@ def as_generator(key, device=None) -> torch.Generator:
         return key
     if not is_whole(key):
         raise TypeError(f"key must be an int seed or a torch.Generator, not {type(key).__name__}")
-    if not -2**63 <= int(key) < 2**64:
+    if not -(2**63) <= int(key) < 2**64:
         raise ValueError(f"key {key} is out of a seed's range (-2**63 to 2**64 - 1)")
     g = torch.Generator(device=device if device is not None else "cpu")
     g.manual_seed(int(key))
@@ -30,7 +30,9 @@ def as_generator(key, device=None) -> torch.Generator:
 def fold_in(seed: int, name: str) -> int:
     """A new 63-bit seed derived from ``seed`` and a stream name (like ``jax.random.fold_in``)."""
     if not is_whole(seed) or not isinstance(name, str):
-        raise TypeError(f"fold_in takes an int seed and a str name, not {type(seed).__name__} and {type(name).__name__}")
+        raise TypeError(
+            f"fold_in takes an int seed and a str name, not {type(seed).__name__} and {type(name).__name__}"
+        )
     seed = int(seed)
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1

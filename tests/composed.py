@@ -16,8 +16,19 @@ class Number:
     boxes: list
 
 
-def compose(rng: np.random.Generator, images, labels, n: int, *, light_on_dark: bool = False,
-            scale=(1.5, 4.0), gap=(3, 0.4), grain=(2.0, 10.0), blur=1.0, indices=None) -> Number:
+def compose(
+    rng: np.random.Generator,
+    images,
+    labels,
+    n: int,
+    *,
+    light_on_dark: bool = False,
+    scale=(1.5, 4.0),
+    gap=(3, 0.4),
+    grain=(2.0, 10.0),
+    blur=1.0,
+    indices=None,
+) -> Number:
     """``n`` MNIST digits in a row on paper: each scaled by ``scale`` (a range, × its 28 px), gaps of
     ``gap[0]`` px to ``gap[1]`` × the tallest digit (never touching), baselines jittered by up to 12 % of
     the tallest, a paper level with a linear gradient of up to 50 gray levels in a random direction, Gaussian
@@ -28,7 +39,7 @@ def compose(rng: np.random.Generator, images, labels, n: int, *, light_on_dark: 
     for i in indices:
         d = images[int(i)].numpy()
         rows, cols = np.nonzero(d)
-        d = d[rows.min():rows.max() + 1, cols.min():cols.max() + 1]  # its ink, so that gaps are between inks
+        d = d[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]  # its ink, so that gaps are between inks
         s = rng.uniform(*scale)
         size = (max(1, round(d.shape[1] * s)), max(1, round(d.shape[0] * s)))
         pieces.append(np.asarray(Image.fromarray(d).resize(size, Image.BILINEAR), np.float32) / 255)
@@ -41,10 +52,10 @@ def compose(rng: np.random.Generator, images, labels, n: int, *, light_on_dark: 
     width = sum(p.shape[1] for p in pieces) + int(gaps.sum()) + 2 * margin
     ink = np.zeros((height, width), np.float32)
     boxes, x = [], margin
-    for p, g in zip(pieces, gaps):
+    for p, g in zip(pieces, gaps, strict=True):
         h, w = p.shape
         y = margin + jitter + tallest - h + int(rng.integers(-jitter, jitter + 1))  # on a jittered baseline
-        ink[y:y + h, x:x + w] = p
+        ink[y : y + h, x : x + w] = p
         boxes.append((x, y, w, h))
         x += w + int(g)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -55,8 +66,10 @@ def compose(rng: np.random.Generator, images, labels, n: int, *, light_on_dark: 
     gray = paper + ink * (stroke - paper)
     radius = rng.uniform(0, blur)
     if radius > 0.2:
-        gray = np.asarray(Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8)).filter(
-            ImageFilter.GaussianBlur(radius)), np.float32)
+        gray = np.asarray(
+            Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)),
+            np.float32,
+        )
     gray = gray + rng.normal(0, rng.uniform(*grain), gray.shape)
     text = "".join(str(int(labels[int(i)])) for i in indices)
     return Number(np.clip(np.rint(gray), 0, 255).astype(np.uint8), text, boxes)

@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 
 import mnistfx
 from mnistfx.training import distributed
-from mnistfx.training.optim import sgd
 from mnistfx.training.batches import batch_inputs
+from mnistfx.training.optim import sgd
 from mnistfx.training.step import make_train_step
 
 BATCH = 64
@@ -27,8 +27,9 @@ BATCH = 64
 
 def small_config(**overrides):
     """The run the train, eager and resume modes share: tuned, two epochs of 1,280 images."""
-    return mnistfx.recipe("tuned", **{"epochs": 2, "train_size": 1280, "batch_size": BATCH, "val_size": 1000,
-                                      "seed": 5, **overrides})
+    return mnistfx.recipe(
+        "tuned", **{"epochs": 2, "train_size": 1280, "batch_size": BATCH, "val_size": 1000, "seed": 5, **overrides}
+    )
 
 
 def one_step(parallel, data):
@@ -57,15 +58,25 @@ def main(mode, out, stop=None):
             save_file({**params, "loss": loss.reshape(1)}, out / f"rank{parallel.rank}.safetensors")
             return
         if mode in ("train", "eager"):
+
             def on_event(kind, **info):
                 if stop and kind == "checkpoint" and (info["epoch"], info["step"]) == (1, int(stop)):
                     raise KeyboardInterrupt  # rank 0 is stopped here, after its checkpoint
-            run = mnistfx.train(small_config(compile=mode == "train"), data=data, checkpoint_dir=out / "run", checkpoint_every=4,
-                                on_event=on_event if parallel.main else None, test=False, parallel=parallel)
+
+            run = mnistfx.train(
+                small_config(compile=mode == "train"),
+                data=data,
+                checkpoint_dir=out / "run",
+                checkpoint_every=4,
+                on_event=on_event if parallel.main else None,
+                test=False,
+                parallel=parallel,
+            )
         else:
             run = mnistfx.resume(out / "run", data=data, test=False, parallel=parallel)
-        save_file({**run.params, **{f"state/{k}": v for k, v in run.state.items()}},
-                  out / f"rank{parallel.rank}.safetensors")
+        save_file(
+            {**run.params, **{f"state/{k}": v for k, v in run.state.items()}}, out / f"rank{parallel.rank}.safetensors"
+        )
         if parallel.main:
             (out / "history.json").write_text(json.dumps(run.history))
     finally:

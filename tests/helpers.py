@@ -27,5 +27,9 @@ def assert_one_line_error(code, err, *fragments):
 
 def same_bits(a: dict, b: dict) -> bool:
     """Two tensor dicts with the same names, dtypes, shapes and bytes."""
-    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-                                        and a[k].cpu().numpy().tobytes() == b[k].cpu().numpy().tobytes() for k in a)
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype
+        and a[k].shape == b[k].shape
+        and a[k].cpu().numpy().tobytes() == b[k].cpu().numpy().tobytes()
+        for k in a
+    )

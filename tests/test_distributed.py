@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import torch
+from dp_worker import one_step
+from helpers import MNISTFX, same_bits
 from safetensors.torch import load_file
 
 import mnistfx
-from dp_worker import one_step
-from helpers import MNISTFX, same_bits
 
 WORKER = str(Path(__file__).with_name("dp_worker.py"))
 
@@ -31,10 +31,18 @@ def _ranks(world, *args, timeout=240):
     port = _free_port()
     procs = []
     for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, WORKER, *map(str, args)], env=env, text=True,
-                                      stderr=subprocess.PIPE))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen([sys.executable, WORKER, *map(str, args)], env=env, text=True, stderr=subprocess.PIPE)
+        )
     return [(p.wait(timeout=timeout), p.stderr.read()) for p in procs]
 
 
@@ -92,8 +100,11 @@ def test_nproc_trains_and_rank_0_alone_writes(tmp_path):
     assert set(temp.glob("torchelastic_*")) | set(temp.glob("mnistfx-launch-*")) == before  # no log folder left
     summary = json.loads(done.stdout)  # one JSON document: rank 0's
     assert summary["processes"] == 2 and summary["history"][1]["train_loss"] < summary["history"][0]["train_loss"]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.safetensors", "history.json",
-                                                                    "weights.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "checkpoint.safetensors",
+        "history.json",
+        "weights.safetensors",
+    ]
     assert set(os.listdir(tmp_path)) == {"run"}
 
 
@@ -101,17 +112,29 @@ def _cli_ranks(world, *args, extra=lambda rank: ()):
     """``python -m mnistfx ARGS`` (plus ``extra(rank)``) as ``world`` ranks, as torchrun starts them; their
     exit codes and stderr."""
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "mnistfx", *map(str, args), *extra(r)], text=True,
-                              stderr=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL,
-                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
-                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
-             for r in range(world)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mnistfx", *map(str, args), *extra(r)],
+            text=True,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env={
+                **os.environ,
+                "RANK": str(r),
+                "WORLD_SIZE": str(world),
+                "LOCAL_RANK": str(r),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "OMP_NUM_THREADS": "1",
+            },
+        )
+        for r in range(world)
+    ]
     return [p.wait(timeout=240) for p in procs], [p.stderr.read() for p in procs]
 
 
 def _each_rank_one_line(codes, errs, *fragments):
-    for code, err in zip(codes, errs):
+    for code, err in zip(codes, errs, strict=True):
         lines = err.strip().splitlines()
         assert code != 0 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     for fragment in fragments:
@@ -126,8 +149,9 @@ def test_bad_data_parallel_inputs_stop_every_rank_with_one_line(tmp_path):
     done = _cli("train", "tuned", "--nproc", "2", "--ensemble", "2", *SMALL, "--out", tmp_path / "b")
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "ensemble" in done.stderr
     # under torchrun each rank checks: one line each
-    _each_rank_one_line(*_cli_ranks(3, "train", "tuned", *SMALL, "--out", tmp_path / "c"),
-                        "3 processes cannot share a batch of 32")
+    _each_rank_one_line(
+        *_cli_ranks(3, "train", "tuned", *SMALL, "--out", tmp_path / "c"), "3 processes cannot share a batch of 32"
+    )
     codes, errs = _cli_ranks(2, "train", "tuned", *SMALL, "--out", tmp_path / "c", extra=lambda r: ("--seed", str(r)))
     _each_rank_one_line(codes, errs, "rank 1 was given other settings than rank 0")
     assert not any((tmp_path / name).exists() for name in "abc")
@@ -144,12 +168,16 @@ def test_bad_data_parallel_inputs_stop_every_rank_with_one_line(tmp_path):
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert done.stderr.endswith("resume it with a process count that divides 32\n")
     assert checkpoint.read_bytes() == before
-    codes, errs = _cli_ranks(2, "train", extra=lambda r: ("--resume", tmp_path / "tuned") if r else
-                             ("tuned", *SMALL, "--out", tmp_path / "d"))  # one rank resumes, one starts a run
+    codes, errs = _cli_ranks(
+        2,
+        "train",
+        extra=lambda r: ("--resume", tmp_path / "tuned") if r else ("tuned", *SMALL, "--out", tmp_path / "d"),
+    )  # one rank resumes, one starts a run
     _each_rank_one_line(codes, errs, "rank 1 was given other work (a new run, or --resume) than rank 0")
     assert not (tmp_path / "d").exists()
-    _each_rank_one_line(*_cli_ranks(2, "train", "tuned", *SMALL, "--out", tmp_path / "tuned"),
-                        "holds", "rank 0 stopped the run")  # a folder that holds a run, seen by rank 0 alone
+    _each_rank_one_line(
+        *_cli_ranks(2, "train", "tuned", *SMALL, "--out", tmp_path / "tuned"), "holds", "rank 0 stopped the run"
+    )  # a folder that holds a run, seen by rank 0 alone
     done = _cli("train", "tuned", "--nproc", "2", *SMALL, "--out", tmp_path / "tuned")  # --nproc looks first
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "holds a finished run" in done.stderr
     assert checkpoint.read_bytes() == before
@@ -177,9 +205,27 @@ def _children(parent):
 
 
 def test_a_rank_whose_peer_dies_stops_with_one_line(tmp_path):
-    proc = subprocess.Popen([MNISTFX, "train", "tuned", "--nproc", "2", "--epochs", "50", "--train-size", "640",
-                             "--val-size", "500", "--no-compile", "--no-test", "--out", str(tmp_path / "run")],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            MNISTFX,
+            "train",
+            "tuned",
+            "--nproc",
+            "2",
+            "--epochs",
+            "50",
+            "--train-size",
+            "640",
+            "--val-size",
+            "500",
+            "--no-compile",
+            "--no-test",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     checkpoint = tmp_path / "run" / "checkpoint.safetensors"
     deadline = time.monotonic() + 180
     while not checkpoint.exists() and time.monotonic() < deadline:  # the ranks are training
@@ -196,22 +242,37 @@ def test_a_rank_whose_peer_dies_stops_with_one_line(tmp_path):
     # rank 0 sees the closed connection and says so, or the launcher stops it first (quietly: the launcher
     # speaks for the run); the launcher says for rank 1, which could not
     assert 1 <= len(lines) <= 2 and all(line.startswith("error: rank ") for line in lines), err
-    assert all("rank 0 lost the other processes" in line or line == "error: rank 1 was killed (SIGKILL): the run stops"
-               for line in lines), err
+    assert all(
+        "rank 0 lost the other processes" in line or line == "error: rank 1 was killed (SIGKILL): the run stops"
+        for line in lines
+    ), err
     assert mnistfx.load_checkpoint(tmp_path / "run").epoch >= 1  # what was written is whole
 
 
 def _rank0_cli(tmp_path, **env):
     """`mnistfx train` as rank 0 of 2, with torchrun's variables (``env`` overriding them)."""
-    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()), **env}
-    return subprocess.Popen([MNISTFX, "train", "tuned", "--no-compile", "--epochs", "1", "--out", str(tmp_path / "run")],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "RANK": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        **env,
+    }
+    return subprocess.Popen(
+        [MNISTFX, "train", "tuned", "--no-compile", "--epochs", "1", "--out", str(tmp_path / "run")],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_master_address_that_does_not_resolve_is_one_line_before_the_rendezvous(tmp_path):
-    for name, value, message in (("MASTER_ADDR", "lcalhost", "MASTER_ADDR 'lcalhost' is not an address"),
-                                 ("MASTER_PORT", "29x00", "MASTER_PORT '29x00' is not a port number")):
+    for name, value, message in (
+        ("MASTER_ADDR", "lcalhost", "MASTER_ADDR 'lcalhost' is not an address"),
+        ("MASTER_PORT", "29x00", "MASTER_PORT '29x00' is not a port number"),
+    ):
         proc = _rank0_cli(tmp_path, **{name: value})
         code, err = proc.wait(timeout=120), proc.stderr.read()
         lines = err.strip().splitlines()
@@ -235,19 +296,40 @@ def test_sigterm_stops_a_rank_waiting_in_the_rendezvous_at_once(tmp_path):
     code, err = proc.wait(timeout=60), proc.stderr.read()
     assert time.monotonic() - t0 < 30  # about 2 s; minutes if the signal waited for the C++ call to return
     assert code == 1 and err.strip().splitlines() == [
-        "error: rank 0 was stopped (SIGTERM): the run stops; run the command again (no checkpoint was written yet)"], err
+        "error: rank 0 was stopped (SIGTERM): the run stops; run the command again (no checkpoint was written yet)"
+    ], err
 
 
 def test_sigterm_to_the_launcher_is_one_line_that_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([MNISTFX, "train", "tuned", "--nproc", "2", "--epochs", "50", "--train-size", "640",
-                             "--val-size", "500", "--no-compile", "--no-test", "--out", str(out)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [
+            MNISTFX,
+            "train",
+            "tuned",
+            "--nproc",
+            "2",
+            "--epochs",
+            "50",
+            "--train-size",
+            "640",
+            "--val-size",
+            "500",
+            "--no-compile",
+            "--no-test",
+            "--out",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     code, err = proc.wait(timeout=60), proc.stderr.read()
     assert code == 128 + signal.SIGTERM and err.strip().splitlines() == [
-        f"error: the run was stopped (SIGTERM): continue it with `mnistfx train --resume {out}`"], err
+        f"error: the run was stopped (SIGTERM): continue it with `mnistfx train --resume {out}`"
+    ], err
     assert mnistfx.load_checkpoint(out).epoch >= 1

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 import torch
+from helpers import assert_one_line_error, run_cli, same_bits
 
 import mnistfx
-from helpers import assert_one_line_error, run_cli, same_bits
 
 
 def test_stack_and_unstack_are_inverses():
@@ -16,7 +16,7 @@ def test_stack_and_unstack_are_inverses():
     members = [opt.init(model.init(i)) for i in range(3)]
     stacked = mnistfx.stack(members)
     assert stacked["step"].shape == (3,) and stacked["mu"]["fc1.weight"].shape == (3, 512, 784)
-    assert all(same_bits(a["mu"], b["mu"]) for a, b in zip(mnistfx.unstack(stacked), members))
+    assert all(same_bits(a["mu"], b["mu"]) for a, b in zip(mnistfx.unstack(stacked), members, strict=True))
     with pytest.raises(ValueError, match="same keys"):
         mnistfx.stack([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}])
     with pytest.raises(ValueError, match="different leading sizes"):
@@ -47,8 +47,10 @@ def test_one_vmapped_step_equals_k_separate_steps(mnist, compiled, group):
 
 
 def _small(**overrides):
-    return mnistfx.recipe("tuned", **{"epochs": 2, "train_size": 1600, "val_size": 500, "compile": False, "seed": 3,
-                                      "ensemble": 3, **overrides})
+    return mnistfx.recipe(
+        "tuned",
+        **{"epochs": 2, "train_size": 1600, "val_size": 500, "compile": False, "seed": 3, "ensemble": 3, **overrides},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +93,7 @@ def test_one_weights_file_that_eval_predict_and_plot_read(mnist, ensemble_run, c
     assert code == 0 and result["members"] == 3 and result["correct"] == run.test.correct
     assert result["member_accuracy"] == [m.accuracy for m in run.member_test]
     from torchvision.transforms.functional import to_pil_image
+
     paths = []
     for i in range(4):
         to_pil_image(mnist.test_images[i]).save(tmp_path / f"{i}.png")
@@ -98,8 +101,9 @@ def test_one_weights_file_that_eval_predict_and_plot_read(mnist, ensemble_run, c
     code, out, _ = run_cli(capsys, "predict", str(root / "run" / "weights.safetensors"), *paths, "--json")
     probs = weights.probabilities(mnistfx.read_digit_images(paths))
     assert code == 0 and [r["digit"] for r in json.loads(out)] == probs.argmax(1).tolist()
-    code, _, err = run_cli(capsys, "export-notebook", str(root / "run" / "weights.safetensors"), "--out",
-                           str(tmp_path / "x.pth"))
+    code, _, err = run_cli(
+        capsys, "export-notebook", str(root / "run" / "weights.safetensors"), "--out", str(tmp_path / "x.pth")
+    )
     assert_one_line_error(code, err, "holds an ensemble of 3")
     pytest.importorskip("matplotlib")
     written = mnistfx.plot_run(root / "run", out=tmp_path, data=mnist)
@@ -109,8 +113,9 @@ def test_one_weights_file_that_eval_predict_and_plot_read(mnist, ensemble_run, c
 
 def test_a_checkpoint_of_another_ensemble_size_is_refused(ensemble_run, tmp_path):
     _, root = ensemble_run
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
     with safe_open(root / "at-20" / "checkpoint.safetensors", "pt") as f:
         meta = f.metadata()
     tensors = load_file(root / "at-20" / "checkpoint.safetensors")
@@ -124,7 +129,8 @@ def test_a_checkpoint_of_another_ensemble_size_is_refused(ensemble_run, tmp_path
 
 def test_ensemble_benchmark_measures_both_ways(mnist):
     (result,) = mnistfx.benchmark_ensemble(members=(2,), batch_size=16, seconds=0.05, repeats=1, data=mnist)
-    assert result["members"] == 2 and all(result[k] > 0 for k in ("separate", "vmapped", "step_separate",
-                                                                  "step_vmapped"))
+    assert result["members"] == 2 and all(
+        result[k] > 0 for k in ("separate", "vmapped", "step_separate", "step_vmapped")
+    )
     with pytest.raises(ValueError, match="members must be"):
         mnistfx.benchmark_ensemble(members=(1,), data=mnist)

@@ -13,11 +13,10 @@ import zlib
 
 import pytest
 import torch
+from helpers import assert_one_line_error, run_cli
 
 import mnistfx
 from mnistfx.trained.export import INPUT, OUTPUT, export_onnx, load_program
-
-from helpers import assert_one_line_error, run_cli
 
 TOL = 1e-4
 
@@ -33,8 +32,9 @@ def ort():
 @pytest.fixture(scope="module")
 def trained_resnet(mnist, tmp_path_factory):
     """`resnet` after 5 real training steps: its batch-norm running statistics are no longer 0 and 1."""
-    config = mnistfx.recipe("resnet", epochs=1, train_size=160, val_size=100, batch_size=32, compile=False,
-                            precision="fp32")
+    config = mnistfx.recipe(
+        "resnet", epochs=1, train_size=160, val_size=100, batch_size=32, compile=False, precision="fp32"
+    )
     run = mnistfx.train(config, data=mnist, test=False)
     means = [v for k, v in run.state.items() if k.endswith("running_mean")]
     variances = [v for k, v in run.state.items() if k.endswith("running_var")]
@@ -89,8 +89,20 @@ def test_program_gives_mnistfx_logits(trained_resnet, mnist, tmp_path, capsys):
     out = tmp_path / "model.pt2"
     code, stdout, err = run_cli(capsys, "export", str(trained_resnet), "--out", str(out), "--json")
     assert code == 0, err
-    assert mnistfx.to_json({"out": str(out), "format": "pt2", "bytes": out.stat().st_size, "model": "resnet",
-                            "members": None, "weights": str(trained_resnet)}) + "\n" == stdout
+    assert (
+        mnistfx.to_json(
+            {
+                "out": str(out),
+                "format": "pt2",
+                "bytes": out.stat().st_size,
+                "model": "resnet",
+                "members": None,
+                "weights": str(trained_resnet),
+            }
+        )
+        + "\n"
+        == stdout
+    )
     images = mnist.test_images[:100]
     want = mnistfx_logits(trained_resnet, images)
     program = load_program(out).module()
@@ -141,7 +153,7 @@ def test_export_bad_inputs(tuned_weights, tmp_path, capsys, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["a.pt2", "unknown.safetensors"]  # nothing else written
     code, out, err = run_cli(capsys, "export", str(tuned_weights), "--out", str(existing), "--overwrite")
     assert code == 0 and out.startswith(f"wrote {existing} (pt2, tuned, "), err
-    assert (load_program(existing).module()(torch.zeros(1, 28, 28, dtype=torch.uint8)).shape == (1, 10))
+    assert load_program(existing).module()(torch.zeros(1, 28, 28, dtype=torch.uint8)).shape == (1, 10)
     assert sorted(os.listdir(tmp_path)) == ["a.pt2", "unknown.safetensors"]
 
 
@@ -197,38 +209,71 @@ def _node(model):
 
 
 EDITS = {  # what a crafted graph may hold that torch would evaluate, run or resolve, and what load_program says
-    "a symbolic size that is code": (lambda m, code: _size(m).update(
-        expr_str=f"{code} and Symbol('s34', positive=True, integer=True)"), "symbolic size"),
+    "a symbolic size that is code": (
+        lambda m, code: _size(m).update(expr_str=f"{code} and Symbol('s34', positive=True, integer=True)"),
+        "symbolic size",
+    ),
     "a size of a name that is no symbol": (lambda m, code: _size(m).update(expr_str="Symbol('x.y')"), "symbolic size"),
     "guards": (lambda m, code: m.update(guards_code=[f"{code} is None"]), "guards"),
     "a call of another function": (lambda m, code: _node(m).update(target="torch.os.system"), "not an ATen operator"),
-    "a dunder path to an operator": (lambda m, code: _node(m).update(target="torch.ops.aten.__class__.__init__"),
-                                     "not an ATen operator"),
-    "a stack trace that breaks out of its comment": (lambda m, code: _node(m)["metadata"].update(
-        stack_trace=f'File "x.py", line 1, in f\n    x = 1\r{code}\n'), "control characters"),
-    "metadata that generated code shows": (lambda m, code: _node(m)["metadata"].update(custom={"a": code}),
-                                           "metadata 'custom'"),
-    "named tuple fields": (lambda m, code: m["graph_module"].update(treespec_namedtuple_fields={
-        "x": {"field_names": [code]}}), "named tuples"),
-    "an attribute path through a dunder": (lambda m, code: m["graph_module"]["signature"]["input_specs"][0][
-        "parameter"].update(parameter_name="members.__class__"), "not a plain name"),
-    "an argument name that is code": (lambda m, code: m["graph_module"]["module_call_graph"][0]["signature"].update(
-        forward_arg_names=[f"images={code}, _='''):#"]), "not a plain name"),
-    "an operator that maps a file": (lambda m, code: _node(m).update(target="torch.ops.aten.from_file.default"),
-                                     "not an ATen operator of tensor arithmetic"),
-    "a size that takes for ever to compute": (lambda m, code: _size(m).update(
-        expr_str="Mul(Symbol('s34', positive=True, integer=True), Pow(Integer(10), Integer(100000000000)))"),
-        "symbolic size"),
-    "a power written as **": (lambda m, code: _size(m).update(
-        expr_str="Mul(Symbol('s34', positive=True, integer=True), 10**999999999999)"), "symbolic size"),
-    "a number too long to be a size": (lambda m, code: _size(m).update(expr_str="Integer(" + "9" * 40 + ")"),
-                                       "symbolic size"),
-    "a quote in a module's name": (lambda m, code: _node(m)["metadata"].update(nn_module_stack=f"L,,'{code}'"),
-                                   "not a plain name"),
-    "a value name that is not a name": (lambda m, code: m["graph_module"]["graph"]["outputs"][0]["as_tensor"].update(
-        name="x; import os"), "not a plain name"),
-    "a keyword for a value's name": (lambda m, code: m["graph_module"]["graph"]["outputs"][0]["as_tensor"].update(
-        name="import"), "names a value 'import'"),
+    "a dunder path to an operator": (
+        lambda m, code: _node(m).update(target="torch.ops.aten.__class__.__init__"),
+        "not an ATen operator",
+    ),
+    "a stack trace that breaks out of its comment": (
+        lambda m, code: _node(m)["metadata"].update(stack_trace=f'File "x.py", line 1, in f\n    x = 1\r{code}\n'),
+        "control characters",
+    ),
+    "metadata that generated code shows": (
+        lambda m, code: _node(m)["metadata"].update(custom={"a": code}),
+        "metadata 'custom'",
+    ),
+    "named tuple fields": (
+        lambda m, code: m["graph_module"].update(treespec_namedtuple_fields={"x": {"field_names": [code]}}),
+        "named tuples",
+    ),
+    "an attribute path through a dunder": (
+        lambda m, code: m["graph_module"]["signature"]["input_specs"][0]["parameter"].update(
+            parameter_name="members.__class__"
+        ),
+        "not a plain name",
+    ),
+    "an argument name that is code": (
+        lambda m, code: m["graph_module"]["module_call_graph"][0]["signature"].update(
+            forward_arg_names=[f"images={code}, _='''):#"]
+        ),
+        "not a plain name",
+    ),
+    "an operator that maps a file": (
+        lambda m, code: _node(m).update(target="torch.ops.aten.from_file.default"),
+        "not an ATen operator of tensor arithmetic",
+    ),
+    "a size that takes for ever to compute": (
+        lambda m, code: _size(m).update(
+            expr_str="Mul(Symbol('s34', positive=True, integer=True), Pow(Integer(10), Integer(100000000000)))"
+        ),
+        "symbolic size",
+    ),
+    "a power written as **": (
+        lambda m, code: _size(m).update(expr_str="Mul(Symbol('s34', positive=True, integer=True), 10**999999999999)"),
+        "symbolic size",
+    ),
+    "a number too long to be a size": (
+        lambda m, code: _size(m).update(expr_str="Integer(" + "9" * 40 + ")"),
+        "symbolic size",
+    ),
+    "a quote in a module's name": (
+        lambda m, code: _node(m)["metadata"].update(nn_module_stack=f"L,,'{code}'"),
+        "not a plain name",
+    ),
+    "a value name that is not a name": (
+        lambda m, code: m["graph_module"]["graph"]["outputs"][0]["as_tensor"].update(name="x; import os"),
+        "not a plain name",
+    ),
+    "a keyword for a value's name": (
+        lambda m, code: m["graph_module"]["graph"]["outputs"][0]["as_tensor"].update(name="import"),
+        "names a value 'import'",
+    ),
 }
 
 
@@ -255,9 +300,14 @@ def test_torch_itself_runs_the_crafted_size(honest_program, tmp_path):
 
 def test_load_program_refuses_a_tensor_whose_bytes_are_not_its_shape_s(honest_program, tmp_path):
     for change in (lambda part: part * 2, lambda part: b""):  # torch fills an empty entry with zeros of its shape
-        path = edited_program(honest_program, tmp_path / "odd.pt2",
-                              entry=lambda name, part: change(part) if name.endswith("weights/weight_0") else part)
-        with pytest.raises(mnistfx.MnistfxError, match="weight_0 would inflate to .* bytes, not the .* its tensor holds"):
+        path = edited_program(
+            honest_program,
+            tmp_path / "odd.pt2",
+            entry=lambda name, part, change=change: change(part) if name.endswith("weights/weight_0") else part,
+        )
+        with pytest.raises(
+            mnistfx.MnistfxError, match="weight_0 would inflate to .* bytes, not the .* its tensor holds"
+        ):
             load_program(path)
     honest = edited_program(honest_program, tmp_path / "honest.pt2")  # rewritten unchanged: still loads
     assert load_program(honest).module()(torch.zeros(2, 28, 28, dtype=torch.uint8)).shape == (2, 10)
@@ -281,14 +331,41 @@ def _two_archives(honest: dict, crafted: dict) -> bytes:
 
     def local(name, data):
         at = len(out)
-        out.extend(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, zlib.crc32(data), len(data), len(data),
-                               len(name), 0) + name.encode() + data)
+        out.extend(
+            struct.pack(
+                "<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0, zlib.crc32(data), len(data), len(data), len(name), 0
+            )
+            + name.encode()
+            + data
+        )
         return at
 
     def directory(entries, shift=0, pad=0):
-        return b"".join(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0, zlib.crc32(data), len(data),
-                                    len(data), len(name), 0, pad, 0, 0, 0, at - shift) + name.encode() + b" " * pad
-                        for name, data, at in entries)
+        return b"".join(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                0,
+                0,
+                0,
+                0,
+                zlib.crc32(data),
+                len(data),
+                len(data),
+                len(name),
+                0,
+                pad,
+                0,
+                0,
+                0,
+                at - shift,
+            )
+            + name.encode()
+            + b" " * pad
+            for name, data, at in entries
+        )
 
     mine, theirs = [], []
     for name, data in honest.items():
@@ -333,9 +410,11 @@ def test_load_program_refuses_a_graph_that_computes_a_value_too_large(honest_pro
     def pad(model):
         node = next(n for n in model["graph_module"]["graph"]["nodes"] if n["name"] == "reshape")
         node["target"] = "torch.ops.aten.constant_pad_nd.default"
-        node["inputs"] = [{"name": "self", "arg": {"as_tensor": {"name": "images"}}, "kind": 1},
-                          {"name": "pad", "arg": {"as_ints": [0, 10**9]}, "kind": 1},
-                          {"name": "value", "arg": {"as_float": 0.0}, "kind": 1}]
+        node["inputs"] = [
+            {"name": "self", "arg": {"as_tensor": {"name": "images"}}, "kind": 1},
+            {"name": "pad", "arg": {"as_ints": [0, 10**9]}, "kind": 1},
+            {"name": "value", "arg": {"as_float": 0.0}, "kind": 1},
+        ]
 
     path = edited_program(honest_program, tmp_path / "pad.pt2", pad)
     with pytest.raises(mnistfx.MnistfxError, match=r"computes a value of shape \(2, 28, 1000000028\) for 2 images"):

@@ -50,11 +50,14 @@ def test_strict_json_has_no_nan():
     assert mnistfx.to_json({"loss": float("nan"), "x": [1.5, float("inf")]}) == '{"loss": null, "x": [1.5, null]}'
 
 
-@pytest.mark.parametrize("pred, labels, message", [
-    (torch.tensor([10, 3]), torch.tensor([0, 3]), "pred must hold digits 0-9"),
-    (torch.tensor([1, 2]), torch.tensor([1]), "got 2 predictions but 1 labels"),
-    (torch.tensor([1.0]), torch.tensor([1]), "pred must be a 1-D int64 tensor"),
-])
+@pytest.mark.parametrize(
+    "pred, labels, message",
+    [
+        (torch.tensor([10, 3]), torch.tensor([0, 3]), "pred must hold digits 0-9"),
+        (torch.tensor([1, 2]), torch.tensor([1]), "got 2 predictions but 1 labels"),
+        (torch.tensor([1.0]), torch.tensor([1]), "pred must be a 1-D int64 tensor"),
+    ],
+)
 def test_metrics_from_predictions_checks_its_inputs(pred, labels, message):
     with pytest.raises(ValueError, match=message):
         mnistfx.metrics_from_predictions(pred, labels)
@@ -183,7 +186,7 @@ def test_a_float_image_is_scaled_as_it_is_stored(digits, tmp_path):
 
 def _plain_pgm(width: int, height: int) -> bytes:
     rows = np.zeros((height, width), np.uint8)
-    rows[height // 4: 3 * height // 4, width // 2 - 2: width // 2 + 2] = 255  # a 1
+    rows[height // 4 : 3 * height // 4, width // 2 - 2 : width // 2 + 2] = 255  # a 1
     return f"P2\n{width} {height}\n255\n".encode() + " ".join(map(str, rows.ravel().tolist())).encode()
 
 
@@ -195,8 +198,13 @@ def _rle8_bmp(width: int, height: int) -> bytes:
     data = line * height + b"\x00\x01"
     palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
     offset = 14 + 40 + len(palette)
-    return (b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset)
-            + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(data), 2835, 2835, 256, 0) + palette + data)
+    return (
+        b"BM"
+        + struct.pack("<IHHI", offset + len(data), 0, 0, offset)
+        + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(data), 2835, 2835, 256, 0)
+        + palette
+        + data
+    )
 
 
 def test_files_decoded_in_python_are_bounded_by_pixels(tmp_path):
@@ -206,7 +214,8 @@ def test_files_decoded_in_python_are_bounded_by_pixels(tmp_path):
     assert mnistfx.read_digit_images([tmp_path / "small.pgm"]).shape == (1, 28, 28)
     for name, data in (("big.pgm", _plain_pgm(1100, 1000)), ("big.bmp", _rle8_bmp(5000, 4000))):
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(mnistfx.MnistfxError, match=f"{name} is a .* pixels stored in a way that is decoded "
-                                                       "slowly.*save it as PNG"):
+        with pytest.raises(
+            mnistfx.MnistfxError, match=f"{name} is a .* pixels stored in a way that is decoded slowly.*save it as PNG"
+        ):
             mnistfx.read_digit_images([tmp_path / name])
     assert len(_rle8_bmp(5000, 4000)) < 200_000

@@ -13,8 +13,9 @@ from mnistfx.models.notebook_cnns import NotebookNet
 def test_parameter_counts(name, count):
     params = mnistfx.get_model(name).init(0)
     assert mnistfx.num_params(params) == count
-    assert list(params) == [f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3", "fc4")
-                            for kind in ("weight", "bias")]
+    assert list(params) == [
+        f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3", "fc4") for kind in ("weight", "bias")
+    ]
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params.values())
 
 

@@ -19,8 +19,8 @@ def test_adam_matches_torch_optim_adam_over_100_steps(mnist):
         return F.cross_entropy(model.apply(p, x), y)
 
     for i in range(100):
-        x = model.preprocess(mnist.train_images[32 * i:32 * (i + 1)])
-        y = mnist.train_labels[32 * i:32 * (i + 1)]
+        x = model.preprocess(mnist.train_images[32 * i : 32 * (i + 1)])
+        y = mnist.train_labels[32 * i : 32 * (i + 1)]
         grads = grad(loss_fn)(params, x, y)
         params, state = opt.update(grads, state, params)
         for k, p in torch_params.items():
@@ -73,8 +73,8 @@ def _trajectory(mnist, opt, torch_opt_class, steps=60, **torch_kwargs):
         return F.cross_entropy(model.apply(p, x), y)
 
     for i in range(steps):
-        x = model.preprocess(mnist.train_images[32 * i:32 * (i + 1)])
-        grads = grad(loss_fn)(params, x, mnist.train_labels[32 * i:32 * (i + 1)])
+        x = model.preprocess(mnist.train_images[32 * i : 32 * (i + 1)])
+        grads = grad(loss_fn)(params, x, mnist.train_labels[32 * i : 32 * (i + 1)])
         params, state = opt.update(grads, state, params)
         for k, p in torch_params.items():
             p.grad = grads[k].clone()
@@ -82,13 +82,20 @@ def _trajectory(mnist, opt, torch_opt_class, steps=60, **torch_kwargs):
     return params, {k: p.detach() for k, p in torch_params.items()}, state
 
 
-@pytest.mark.parametrize("make, torch_class, kwargs", [
-    (lambda: mnistfx.adamw(2e-3, weight_decay=0.05), torch.optim.AdamW, dict(lr=2e-3, weight_decay=0.05)),
-    (lambda: mnistfx.sgd(0.01, 0.9), torch.optim.SGD, dict(lr=0.01, momentum=0.9)),
-    (lambda: mnistfx.sgd(0.01, 0.9, nesterov=True, weight_decay=1e-3), torch.optim.SGD,
-     dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3)),
-    (lambda: mnistfx.sgd(0.05, 0.0), torch.optim.SGD, dict(lr=0.05)),
-], ids=["adamw", "sgd-momentum", "sgd-nesterov-decay", "sgd-plain"])
+@pytest.mark.parametrize(
+    "make, torch_class, kwargs",
+    [
+        (lambda: mnistfx.adamw(2e-3, weight_decay=0.05), torch.optim.AdamW, dict(lr=2e-3, weight_decay=0.05)),
+        (lambda: mnistfx.sgd(0.01, 0.9), torch.optim.SGD, dict(lr=0.01, momentum=0.9)),
+        (
+            lambda: mnistfx.sgd(0.01, 0.9, nesterov=True, weight_decay=1e-3),
+            torch.optim.SGD,
+            dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        ),
+        (lambda: mnistfx.sgd(0.05, 0.0), torch.optim.SGD, dict(lr=0.05)),
+    ],
+    ids=["adamw", "sgd-momentum", "sgd-nesterov-decay", "sgd-plain"],
+)
 def test_adamw_and_sgd_match_torch_optim(mnist, make, torch_class, kwargs):
     ours, theirs, state = _trajectory(mnist, make(), torch_class, **kwargs)
     assert state["step"].item() == 60
@@ -99,6 +106,7 @@ def test_adamw_and_sgd_match_torch_optim(mnist, make, torch_class, kwargs):
 
 def test_the_config_names_the_optimiser():
     from mnistfx.training.optim import config_optimizer
+
     base = mnistfx.recipe("tuned", epochs=1)
     assert config_optimizer(base).name == "adam"
     assert config_optimizer(mnistfx.recipe("tuned", optimizer="adamw", weight_decay=0.01)).buffers == ("mu", "nu")

@@ -6,13 +6,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import own_models
 import pytest
 import torch
+from helpers import MNISTFX, assert_one_line_error, run_cli, same_bits
 
 import mnistfx
 from mnistfx.models import registry
-import own_models
-from helpers import MNISTFX, assert_one_line_error, run_cli, same_bits
 
 HERE = Path(__file__).parent
 
@@ -30,8 +30,9 @@ def _registered():
 
 
 def _small(model, **overrides):
-    return mnistfx.recipe(model, **{"epochs": 2, "train_size": 2000, "val_size": 500, "compile": False,
-                                    "seed": 5, **overrides})
+    return mnistfx.recipe(
+        model, **{"epochs": 2, "train_size": 2000, "val_size": 500, "compile": False, "seed": 5, **overrides}
+    )
 
 
 def test_own_model_trains_evaluates_saves_and_loads(mnist, tmp_path):
@@ -48,8 +49,9 @@ def test_a_model_with_state_carries_it_stores_it_and_resumes_bit_for_bit(mnist, 
         if kind == "checkpoint" and (info["epoch"], info["step"]) == (1, 40):
             shutil.copytree(tmp_path / "run", tmp_path / "at-40")
 
-    full = mnistfx.train(_small("own_bn_mlp"), data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=20,
-                         on_event=keep)
+    full = mnistfx.train(
+        _small("own_bn_mlp"), data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=20, on_event=keep
+    )
     assert full.test.accuracy > 0.8
     assert set(full.state) == {"mean", "var"} and not torch.equal(full.state["mean"], torch.zeros(256))
     again = mnistfx.resume(tmp_path / "at-40", data=mnist)
@@ -81,7 +83,8 @@ def test_the_loss_function_and_its_extra_outputs(mnist):
         return torch.nn.functional.cross_entropy(logits, y), {"correct": (logits.argmax(1) == y).sum()}
 
     new, state, opt_state, value, aux = mnistfx.make_train_step(model, opt, loss=loss)(
-        params, {}, opt.init(params), x, y, noise)
+        params, {}, opt.init(params), x, y, noise
+    )
     logits = model.apply(params, x, train=True, noise=noise)
     assert value.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
     assert aux["correct"].item() == (logits.argmax(1) == y).sum().item() and state == {}
@@ -121,8 +124,20 @@ def test_own_models_on_the_command_line(tmp_path):
         return subprocess.run([MNISTFX, *map(str, args)], capture_output=True, text=True, cwd=HERE)
 
     out = tmp_path / "run"
-    done = mnistfx_cli("train", "own_models:mlp", "--epochs", "1", "--train-size", "2000", "--val-size", "500",
-                       "--no-compile", "--out", out, "--json")
+    done = mnistfx_cli(
+        "train",
+        "own_models:mlp",
+        "--epochs",
+        "1",
+        "--train-size",
+        "2000",
+        "--val-size",
+        "500",
+        "--no-compile",
+        "--out",
+        out,
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["model"] == "own_mlp"
     weights = out / "weights.safetensors"
@@ -130,20 +145,35 @@ def test_own_models_on_the_command_line(tmp_path):
     assert done.returncode == 1 and done.stderr.startswith("error: ") and "--model MODULE:ATTR" in done.stderr
     done = mnistfx_cli("eval", weights, "--model", "own_models:mlp", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["accuracy"] > 0.7
-    done = mnistfx_cli("bench", "--model", "own_models:mlp", "--kind", "infer", "--batch-size", "64",
-                       "--seconds", "0.1", "--repeats", "1", "--json")
+    done = mnistfx_cli(
+        "bench",
+        "--model",
+        "own_models:mlp",
+        "--kind",
+        "infer",
+        "--batch-size",
+        "64",
+        "--seconds",
+        "0.1",
+        "--repeats",
+        "1",
+        "--json",
+    )
     assert done.returncode == 0 and json.loads(done.stdout)["results"][0]["compiled"] > 0
     done = mnistfx_cli("eval", weights, "--model", "own_models:bn_mlp")
     assert done.returncode == 1 and "holds 'own_mlp' weights, not own_bn_mlp" in done.stderr
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("own_models", "unknown model 'own_models'"),
-    ("own_models:", "is not MODULE:ATTR"),
-    ("no_such_module_here:mlp", "cannot import 'no_such_module_here'"),
-    ("own_models:nothing", "own_models:nothing is nothing, not a mnistfx.Model"),
-    ("own_models:init", "own_models:init is of type function, not a mnistfx.Model"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("own_models", "unknown model 'own_models'"),
+        ("own_models:", "is not MODULE:ATTR"),
+        ("no_such_module_here:mlp", "cannot import 'no_such_module_here'"),
+        ("own_models:nothing", "own_models:nothing is nothing, not a mnistfx.Model"),
+        ("own_models:init", "own_models:init is of type function, not a mnistfx.Model"),
+    ],
+)
 def test_bad_model_specs_are_one_line(capsys, monkeypatch, spec, message):
     monkeypatch.chdir(HERE)
     assert_one_line_error(*run_cli(capsys, "train", spec, "--epochs", "1")[::2], message)
@@ -164,18 +194,37 @@ def _model(name, init=own_models.init, apply=own_models.apply, **kwargs):
     return mnistfx.register_model(mnistfx.Model(name, init, apply, **kwargs), replace=True)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: _model("bad_shape", apply=lambda p, x: torch.zeros(x.shape[0], 5)),
-     r"must return float logits of shape \(2, 10\) for 2 images, not torch.float32 \(2, 5\)"),
-    (lambda: _model("bad_dtype", apply=lambda p, x: torch.zeros(x.shape[0], 10, dtype=torch.long)),
-     "must return float logits"),
-    (lambda: _model("raises", apply=lambda p, x: {}["oops"]), r"raises's apply on a batch of 2 images failed \(KeyError"),
-    (lambda: _model("f64", init=lambda g: {"w": torch.zeros(3, dtype=torch.float64)}), "float32 tensors"),
-    (lambda: _model("slash", init=lambda g: {"state/w": torch.zeros(3)}), "may not be empty or start with state/"),
-    (lambda: _model("new_key", apply=lambda p, x, state: (torch.zeros(x.shape[0], 10), {**state, "extra": x}),
-                    init_state=lambda p: {"m": torch.zeros(2)}), "has an unexpected tensor state/extra"),
-    (lambda: _model("bad_noise", noise=lambda n, g, device: torch.rand(n, 3, generator=g)), r"noise\(n, g, device\) must return"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: _model("bad_shape", apply=lambda p, x: torch.zeros(x.shape[0], 5)),
+            r"must return float logits of shape \(2, 10\) for 2 images, not torch.float32 \(2, 5\)",
+        ),
+        (
+            lambda: _model("bad_dtype", apply=lambda p, x: torch.zeros(x.shape[0], 10, dtype=torch.long)),
+            "must return float logits",
+        ),
+        (
+            lambda: _model("raises", apply=lambda p, x: {}["oops"]),
+            r"raises's apply on a batch of 2 images failed \(KeyError",
+        ),
+        (lambda: _model("f64", init=lambda g: {"w": torch.zeros(3, dtype=torch.float64)}), "float32 tensors"),
+        (lambda: _model("slash", init=lambda g: {"state/w": torch.zeros(3)}), "may not be empty or start with state/"),
+        (
+            lambda: _model(
+                "new_key",
+                apply=lambda p, x, state: (torch.zeros(x.shape[0], 10), {**state, "extra": x}),
+                init_state=lambda p: {"m": torch.zeros(2)},
+            ),
+            "has an unexpected tensor state/extra",
+        ),
+        (
+            lambda: _model("bad_noise", noise=lambda n, g, device: torch.rand(n, 3, generator=g)),
+            r"noise\(n, g, device\) must return",
+        ),
+    ],
+)
 def test_a_model_that_breaks_the_contract_is_one_clear_error(mnist, make, message):
     with pytest.raises(mnistfx.ModelError, match=message):
         mnistfx.train(_small(make().name), data=mnist)
@@ -188,8 +237,19 @@ def test_a_loss_that_is_not_a_scalar_is_refused_before_compiling(mnist):
 
 def test_a_broken_model_on_the_command_line_is_one_line(capsys, monkeypatch):
     monkeypatch.chdir(HERE)
-    code, _, err = run_cli(capsys, "train", "own_models:broken", "--epochs", "1", "--train-size", "100",
-                           "--no-compile", "--no-test", "--out", str(HERE / "never-written"))
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "own_models:broken",
+        "--epochs",
+        "1",
+        "--train-size",
+        "100",
+        "--no-compile",
+        "--no-test",
+        "--out",
+        str(HERE / "never-written"),
+    )
     assert_one_line_error(code, err, "own_broken's apply must return float logits of shape (2, 10)")
     assert not (HERE / "never-written").exists()
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from composed import compose, digit_errors
+from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
 import mnistfx
-from composed import compose, digit_errors
-from helpers import assert_one_line_error, run_cli
 from mnistfx.trained.numbers import _components
 
 
@@ -32,14 +32,18 @@ def test_six_digit_numbers_are_read(weights, mnist):
     numbers = [compose(rng, mnist.test_images, mnist.test_labels, 6, light_on_dark=k % 4 == 3) for k in range(200)]
     found = [mnistfx.find_digits(number.image) for number in numbers]
     # read_number is find_digits and one batch through the model: here one batch for all 200 numbers
-    predicted = iter(weights.probabilities(torch.stack([f.image for digits in found for f in digits])).argmax(1).tolist())
+    predicted = iter(
+        weights.probabilities(torch.stack([f.image for digits in found for f in digits])).argmax(1).tolist()
+    )
     texts = ["".join(str(next(predicted)) for _ in digits) for digits in found]
     assert [mnistfx.read_number(weights, n.image).text for n in numbers[:10]] == texts[:10]
-    errors = sum(digit_errors(n.text, text) for n, text in zip(numbers, texts))
+    errors = sum(digit_errors(n.text, text) for n, text in zip(numbers, texts, strict=True))
     digit_accuracy = 1 - errors / (6 * len(numbers))
-    string_accuracy = sum(n.text == text for n, text in zip(numbers, texts)) / len(numbers)
-    print(f"read {len(numbers)} six-digit numbers: {100 * digit_accuracy:.2f}% of digits, "
-          f"{100 * string_accuracy:.1f}% of strings")
+    string_accuracy = sum(n.text == text for n, text in zip(numbers, texts, strict=True)) / len(numbers)
+    print(
+        f"read {len(numbers)} six-digit numbers: {100 * digit_accuracy:.2f}% of digits, "
+        f"{100 * string_accuracy:.1f}% of strings"
+    )
     assert digit_accuracy >= 0.98 and string_accuracy >= 0.90
 
 
@@ -53,7 +57,7 @@ def test_the_boxes_are_the_digits_left_to_right(mnist):
         miscounted += len(found) != n
         if len(found) == n:
             assert [f.box[0] for f in found] == sorted(f.box[0] for f in found)
-            overlaps += [_overlap(f.box, true) for f, true in zip(found, number.boxes)]
+            overlaps += [_overlap(f.box, true) for f, true in zip(found, number.boxes, strict=True)]
             assert all(f.image.shape == (28, 28) and f.image.dtype == torch.uint8 for f in found)
     assert miscounted <= 2  # MNIST holds digits in pieces side by side, and stray strokes
     assert np.median(overlaps) > 0.85 and np.percentile(overlaps, 2) > 0.5
@@ -79,15 +83,15 @@ def test_a_digit_cut_in_two_is_read_as_one(weights, mnist):
     for i in picks:
         rows = np.nonzero(cut[i].numpy().any(1))[0]
         middle = (rows[0] + rows[-1]) // 2
-        cut[i, middle - 1:middle + 2] = 0
+        cut[i, middle - 1 : middle + 2] = 0
         assert len(set(_components(cut[i].numpy() > 0, "a cut digit")[3])) >= 2
     rng = np.random.default_rng(4)
     read = ""
     for k in range(0, 30, 3):
-        number = compose(rng, cut, mnist.test_labels, 3, indices=picks[k:k + 3], scale=(2.5, 4.0))
+        number = compose(rng, cut, mnist.test_labels, 3, indices=picks[k : k + 3], scale=(2.5, 4.0))
         reading = mnistfx.read_number(weights, number.image)
         assert len(reading.digits) == 3, (number.text, reading.text)
-        for digit, (_, y, _, height) in zip(reading.digits, number.boxes):
+        for digit, (_, y, _, height) in zip(reading.digits, number.boxes, strict=True):
             # one box around both pieces: the whole digit's height (one piece alone has about half of it)
             assert abs(digit.box[1] - y) <= 0.1 * height and digit.box[3] >= 0.85 * height, (digit.box, y, height)
         read += reading.text
@@ -98,7 +102,7 @@ def test_a_digit_cut_in_two_is_read_as_one(weights, mnist):
     probs = weights.probabilities(cut[picks])
     sure = probs.max(1).values >= 0.6
     assert sure.sum() >= 15
-    assert all(str(int(s)) == r for r, s, k in zip(read, probs.argmax(1), sure.tolist()) if k), read
+    assert all(str(int(s)) == r for r, s, k in zip(read, probs.argmax(1), sure.tolist(), strict=True) if k), read
 
 
 def test_a_single_digit_is_a_number(weights, mnist):
@@ -107,8 +111,7 @@ def test_a_single_digit_is_a_number(weights, mnist):
     assert mnistfx.read_number(weights, number.image).text == str(int(mnist.test_labels[0]))
 
 
-def test_the_command_prints_the_number_and_json_with_boxes_in_the_files_pixels(trained_tuned, mnist, tmp_path,
-                                                                                 capsys):
+def test_the_command_prints_the_number_and_json_with_boxes_in_the_files_pixels(trained_tuned, mnist, tmp_path, capsys):
     rng = np.random.default_rng(7)
     number = compose(rng, mnist.test_images, mnist.test_labels, 4, indices=[0, 1, 2, 3], grain=(4, 5))
     big = Image.fromarray(number.image).resize((number.image.shape[1] * 4, number.image.shape[0] * 4))
@@ -120,7 +123,7 @@ def test_the_command_prints_the_number_and_json_with_boxes_in_the_files_pixels(t
     assert code == 0
     result = json.loads(out)
     assert result["text"] == number.text and result["image"] == str(tmp_path / "number.jpg")
-    for digit, true in zip(result["digits"], number.boxes):
+    for digit, true in zip(result["digits"], number.boxes, strict=True):
         assert set(digit) == {"digit", "probability", "probabilities", "box"}
         assert len(digit["probabilities"]) == 10 and abs(sum(digit["probabilities"]) - 1) < 1e-4
         assert digit["probability"] == max(digit["probabilities"])
@@ -139,7 +142,7 @@ def _blank_paper(tmp_path):
 def _many_marks(tmp_path):
     marks = np.full((60, 2440), 230, np.uint8)
     for x in range(20, 2420, 20):
-        marks[20:40, x:x + 10] = 20  # 120 bars the size of a "1", in a row
+        marks[20:40, x : x + 10] = 20  # 120 bars the size of a "1", in a row
     Image.fromarray(marks).save(tmp_path / "marks.png")
     return tmp_path / "marks.png"
 
@@ -153,7 +156,9 @@ def _huge(tmp_path):
 
     path = tmp_path / "huge.png"
     ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -175,15 +180,18 @@ def _unknown_model(tmp_path):
     return tmp_path / "lenet.safetensors"
 
 
-@pytest.mark.parametrize("make, weights_from, fragments", [
-    (_blank_paper, None, ("blank.png shows no digits", "nothing stands out from the paper")),
-    (_speck_on_blank_paper, None, ("speck.png shows no digits", "only specks", "a digit is at least 6 tall")),
-    (_many_marks, None, ("marks.png shows 120 marks the size of digits", "at most 100")),
-    (_huge, None, ("claims 400,000,000 pixels", "images of up to 40,000,000 pixels")),
-    (lambda tmp_path: tmp_path / "missing.png", None, ("missing.png", "No such file")),
-    (_not_an_image, None, ("x.png is not an image file", "pass a photo or scan of a handwritten number")),
-    (_blank_paper, _unknown_model, ("is for model 'lenet', which is not built in",)),
-])
+@pytest.mark.parametrize(
+    "make, weights_from, fragments",
+    [
+        (_blank_paper, None, ("blank.png shows no digits", "nothing stands out from the paper")),
+        (_speck_on_blank_paper, None, ("speck.png shows no digits", "only specks", "a digit is at least 6 tall")),
+        (_many_marks, None, ("marks.png shows 120 marks the size of digits", "at most 100")),
+        (_huge, None, ("claims 400,000,000 pixels", "images of up to 40,000,000 pixels")),
+        (lambda tmp_path: tmp_path / "missing.png", None, ("missing.png", "No such file")),
+        (_not_an_image, None, ("x.png is not an image file", "pass a photo or scan of a handwritten number")),
+        (_blank_paper, _unknown_model, ("is for model 'lenet', which is not built in",)),
+    ],
+)
 def test_bad_input_is_one_line(make, weights_from, fragments, tuned_weights, tmp_path, capsys):
     image = make(tmp_path)
     weights = weights_from(tmp_path) if weights_from else tuned_weights
@@ -218,10 +226,10 @@ def test_an_underline_is_not_a_digit_and_joins_none(weights, mnist):
         number = compose(rng, mnist.test_images, mnist.test_labels, 5, grain=(3, 4))
         underlined = number.image.copy()
         bottom = max(y + h for _, y, _, h in number.boxes)
-        underlined[bottom + 3:bottom + 7, 5:-5] = 30  # a ruled line under every digit, sharing their columns
+        underlined[bottom + 3 : bottom + 7, 5:-5] = 30  # a ruled line under every digit, sharing their columns
         plain, lined = mnistfx.read_number(weights, number.image), mnistfx.read_number(weights, underlined)
         assert lined.text == plain.text and len(plain.text) == 5
-        assert all(_overlap(a.box, b.box) > 0.9 for a, b in zip(lined.digits, plain.digits))
+        assert all(_overlap(a.box, b.box) > 0.9 for a, b in zip(lined.digits, plain.digits, strict=True))
 
 
 def test_clean_pen_strokes_on_white_are_read(weights):
@@ -231,9 +239,9 @@ def test_clean_pen_strokes_on_white_are_read(weights):
     for width in (2, 4, 5, 6, 10):
         img = Image.new("L", (600, 200), 255)
         pen = ImageDraw.Draw(img)
-        pen.line([(80, 40), (80, 160)], fill=0, width=width)                      # 1
-        pen.line([(160, 40), (230, 40), (180, 160)], fill=0, width=width)         # 7
-        pen.ellipse([(280, 40), (350, 160)], outline=0, width=width)              # 0
-        pen.line([(450, 40), (410, 120), (480, 120)], fill=0, width=width)        # 4
+        pen.line([(80, 40), (80, 160)], fill=0, width=width)  # 1
+        pen.line([(160, 40), (230, 40), (180, 160)], fill=0, width=width)  # 7
+        pen.ellipse([(280, 40), (350, 160)], outline=0, width=width)  # 0
+        pen.line([(450, 40), (410, 120), (480, 120)], fill=0, width=width)  # 4
         pen.line([(460, 80), (460, 160)], fill=0, width=width)
         assert mnistfx.read_number(weights, np.asarray(img)).text == "1704", width

@@ -5,20 +5,34 @@ import shutil
 
 import pytest
 import torch
+from helpers import MNISTFX, same_bits
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import mnistfx
-from helpers import MNISTFX, same_bits
 from mnistfx.models.resnet import batch_norm
 
 
 def _small(**overrides):
-    return mnistfx.recipe("resnet", **{"epochs": 2, "train_size": 3200, "batch_size": 32, "compile": False,
-                                       "lr": 0.05, "warmup": 0.0, "decay": 0.5, "label_smoothing": 0.0,
-                                       "clean_epochs": 0, "val_size": 1000, "precision": "fp32", "seed": 3,
-                                       **overrides})
+    return mnistfx.recipe(
+        "resnet",
+        **{
+            "epochs": 2,
+            "train_size": 3200,
+            "batch_size": 32,
+            "compile": False,
+            "lr": 0.05,
+            "warmup": 0.0,
+            "decay": 0.5,
+            "label_smoothing": 0.0,
+            "clean_epochs": 0,
+            "val_size": 1000,
+            "precision": "fp32",
+            "seed": 3,
+            **overrides,
+        },
+    )
 
 
 def test_batch_norm_is_pytorchs_in_both_modes():
@@ -44,7 +58,7 @@ def test_the_model_has_state_and_no_state_in_its_parameters():
     model = mnistfx.get_model("resnet")
     params = model.init(0)
     state = model.init_state(params)
-    units = {k[:-len(".weight")] for k in params if k.endswith(".bn.weight")}
+    units = {k[: -len(".weight")] for k in params if k.endswith(".bn.weight")}
     assert model.has_state and set(state) == {f"{u}.{s}" for u in units for s in ("running_mean", "running_var")}
     assert not any("running" in k for k in params)
     assert mnistfx.num_params(params) == 289_514
@@ -57,8 +71,9 @@ def test_resnet_learns_stores_its_statistics_and_resumes_bit_for_bit(mnist, tmp_
         if kind == "checkpoint" and (info["epoch"], info["step"]) == (2, 80):  # resumed: 20 steps, to the end
             shutil.copytree(tmp_path / "run", tmp_path / "at-2-80")
 
-    full = mnistfx.train(_small(), data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=4, on_event=keep,
-                         test=False)
+    full = mnistfx.train(
+        _small(), data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=4, on_event=keep, test=False
+    )
     assert full.val.accuracy > 0.85
     assert full.history[1]["train_loss"] < full.history[0]["train_loss"]
     again = mnistfx.resume(tmp_path / "at-2-80", data=mnist, test=False)
@@ -67,16 +82,20 @@ def test_resnet_learns_stores_its_statistics_and_resumes_bit_for_bit(mnist, tmp_
     assert same_bits(weights.state, full.state)
     images, labels = mnist.test_images[:1000], mnist.test_labels[:1000]
     assert weights.evaluate(images, labels).accuracy > 0.85  # with its running statistics
-    fresh = mnistfx.evaluate(weights.model, weights.params, images, labels,
-                             state=weights.model.init_state(weights.params))
+    fresh = mnistfx.evaluate(
+        weights.model, weights.params, images, labels, state=weights.model.init_state(weights.params)
+    )
     assert fresh.accuracy < 0.5
 
 
 def test_negative_running_variances_are_refused_in_weights_and_checkpoints(mnist, tmp_path):
-    run = mnistfx.train(_small(epochs=1, train_size=320, val_size=100), data=mnist, checkpoint_dir=tmp_path / "run",
-                        test=False)
-    files = {"weights": mnistfx.save_run(run, tmp_path / "run")["weights"],
-             "checkpoint": tmp_path / "run" / "checkpoint.safetensors"}
+    run = mnistfx.train(
+        _small(epochs=1, train_size=320, val_size=100), data=mnist, checkpoint_dir=tmp_path / "run", test=False
+    )
+    files = {
+        "weights": mnistfx.save_run(run, tmp_path / "run")["weights"],
+        "checkpoint": tmp_path / "run" / "checkpoint.safetensors",
+    }
     for kind, path in files.items():
         with safe_open(path, "pt") as f:
             meta = f.metadata()
@@ -116,8 +135,21 @@ def test_resnet_on_the_command_line(tmp_path):
     def cli(*args):
         return subprocess.run([MNISTFX, *args], capture_output=True, text=True)
 
-    done = cli("train", "resnet", "--epochs", "1", "--train-size", "512", "--batch-size", "64", "--val-size", "500",
-               "--no-compile", "--out", str(tmp_path / "r"))
+    done = cli(
+        "train",
+        "resnet",
+        "--epochs",
+        "1",
+        "--train-size",
+        "512",
+        "--batch-size",
+        "64",
+        "--val-size",
+        "500",
+        "--no-compile",
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert done.returncode == 0, done.stderr
     weights = str(tmp_path / "r" / "weights.safetensors")
     done = cli("eval", weights, "--json")

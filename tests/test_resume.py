@@ -8,18 +8,31 @@ import sys
 import time
 
 import pytest
+from helpers import MNISTFX, assert_one_line_error, run_cli
+from helpers import same_bits as _same_bits
 from safetensors.torch import load_file
 
 import mnistfx
-from helpers import MNISTFX, assert_one_line_error, run_cli
-from helpers import same_bits as _same_bits
-from mnistfx.training.checkpoint import CHECKPOINT_FILE
 from mnistfx.data.idx import IDX_FILES
+from mnistfx.training.checkpoint import CHECKPOINT_FILE
 
 
 def test_same_seed_same_bits_in_two_processes(tmp_path):
-    args = ["train", "tuned", "--epochs", "1", "--train-size", "1280", "--batch-size", "64", "--seed", "7",
-            "--val-size", "1000", "--no-compile"]
+    args = [
+        "train",
+        "tuned",
+        "--epochs",
+        "1",
+        "--train-size",
+        "1280",
+        "--batch-size",
+        "64",
+        "--seed",
+        "7",
+        "--val-size",
+        "1000",
+        "--no-compile",
+    ]
     for name in ("a", "b"):
         done = subprocess.run([MNISTFX, *args, "--out", str(tmp_path / name)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
@@ -68,9 +81,27 @@ def test_compiled_runs_give_the_same_bits_in_two_processes_and_resume_bit_for_bi
     full = mnistfx.train(config, data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=5, on_event=keep)
     mid = mnistfx.load_checkpoint(tmp_path / "mid")
     assert (mid.epoch, mid.step) == (1, 6)  # the first call boundary at or after step 5
-    again = subprocess.run([MNISTFX, "train", "tuned", "--epochs", "2", "--train-size", "1280", "--batch-size", "64",
-                            "--val-size", "1000", "--seed", "7", "--out", str(tmp_path / "again")],
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        [
+            MNISTFX,
+            "train",
+            "tuned",
+            "--epochs",
+            "2",
+            "--train-size",
+            "1280",
+            "--batch-size",
+            "64",
+            "--val-size",
+            "1000",
+            "--seed",
+            "7",
+            "--out",
+            str(tmp_path / "again"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0, again.stderr
     assert _same_bits(load_file(tmp_path / "again" / "weights.safetensors"), full.params)
     resumed = subprocess.run([MNISTFX, "train", "--resume", str(tmp_path / "mid")], capture_output=True, text=True)
@@ -80,9 +111,26 @@ def test_compiled_runs_give_the_same_bits_in_two_processes_and_resume_bit_for_bi
 
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(mnist, tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([MNISTFX, "train", "tuned", "--epochs", "2", "--train-size", "6400", "--no-compile",
-                             "--checkpoint-every", "25", "--seed", "5", "--out", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            MNISTFX,
+            "train",
+            "tuned",
+            "--epochs",
+            "2",
+            "--train-size",
+            "6400",
+            "--no-compile",
+            "--checkpoint-every",
+            "25",
+            "--seed",
+            "5",
+            "--out",
+            str(run_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (run_dir / CHECKPOINT_FILE).exists():
         assert proc.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
@@ -145,11 +193,17 @@ def test_resume_errors_are_one_line(tmp_path, capsys, mnist):
     # A new run must not overwrite an interrupted one's checkpoint.
     unfinished = tmp_path / "unfinished"
     with pytest.raises(_Stop):  # interrupted right after its first checkpoint
-        mnistfx.train(_small(train_size=320), data=mnist, checkpoint_dir=unfinished,
-                      on_event=lambda kind, **info: _stop_after_first_epoch(kind))
+        mnistfx.train(
+            _small(train_size=320),
+            data=mnist,
+            checkpoint_dir=unfinished,
+            on_event=lambda kind, **info: _stop_after_first_epoch(kind),
+        )
     code, _, err = run_cli(capsys, "train", "tuned", "--no-compile", "--out", str(unfinished))
     assert_one_line_error(code, err, "holds an unfinished run (epoch 1 of 2)", "--resume")
-    done = subprocess.run([MNISTFX, "train", "--resume", str(unfinished / CHECKPOINT_FILE)], capture_output=True, text=True)
+    done = subprocess.run(
+        [MNISTFX, "train", "--resume", str(unfinished / CHECKPOINT_FILE)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr  # the checkpoint file itself names the run too
     ckpt = tmp_path / CHECKPOINT_FILE
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
@@ -163,8 +217,11 @@ def test_a_fetch_killed_while_writing_leaves_the_previous_files_whole(tmp_path):
     caught = 0
     for _ in range(3):
         left = set(raw.glob(".*.tmp"))  # from an earlier kill
-        proc = subprocess.Popen([MNISTFX, "data", "--root", str(tmp_path), "--source", "registry", "--force"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [MNISTFX, "data", "--root", str(tmp_path), "--source", "registry", "--force"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline and not set(raw.glob(".*.tmp")) - left:
             time.sleep(0.001)
@@ -206,13 +263,21 @@ def test_a_checkpoint_whose_position_cannot_be_is_refused(mnist, tmp_path):
 
 def test_train_refuses_to_overwrite_a_run(mnist, tmp_path):
     with pytest.raises(_Stop):  # interrupted right after its first checkpoint
-        mnistfx.train(_small(train_size=320), data=mnist, checkpoint_dir=tmp_path,
-                      on_event=lambda kind, **info: _stop_after_first_epoch(kind))
+        mnistfx.train(
+            _small(train_size=320),
+            data=mnist,
+            checkpoint_dir=tmp_path,
+            on_event=lambda kind, **info: _stop_after_first_epoch(kind),
+        )
     before = (tmp_path / CHECKPOINT_FILE).read_bytes()
     events = []
     with pytest.raises(mnistfx.RunFolderError, match="holds an unfinished run"):
-        mnistfx.train(_small(train_size=320, seed=9), data=mnist, checkpoint_dir=tmp_path,
-                      on_event=lambda kind, **info: events.append(kind))
+        mnistfx.train(
+            _small(train_size=320, seed=9),
+            data=mnist,
+            checkpoint_dir=tmp_path,
+            on_event=lambda kind, **info: events.append(kind),
+        )
     assert events == [] and (tmp_path / CHECKPOINT_FILE).read_bytes() == before  # refused before any work
     mnistfx.check_run_dir(tmp_path / "elsewhere")  # no run there: nothing to protect
     mnistfx.resume(tmp_path, data=mnist)
@@ -222,8 +287,21 @@ def test_train_refuses_to_overwrite_a_run(mnist, tmp_path):
 
 
 def _short_train_args(out):
-    return ["train", "tuned", "--no-compile", "--epochs", "1", "--train-size", "640", "--val-size", "500",
-            "--checkpoint-every", "2", "--out", str(out)]
+    return [
+        "train",
+        "tuned",
+        "--no-compile",
+        "--epochs",
+        "1",
+        "--train-size",
+        "640",
+        "--val-size",
+        "500",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        str(out),
+    ]
 
 
 def test_a_full_disk_stops_with_one_line_and_a_whole_checkpoint(tmp_path):
@@ -232,21 +310,31 @@ def test_a_full_disk_stops_with_one_line_and_a_whole_checkpoint(tmp_path):
     def small_files():  # every file this process writes is cut off at 3 MB: a checkpoint does not fit
         resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
 
-    done = subprocess.run([MNISTFX, *_short_train_args(tmp_path / "run")], capture_output=True, text=True,
-                          preexec_fn=small_files)
+    done = subprocess.run(
+        [MNISTFX, *_short_train_args(tmp_path / "run")], capture_output=True, text=True, preexec_fn=small_files
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: cannot write the checkpoint") and line.endswith(
-        "nothing of this run was saved: make room, then run the command again")  # no checkpoint to resume from
+        "nothing of this run was saved: make room, then run the command again"
+    )  # no checkpoint to resume from
     assert not (tmp_path / "run").exists()  # nothing half-written; the folder it made, left empty, is gone
 
 
 def test_a_run_folder_another_process_writes_into_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import mnistfx, sys, time\n"
-                               "with mnistfx.run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
-                               str(out)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import mnistfx, sys, time\n"
+            "with mnistfx.run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         code, _, err = run_cli(capsys, *_short_train_args(out))
@@ -272,8 +360,9 @@ def test_overwrite_replaces_a_finished_run(tmp_path, capsys):
 def test_an_overwriting_run_stopped_before_its_weights_are_written_can_be_finished(mnist, tmp_path):
     old = mnistfx.train(_small(train_size=320, epochs=1), data=mnist, checkpoint_dir=tmp_path)
     mnistfx.save_run(old, tmp_path)
-    new = mnistfx.train(_small(train_size=320, epochs=1, seed=9), data=mnist, checkpoint_dir=tmp_path,
-                        overwrite=True)  # ... and stopped before save_run
+    new = mnistfx.train(
+        _small(train_size=320, epochs=1, seed=9), data=mnist, checkpoint_dir=tmp_path, overwrite=True
+    )  # ... and stopped before save_run
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]  # not the old run's weights beside it
     again = mnistfx.resume(tmp_path, data=mnist, test=False)
     paths = mnistfx.save_run(again, tmp_path)
@@ -286,8 +375,12 @@ def test_resume_takes_no_path_from_the_checkpoint(mnist, tmp_path, monkeypatch):
     from safetensors.torch import load_file, safe_open, save_file
 
     with pytest.raises(_Stop):
-        mnistfx.train(_small(train_size=320), data=mnist, checkpoint_dir=tmp_path / "run",
-                      on_event=lambda kind, **info: _stop_after_first_epoch(kind))
+        mnistfx.train(
+            _small(train_size=320),
+            data=mnist,
+            checkpoint_dir=tmp_path / "run",
+            on_event=lambda kind, **info: _stop_after_first_epoch(kind),
+        )
     path = tmp_path / "run" / CHECKPOINT_FILE
     with safe_open(path, "pt") as f:
         meta = {k: json.loads(v) for k, v in f.metadata().items()}

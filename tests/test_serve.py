@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, run_cli
 from PIL import Image
 
 import mnistfx
 from mnistfx.trained import server as serving
-from helpers import assert_one_line_error, run_cli
 
 
 def png(image, side=280) -> bytes:
@@ -41,8 +41,7 @@ def served(trained_tuned):
 def request(target, method, path, body=None, headers=None):
     """``(status, decoded JSON or bytes, response)`` of one request to a server (or a (host, port)) on a
     new connection."""
-    conn = http.client.HTTPConnection(*(target if isinstance(target, tuple) else target.server_address[:2]),
-                                      timeout=30)
+    conn = http.client.HTTPConnection(*(target if isinstance(target, tuple) else target.server_address[:2]), timeout=30)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         reply = conn.getresponse()
@@ -81,13 +80,13 @@ def test_predictions_are_those_of_mnistfx_predict_on_the_same_files(served, trai
         answers.append(answer)
     seen = mnistfx.read_digit_images(paths)
     expected = w.probabilities(seen)
-    for answer, image, probs in zip(answers, seen, expected):
+    for answer, image, probs in zip(answers, seen, expected, strict=True):
         assert answer["image"] == image.tolist()
         assert answer["label"] == int(probs.argmax())
         assert np.allclose(answer["probabilities"], probs.numpy(), atol=1e-6)
         assert abs(sum(answer["probabilities"]) - 1) < 1e-4 and 0 < answer["ms"] < 5000
     labels = [a["label"] for a in answers]
-    assert sum(p == int(t) for p, t in zip(labels, mnist.test_labels[:20])) >= 19
+    assert sum(p == int(t) for p, t in zip(labels, mnist.test_labels[:20], strict=True)) >= 19
 
 
 def test_an_ensemble_is_served(mnist, tmp_path):
@@ -108,8 +107,12 @@ def test_an_ensemble_is_served(mnist, tmp_path):
 def test_bad_bodies_get_400_with_a_json_error(served, mnist):
     blank = png(np.zeros((28, 28)))
     cut = png(mnist.test_images[0])[:200]
-    for body, fragment in ((b"not an image", "not an image file"), (blank, "shows no digit"), (cut, "not an image"),
-                           (b"", "not an image")):
+    for body, fragment in (
+        (b"not an image", "not an image file"),
+        (blank, "shows no digit"),
+        (cut, "not an image"),
+        (b"", "not an image"),
+    ):
         status, answer, _ = request(served, "POST", "/api/predict", body)
         assert status == 400 and fragment in answer["error"], answer
     status, answer, _ = request(served, "POST", "/api/other", b"x")
@@ -133,16 +136,19 @@ def test_a_body_over_the_limit_gets_413_unread(served):
     assert time.perf_counter() - t0 < 5  # answered at once, not after reading (or waiting for) the body
 
 
-@pytest.mark.parametrize("head, status", [
-    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\n\r\n", b"411"),
-    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"411"),
-    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"400"),
-    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\nab", b"400"),  # a latin-1 digit
-    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", b"400"),
-    (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n", b"400"),
-    (b"GARBAGE\r\n\r\n", b"400"),
-    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
-])
+@pytest.mark.parametrize(
+    "head, status",
+    [
+        (b"POST /api/predict HTTP/1.1\r\nHost: x\r\n\r\n", b"411"),
+        (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"411"),
+        (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"400"),
+        (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\nab", b"400"),  # a latin-1 digit
+        (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", b"400"),
+        (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n", b"400"),
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", b"414"),
+    ],
+)
 def test_malformed_requests_get_an_error_status_as_json(served, head, status):
     reply = raw(served, head)
     assert reply.startswith(b"HTTP/1.1 " + status) or reply.startswith(b"HTTP/1.0 " + status), reply[:80]
@@ -191,9 +197,13 @@ def test_port_in_use_and_bad_weights_are_one_line_errors(capsys, trained_tuned, 
 
 def test_ctrl_c_stops_the_command_cleanly(trained_tuned):
     # PYTHONFAULTHANDLER: if it does not stop, SIGABRT makes it print every thread's stack (what it waited for)
-    proc = subprocess.Popen([sys.executable, "-m", "mnistfx", "serve", str(trained_tuned), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnistfx", "serve", str(trained_tuned), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("serving tuned from ") and "(Ctrl-C stops)" in line
@@ -239,8 +249,9 @@ def test_headers_are_capped_in_all_not_only_line_by_line(served):
     head = b"GET /api/health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 1000) for i in range(99))
     reply = raw(served, head + b"\r\n")
     assert reply.startswith(b"HTTP/1.1 431 ") and b"over 16,384 bytes" in reply
-    assert raw(served, b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 8000 + b"\r\nConnection: close\r\n\r\n"
-               ).startswith(b"HTTP/1.1 200 ")
+    assert raw(
+        served, b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 8000 + b"\r\nConnection: close\r\n\r\n"
+    ).startswith(b"HTTP/1.1 200 ")
 
 
 def test_slow_clients_on_every_slot_do_not_keep_a_real_client_out(served, mnist):
@@ -271,8 +282,10 @@ def test_a_body_that_is_not_read_is_never_taken_for_the_next_request(served):
     """A GET with a body, or a POST elsewhere: one answer, and the connection closes (behind a proxy,
     the body would otherwise be a second, smuggled request)."""
     inner = b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n"
-    for head in (b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",
-                 b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"):
+    for head in (
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",
+        b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n",
+    ):
         reply = raw(served, head % len(inner) + inner)
         assert reply.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in reply, reply
 
@@ -284,16 +297,22 @@ def test_a_target_that_is_no_url_gets_400_as_json(served):
 
 def test_head_answers_get_s_headers_without_a_body(served):
     status, body, reply = request(served, "HEAD", "/")
-    assert status == 200 and body == b"" and int(reply.getheader("Content-Length")) == len(request(served, "GET", "/")[1])
+    assert (
+        status == 200 and body == b"" and int(reply.getheader("Content-Length")) == len(request(served, "GET", "/")[1])
+    )
 
 
 def test_expect_100_continue_is_said_only_to_a_body_that_will_be_read(served, mnist):
-    reply = raw(served, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 99000000\r\n\r\n")
+    reply = raw(
+        served, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 99000000\r\n\r\n"
+    )
     assert reply.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in reply
     image = png(mnist.test_images[0])
     with socket.create_connection(served.server_address[:2], timeout=10) as s:
-        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
-                  b"Content-Length: %d\r\n\r\n" % len(image))
+        s.sendall(
+            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(image)
+        )
         assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n")
         s.sendall(image)
         reply = b"".join(iter(lambda: s.recv(65536), b""))
@@ -320,12 +339,15 @@ def test_only_a_loopback_address_is_local(tuned_weights):
             server.server_close()
 
 
-@pytest.mark.parametrize("head", [
-    b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n",  # which one?
-    b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length : %d\r\n\r\n",  # no header: the rest is a "body"
-    b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n Content-Length: %d\r\n\r\n",  # folded onto X-A
-    b"GET /api/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\nX-Len: %d\r\n\r\n",  # chunked, or not?
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n",  # which one?
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length : %d\r\n\r\n",  # no header: the rest is a "body"
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n Content-Length: %d\r\n\r\n",  # folded onto X-A
+        b"GET /api/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\nX-Len: %d\r\n\r\n",  # chunked, or not?
+    ],
+)
 def test_headers_that_do_not_say_plainly_where_a_request_ends_are_refused(served, head):
     """A proxy in front may read such headers otherwise than the server: one answer, then the connection
     closes, so the bytes after them are never taken for a second request."""
@@ -352,7 +374,12 @@ def test_clients_that_do_not_read_their_answers_do_not_keep_a_real_client_out(se
         time.sleep(1)  # the server's threads are blocked writing pages no one reads
         for i in range(3):
             status, answer, _ = request(served, "POST", "/api/predict", png(mnist.test_images[i]))
-            assert status == 200 and answer["label"] == int(mnist.test_labels[i]), (answer, served.open, served.cut, len(served.waiting))
+            assert status == 200 and answer["label"] == int(mnist.test_labels[i]), (
+                answer,
+                served.open,
+                served.cut,
+                len(served.waiting),
+            )
     finally:
         for s in greedy:
             s.close()

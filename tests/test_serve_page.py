@@ -16,8 +16,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no Chromium here: apt-get install chromium "
-                                                                  "chromium-driver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER), reason="no Chromium here: apt-get install chromium chromium-driver"
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,14 @@ def page(trained_tuned):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=900,700", "--force-device-scale-factor=1"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=900,700",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
     try:
@@ -44,7 +51,7 @@ def runs(image, threshold: int = 128):
     ink = (image.numpy() > threshold).astype(np.int8)
     for row in range(28):
         edges = np.flatnonzero(np.diff(np.concatenate([[0], ink[row], [0]])))
-        for start, stop in zip(edges[::2], edges[1::2]):
+        for start, stop in zip(edges[::2], edges[1::2], strict=True):
             yield row, int(start), int(stop) - 1
 
 
@@ -66,8 +73,12 @@ def draw(driver, image, *, release=True):
 
 def shown(driver):
     """``(label, the ten percentages)`` once the page has answered the latest drawing."""
-    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")
-                                    == "idle" and d.find_element(By.ID, "label").text != "–")
+    WebDriverWait(driver, 20).until(
+        lambda d: (
+            d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle"
+            and d.find_element(By.ID, "label").text != "–"
+        )
+    )
     values = [float(v.text.rstrip("%")) for v in driver.find_elements(By.CSS_SELECTOR, "#bars .value")]
     return driver.find_element(By.ID, "label").text, values
 
@@ -76,7 +87,7 @@ def test_drawn_digits_get_the_right_labels(page, mnist, trained_tuned, tmp_path)
     w = mnistfx.load_model_weights(trained_tuned)
     assert "the tuned model answers" in page.find_element(By.ID, "model").text
     chosen = {}
-    for image, label in zip(mnist.test_images[:300], mnist.test_labels[:300].tolist()):
+    for image, label in zip(mnist.test_images[:300], mnist.test_labels[:300].tolist(), strict=True):
         if label in chosen:
             continue
         strokes = np.kron(image.numpy() > 128, np.ones((10, 10))) * 255  # what the strokes will cover
@@ -91,8 +102,10 @@ def test_drawn_digits_get_the_right_labels(page, mnist, trained_tuned, tmp_path)
         got, percents = shown(page)
         assert got == str(label), f"drew a {label}, the page shows {got} ({percents})"
         assert abs(sum(percents) - 100) < 1 and max(percents) == percents[label]
-        seen = page.execute_script("const c = document.getElementById('seen').getContext('2d');"
-                                   "return Array.from(c.getImageData(0, 0, 28, 28).data);")
+        seen = page.execute_script(
+            "const c = document.getElementById('seen').getContext('2d');"
+            "return Array.from(c.getImageData(0, 0, 28, 28).data);"
+        )
         seen = np.array(seen, dtype=np.uint8).reshape(28, 28, 4)[..., 0]
         assert seen.max() == 255 and (seen > 0).mean() < 0.5  # the model's 28×28 view of the drawing
     page.save_screenshot(str(tmp_path / "page.png"))

@@ -84,7 +84,7 @@ def test_identity_warp_is_exact(test_slice):
     assert torch.equal(same, x)
     shifted = mnistfx.random_affine(x, key=0, degrees=0.0, translate=0.1, scale=(1.0, 1.0))
     # whole-pixel shifts only move pixels: every output value is an input value of its image, or 0
-    for a, b in zip(shifted[:8], x[:8]):
+    for a, b in zip(shifted[:8], x[:8], strict=True):
         assert set(a.unique().tolist()) <= set(b.unique().tolist()) | {0.0}
 
 
@@ -110,8 +110,9 @@ def test_compiled_step_matches_eager(compiled_step, test_slice):
     p1, _, s1, l1, _ = eager(params, {}, opt_state, x, y, noise)
     p2, _, s2, l2, _ = compiled(params, {}, opt_state, x, y, noise)
     double = {k: v.double() for k, v in params.items()}
-    p0, _, s0, l0, _ = eager(double, {}, mnistfx.adam(lr).init(double), x.double(), y,
-                             {k: v.double() for k, v in noise.items()})
+    p0, _, s0, l0, _ = eager(
+        double, {}, mnistfx.adam(lr).init(double), x.double(), y, {k: v.double() for k, v in noise.items()}
+    )
     assert s1["step"].item() == s2["step"].item() == 1
 
     def within_eagers_rounding(fp32_eager, fp32_compiled, exact):
@@ -215,7 +216,9 @@ def test_the_step_uses_label_smoothing(test_slice):
     noise = model.dropout_noise(64, key=0)
     logits = model.apply(params, x, train=True, noise=noise)
     loss = make_train_step(model, opt, label_smoothing=0.1)(params, {}, opt.init(params), x, y, noise)[3]
-    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1).item(), rel=1e-6)
+    assert loss.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1).item(), rel=1e-6
+    )
     assert loss.item() != pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-3)
 
 
@@ -232,25 +235,31 @@ def test_bf16_step_tracks_the_fp32_step(test_slice):
         make_train_step(model, opt, precision="fp16")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"epochs": 0}, "epochs must be a whole number"),
-    ({"batch_size": 2.5}, "batch-size must be a whole number"),
-    ({"lr": float("nan")}, "lr must be a positive number"),
-    ({"decay": 1.5}, "decay must be a fraction"),
-    ({"warmup": -0.1}, "warmup must be a fraction"),
-    ({"warmup": 0.5, "decay": 0.6}, "make their sum at most 1"),
-    ({"label_smoothing": 2}, "label-smoothing must be a fraction"),
-    ({"clean_epochs": 16}, "clean-epochs must be a whole number from 0 to epochs"),
-    ({"precision": "fp16"}, "precision must be one of fp32, bf16"),
-    ({"steps_per_call": 0}, "steps-per-call must be a whole number from 1 to 8"),
-    ({"steps_per_call": 9}, "steps-per-call must be a whole number from 1 to 8"),
-    ({"steps_per_call": 8, "train_size": 200}, "steps-per-call 8 batches of 32 are more than the 200"),
-    ({"val_size": 60000}, "val-size must be between"),
-    ({"train_size": 64, "batch_size": 128}, "larger than the 64 training images"),
-    ({"model": "lenet"}, "unknown model 'lenet'"),
-    pytest.param({"device": "cuda"}, "no CUDA device is available",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"epochs": 0}, "epochs must be a whole number"),
+        ({"batch_size": 2.5}, "batch-size must be a whole number"),
+        ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"decay": 1.5}, "decay must be a fraction"),
+        ({"warmup": -0.1}, "warmup must be a fraction"),
+        ({"warmup": 0.5, "decay": 0.6}, "make their sum at most 1"),
+        ({"label_smoothing": 2}, "label-smoothing must be a fraction"),
+        ({"clean_epochs": 16}, "clean-epochs must be a whole number from 0 to epochs"),
+        ({"precision": "fp16"}, "precision must be one of fp32, bf16"),
+        ({"steps_per_call": 0}, "steps-per-call must be a whole number from 1 to 8"),
+        ({"steps_per_call": 9}, "steps-per-call must be a whole number from 1 to 8"),
+        ({"steps_per_call": 8, "train_size": 200}, "steps-per-call 8 batches of 32 are more than the 200"),
+        ({"val_size": 60000}, "val-size must be between"),
+        ({"train_size": 64, "batch_size": 128}, "larger than the 64 training images"),
+        ({"model": "lenet"}, "unknown model 'lenet'"),
+        pytest.param(
+            {"device": "cuda"},
+            "no CUDA device is available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present"),
+        ),
+    ],
+)
 def test_bad_configs_are_refused_before_any_work(overrides, message, mnist):
     import dataclasses
 

@@ -11,7 +11,7 @@ every update.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.func import vmap
@@ -26,8 +26,13 @@ def stack(trees: list) -> dict:
         raise ValueError("stack takes a non-empty list of dicts of tensors")
     first = trees[0]
     if isinstance(first, torch.Tensor):
-        if any(not isinstance(t, torch.Tensor) or t.shape != first.shape or t.dtype != first.dtype
-               or t.device != first.device for t in trees):
+        if any(
+            not isinstance(t, torch.Tensor)
+            or t.shape != first.shape
+            or t.dtype != first.dtype
+            or t.device != first.device
+            for t in trees
+        ):
             raise ValueError("stack: the members' tensors under one name differ in kind, shape, dtype or device")
         return torch.stack(trees)
     if not isinstance(first, dict) or any(not isinstance(t, dict) or t.keys() != first.keys() for t in trees):

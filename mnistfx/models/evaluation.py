@@ -8,10 +8,9 @@ import torch
 from torch.func import vmap
 from torch.nn import functional as F
 
-from .ensemble import unstack
 from ..errors import WeightsError
-from .model import blaming, check_logits, check_params, check_state
-from .model import Model, check_images
+from .ensemble import unstack
+from .model import Model, blaming, check_images, check_logits, check_params, check_state
 
 EVAL_BATCH = 1000
 
@@ -46,14 +45,27 @@ class Metrics:
     def to_dict(self) -> dict:
         """Plain Python values, for JSON."""
         return {
-            "accuracy": self.accuracy, "loss": self.loss, "n": self.n, "correct": self.correct,
-            "precision": self.precision.tolist(), "recall": self.recall.tolist(),
-            "f1": self.f1.tolist(), "confusion": self.confusion.tolist(),
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "n": self.n,
+            "correct": self.correct,
+            "precision": self.precision.tolist(),
+            "recall": self.recall.tolist(),
+            "f1": self.f1.tolist(),
+            "confusion": self.confusion.tolist(),
         }
 
 
-def logits(model: Model, params: dict, images: torch.Tensor, *, state: dict | None = None,
-           members: int | None = None, batch_size: int = EVAL_BATCH, forward=None) -> torch.Tensor:
+def logits(
+    model: Model,
+    params: dict,
+    images: torch.Tensor,
+    *,
+    state: dict | None = None,
+    members: int | None = None,
+    batch_size: int = EVAL_BATCH,
+    forward=None,
+) -> torch.Tensor:
     """Logits for uint8 images, computed in chunks of ``batch_size``.
 
     Arguments:
@@ -73,8 +85,9 @@ def logits(model: Model, params: dict, images: torch.Tensor, *, state: dict | No
     images = check_images(images)
     pad = forward is not None  # a compiled forward must see one shape; eager needs no padding
     if state is None and model.has_state:
-        raise ValueError(f"{model.name} has state (e.g. batch-norm statistics): pass state=, from the weights file "
-                         "or the run")
+        raise ValueError(
+            f"{model.name} has state (e.g. batch-norm statistics): pass state=, from the weights file or the run"
+        )
     state = {} if state is None else state
     if forward is None:
         check_params(model, params, members=members)
@@ -82,6 +95,7 @@ def logits(model: Model, params: dict, images: torch.Tensor, *, state: dict | No
 
         def forward(p, x, s=state):
             return model.forward(p, s, x)[0]
+
         if members is not None:
             forward = vmap(forward, in_dims=(0, None, 0))
     device = next(iter(params.values())).device
@@ -89,7 +103,7 @@ def logits(model: Model, params: dict, images: torch.Tensor, *, state: dict | No
     out = []
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            chunk = images[start:start + batch_size].to(device)
+            chunk = images[start : start + batch_size].to(device)
             if pad and chunk.shape[0] < batch_size:
                 chunk = torch.cat([chunk, chunk.new_zeros((batch_size - chunk.shape[0], *chunk.shape[1:]))])
             x = model.preprocess(chunk)
@@ -141,23 +155,28 @@ def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Ten
         loss = F.nll_loss(out.clamp(min=1e-30).log(), labels).item() if len(labels) else float("nan")
     unusable = int((~out.isfinite()).any(1).sum())
     if unusable:  # argmax would call them all 0 and score them
-        raise WeightsError(f"these weights give NaN or infinite outputs for {unusable:,} of {len(out):,} images: they "
-                           "are not usable (train again; a run that diverged needs a lower learning rate)")
+        raise WeightsError(
+            f"these weights give NaN or infinite outputs for {unusable:,} of {len(out):,} images: they "
+            "are not usable (train again; a run that diverged needs a lower learning rate)"
+        )
     return metrics_from_predictions(out.argmax(1), labels, loss=loss)
 
 
-def evaluate_members(model: Model, params: dict, images: torch.Tensor, labels: torch.Tensor, *,
-                     members: int, state: dict | None = None) -> list[Metrics]:
+def evaluate_members(
+    model: Model, params: dict, images: torch.Tensor, labels: torch.Tensor, *, members: int, state: dict | None = None
+) -> list[Metrics]:
     """Each ensemble member's :class:`Metrics` (``params`` and ``state`` stacked, as :func:`evaluate`)."""
     states = unstack(state) if state else [{}] * members
-    return [evaluate(model, p, images, labels, state=s) for p, s in zip(unstack(params), states)]
+    return [evaluate(model, p, images, labels, state=s) for p, s in zip(unstack(params), states, strict=True)]
 
 
 def metrics_from_predictions(pred: torch.Tensor, labels: torch.Tensor, *, loss: float = float("nan")) -> Metrics:
     """:class:`Metrics` from predicted and true digits (both int64 tensors of digits 0-9, shape (N,))."""
     for name, t in (("pred", pred), ("labels", labels)):
         if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
-            raise ValueError(f"{name} must be a 1-D int64 tensor of digits, not {getattr(t, 'dtype', type(t).__name__)}")
+            raise ValueError(
+                f"{name} must be a 1-D int64 tensor of digits, not {getattr(t, 'dtype', type(t).__name__)}"
+            )
         if len(t) and not 0 <= int(t.min()) <= int(t.max()) <= 9:
             raise ValueError(f"{name} must hold digits 0-9, not {int(t.min())}..{int(t.max())}")
     if pred.shape != labels.shape:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -36,8 +36,18 @@ from ..errors import ConfigError, MnistfxError, ModelError, WeightsError
 from ..rng import as_generator
 
 # what a state may hold: the dtypes a weights file can store and mnistfx reads back
-STATE_DTYPES = {torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
-                torch.int8, torch.uint8, torch.bool}
+STATE_DTYPES = {
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+}
 
 
 @contextlib.contextmanager
@@ -56,15 +66,23 @@ def blaming(model, what: str):
 
 def check_logits(model, logits, n: int) -> None:
     """:class:`~mnistfx.ModelError` unless ``logits`` are float logits (n, 10) on a real device."""
-    if (not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.is_meta
-            or tuple(logits.shape) != (n, 10)):
-        got = (f"{logits.dtype} {tuple(logits.shape)}{' on meta' if logits.is_meta else ''}"
-               if isinstance(logits, torch.Tensor) else type(logits).__name__)
+    if (
+        not isinstance(logits, torch.Tensor)
+        or not logits.is_floating_point()
+        or logits.is_meta
+        or tuple(logits.shape) != (n, 10)
+    ):
+        got = (
+            f"{logits.dtype} {tuple(logits.shape)}{' on meta' if logits.is_meta else ''}"
+            if isinstance(logits, torch.Tensor)
+            else type(logits).__name__
+        )
         raise ModelError(f"{model.name}'s apply must return float logits of shape ({n}, 10) for {n} images, not {got}")
 
 
-def _check_tensors(expected: dict, tensors, *, what: str, model: str, source: str, dtype, members,
-                   prefix: str = "") -> None:
+def _check_tensors(
+    expected: dict, tensors, *, what: str, model: str, source: str, dtype, members, prefix: str = ""
+) -> None:
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise TypeError(f"{what} must be a dict of tensors (from {model}.init), not {type(tensors).__name__}")
     missing = [k for k in expected if k not in tensors]
@@ -75,14 +93,17 @@ def _check_tensors(expected: dict, tensors, *, what: str, model: str, source: st
     lead = () if members is None else (members,)
     for k, shape in expected.items():
         if tuple(tensors[k].shape) != lead + shape:
-            raise WeightsError(f"{source}: {prefix}{k} has shape {tuple(tensors[k].shape)}, {model} expects {lead + shape}: "
-                               f"these are weights of another model{' or ensemble size' if members else ''}")
+            raise WeightsError(
+                f"{source}: {prefix}{k} has shape {tuple(tensors[k].shape)}, {model} expects {lead + shape}: "
+                f"these are weights of another model{' or ensemble size' if members else ''}"
+            )
         if dtype is not None and tensors[k].dtype != dtype:
             raise WeightsError(f"{source}: {prefix}{k} is {tensors[k].dtype}, expected {dtype}")
 
 
-def check_params(model, params, *, source: str = "params", dtype: torch.dtype | None = None,
-                 members: int | None = None) -> None:
+def check_params(
+    model, params, *, source: str = "params", dtype: torch.dtype | None = None, members: int | None = None
+) -> None:
     """Raise unless ``params`` holds exactly ``model``'s parameter names and shapes.
 
     Arguments:
@@ -96,16 +117,23 @@ def check_params(model, params, *, source: str = "params", dtype: torch.dtype | 
         TypeError: ``params`` is not a dict of tensors.
         WeightsError: a name is missing or unexpected, or a shape (or dtype) is wrong.
     """
-    _check_tensors(model.shapes(), params, what="params", model=model.name, source=source, dtype=dtype,
-                   members=members)
+    _check_tensors(model.shapes(), params, what="params", model=model.name, source=source, dtype=dtype, members=members)
 
 
 def check_state(model, state, *, source: str = "state", members: int | None = None) -> None:
     """:func:`check_params` for the model's state (``{}`` for a model without state): names, shapes
     and the dtypes ``init_state`` gives."""
     specs = model._state_specs()
-    _check_tensors({k: shape for k, (shape, _) in specs.items()}, state, what="state", model=model.name,
-                   source=source, dtype=None, members=members, prefix="state/")
+    _check_tensors(
+        {k: shape for k, (shape, _) in specs.items()},
+        state,
+        what="state",
+        model=model.name,
+        source=source,
+        dtype=None,
+        members=members,
+        prefix="state/",
+    )
     for k, (_, dtype) in specs.items():
         if state[k].dtype != dtype:
             raise WeightsError(f"{source}: state/{k} is {state[k].dtype}, {model.name} keeps it as {dtype}")
@@ -125,8 +153,9 @@ def check_state_usable(model, state: dict, *, source: str, fix: str) -> None:
         raise WeightsError(f"{source}: its {model.name} state is unusable ({problem}): {fix}")
 
 
-def check_model(model, params: dict, state: dict, x: torch.Tensor, y: torch.Tensor, noise: dict,
-                loss: Callable | None = None) -> None:
+def check_model(
+    model, params: dict, state: dict, x: torch.Tensor, y: torch.Tensor, noise: dict, loss: Callable | None = None
+) -> None:
     """Run ``model`` once, eagerly, on a small batch in training and in eval mode (and ``loss`` on its
     logits), before anything is compiled: a :class:`~mnistfx.ModelError` that says what is wrong
     unless each returns what the model contract asks for."""
@@ -142,8 +171,9 @@ def check_model(model, params: dict, state: dict, x: torch.Tensor, y: torch.Tens
         try:
             check_state(model, new_state, source=f"the state {model.name}'s apply returned")
         except (TypeError, WeightsError) as e:
-            raise ModelError(str(e).replace(": these are not", ": not") + " (it must keep init_state's names, "
-                             "shapes and dtypes)") from None
+            raise ModelError(
+                str(e).replace(": these are not", ": not") + " (it must keep init_state's names, shapes and dtypes)"
+            ) from None
     if loss is not None:
         with blaming(model, "loss"):
             out = loss(logits.float(), y)
@@ -161,8 +191,6 @@ def check_finite(tensors: dict, *, source: str, fix: str = "the run diverged: tr
             raise WeightsError(f"{source}: {k} holds NaN or infinite values: {fix}")
 
 
-
-
 class Model:
     """A model as pure functions over a flat parameter dict (see the module's docstring).
 
@@ -178,17 +206,34 @@ class Model:
         normalize: ``(mean, std)`` applied to [0, 1] images (default: none).
     """
 
-    def __init__(self, name: str, init: Callable, apply: Callable, *, noise: Callable | None = None,
-                 init_state: Callable | None = None, normalize: tuple[float, float] | None = None,
-                 state_problem: Callable | None = None):
+    def __init__(
+        self,
+        name: str,
+        init: Callable,
+        apply: Callable,
+        *,
+        noise: Callable | None = None,
+        init_state: Callable | None = None,
+        normalize: tuple[float, float] | None = None,
+        state_problem: Callable | None = None,
+    ):
         if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
             raise ConfigError(f"a model name must be a letter then up to 63 letters, digits or _.-, not {name!r}")
-        for what, fn in (("init", init), ("apply", apply), ("noise", noise), ("init_state", init_state),
-                         ("state_problem", state_problem)):
+        for what, fn in (
+            ("init", init),
+            ("apply", apply),
+            ("noise", noise),
+            ("init_state", init_state),
+            ("state_problem", state_problem),
+        ):
             if (fn is not None or what in ("init", "apply")) and not callable(fn):
                 raise TypeError(f"{what} must be a function, not {type(fn).__name__}")
-        if normalize is not None and not (isinstance(normalize, (tuple, list)) and len(normalize) == 2
-                                          and all(is_finite(v) for v in normalize) and normalize[1] > 0):
+        if normalize is not None and not (
+            isinstance(normalize, (tuple, list))
+            and len(normalize) == 2
+            and all(is_finite(v) for v in normalize)
+            and normalize[1] > 0
+        ):
             raise ValueError(f"normalize must be (mean, std), two finite numbers with std > 0, not {normalize!r}")
         self.name, self._init, self._apply, self._noise, self._init_state = name, init, apply, noise, init_state
         self._state_problem = state_problem
@@ -213,15 +258,22 @@ class Model:
         g = as_generator(key)
         with blaming(self, "init"):
             params = self._init(g)
-        if (not isinstance(params, dict) or not params
-                or not all(isinstance(k, str) and isinstance(v, torch.Tensor) and v.dtype == torch.float32
-                           for k, v in params.items())):
+        if (
+            not isinstance(params, dict)
+            or not params
+            or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) and v.dtype == torch.float32
+                for k, v in params.items()
+            )
+        ):
             raise ModelError(f"{self.name}'s init must return a non-empty dict from names to float32 tensors")
         if any(v.is_meta for v in params.values()):
             raise ModelError(f"{self.name}'s init must return tensors with values, not on the meta device")
         if any(k.startswith("state/") or not k for k in params):
-            raise ModelError(f"{self.name}'s init: a parameter name may not be empty or start with state/ "
-                             "(that is where weights files keep a model's state)")
+            raise ModelError(
+                f"{self.name}'s init: a parameter name may not be empty or start with state/ "
+                "(that is where weights files keep a model's state)"
+            )
         return params
 
     def init_state(self, params: dict) -> dict[str, torch.Tensor]:
@@ -230,11 +282,14 @@ class Model:
             return {}
         with blaming(self, "init_state"):
             state = self._init_state(params)
-        if not isinstance(state, dict) or not all(isinstance(k, str) and k and isinstance(v, torch.Tensor)
-                                                  and not v.is_meta and v.dtype in STATE_DTYPES
-                                                  for k, v in state.items()):
-            raise ModelError(f"{self.name}'s init_state must return a dict from names to tensors with values, of "
-                             "a dtype weights files keep (float, int, uint8 or bool)")
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, torch.Tensor) and not v.is_meta and v.dtype in STATE_DTYPES
+            for k, v in state.items()
+        ):
+            raise ModelError(
+                f"{self.name}'s init_state must return a dict from names to tensors with values, of "
+                "a dtype weights files keep (float, int, uint8 or bool)"
+            )
         if isinstance(params, dict) and params:  # beside the parameters, wherever init_state made it
             device = next(iter(params.values())).device
             state = {k: v.to(device) for k, v in state.items()}
@@ -289,8 +344,10 @@ class Model:
         _check_batch(x)
         if self.has_state:
             if state is None:
-                raise ValueError(f"{self.name} has state (e.g. batch-norm statistics): pass state=, from "
-                                 "init_state(params) or from the weights file")
+                raise ValueError(
+                    f"{self.name} has state (e.g. batch-norm statistics): pass state=, from "
+                    "init_state(params) or from the weights file"
+                )
             check_state(self, state)
         if train and noise is None and self._noise is not None:
             if key is None:
@@ -319,8 +376,9 @@ class Model:
             raise ValueError(f"noise must be a dict with keys {', '.join(want)} (from {self.name}.dropout_noise)")
         for k, shape in want.items():
             if not isinstance(noise[k], torch.Tensor) or tuple(noise[k].shape) != shape:
-                raise ValueError(f"noise[{k!r}] has shape {tuple(getattr(noise[k], 'shape', ()))}, expected {shape} "
-                                 f"for {n} images")
+                raise ValueError(
+                    f"noise[{k!r}] has shape {tuple(getattr(noise[k], 'shape', ()))}, expected {shape} for {n} images"
+                )
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 28, 28), (N, 1, 28, 28) or (N, 784) -> float (N, 1, 28, 28) as the model expects."""
@@ -337,8 +395,9 @@ class Model:
 def _noise_shapes(name: str, noise: Callable) -> dict[str, tuple[int, ...]]:
     """The shape of one image's noise, drawn once (checking noise later must not draw: it may run under vmap)."""
     one = noise(1, torch.Generator(), "cpu")
-    if not isinstance(one, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) and v.dim() >= 1
-                                            and v.shape[0] == 1 for k, v in one.items()):
+    if not isinstance(one, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == 1 for k, v in one.items()
+    ):
         raise ModelError(f"{name}'s noise(n, g, device) must return a dict of tensors with n rows")
     return {k: tuple(v.shape[1:]) for k, v in one.items()}
 
@@ -375,8 +434,9 @@ def check_images(images) -> torch.Tensor:
     """
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
         what = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
-        raise TypeError(f"images must be uint8 (0-255), not {what}: for float images in [0, 1] use "
-                        "Model.normalize_input")
+        raise TypeError(
+            f"images must be uint8 (0-255), not {what}: for float images in [0, 1] use Model.normalize_input"
+        )
     if tuple(images.shape[1:]) not in _IMAGE_SHAPES:
         raise ValueError(f"images must have shape (N, 28, 28), (N, 1, 28, 28) or (N, 784), not {tuple(images.shape)}")
     return images

@@ -29,12 +29,12 @@ from .model import Model
 class Arch:
     """One reference architecture."""
 
-    pool1: str                      # "max" or "avg", after conv1
-    pool2: str | None               # "max" or None, after conv2
-    fc: tuple[int, ...]             # widths of the linear layers, input first
+    pool1: str  # "max" or "avg", after conv1
+    pool2: str | None  # "max" or None, after conv2
+    fc: tuple[int, ...]  # widths of the linear layers, input first
     conv_drop: tuple[float, float]  # Dropout2d after conv1, conv2
-    fc_drop: tuple[float, ...]      # Dropout after each hidden linear layer
-    normalize: bool                 # inputs are (x - 0.5) / 0.5 rather than x in [0, 1]
+    fc_drop: tuple[float, ...]  # Dropout after each hidden linear layer
+    normalize: bool  # inputs are (x - 0.5) / 0.5 rather than x in [0, 1]
 
 
 ARCHS = {
@@ -52,7 +52,7 @@ class _Skeleton(nn.Module):
         self.conv1 = nn.Conv2d(1, 8, 3, padding=1, device="meta")
         self.conv2 = nn.Conv2d(8, 16, 3, padding=1, device="meta")
         self.fcs = [f"fc{i + 1}" for i in range(len(arch.fc) - 1)]
-        for name, n_in, n_out in zip(self.fcs, arch.fc[:-1], arch.fc[1:]):
+        for name, n_in, n_out in zip(self.fcs, arch.fc[:-1], arch.fc[1:], strict=True):
             self.add_module(name, nn.Linear(n_in, n_out, device="meta"))
 
     def forward(self, x, noise=None):
@@ -63,7 +63,7 @@ class _Skeleton(nn.Module):
         if a.pool2 == "max":
             x = F.max_pool2d(x, 2)
         x = x.flatten(1)
-        for name, p in zip(self.fcs[:-1], a.fc_drop):
+        for name, p in zip(self.fcs[:-1], a.fc_drop, strict=True):
             x = _drop(F.relu(getattr(self, name)(x)), noise, name, p)
         return getattr(self, self.fcs[-1])(x)
 
@@ -83,7 +83,7 @@ def reference_model(name: str) -> Model:
     arch = ARCHS[name]
     skeleton = _Skeleton(arch)
     shapes = {k: tuple(v.shape) for k, v in skeleton.named_parameters()}
-    widths = {"conv1": 8, "conv2": 16, **dict(zip(skeleton.fcs, arch.fc[1:-1]))}
+    widths = {"conv1": 8, "conv2": 16, **dict(zip(skeleton.fcs, arch.fc[1:-1], strict=False))}
 
     def init(g: torch.Generator) -> dict[str, torch.Tensor]:
         """Linear weights ~ Normal(0, 1/sqrt(fan_in)), linear biases 0; convolutions PyTorch's default
@@ -125,10 +125,15 @@ class NotebookNet(nn.Module):
         a = ARCHS[name]
         pool = {"max": nn.MaxPool2d(2), "avg": nn.AvgPool2d(2), None: nn.Identity()}
         self.Convolutional_layers = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.Dropout2d(a.conv_drop[0]), pool[a.pool1],
-            nn.Conv2d(8, 16, 3, padding=1), nn.Dropout2d(a.conv_drop[1]), pool[a.pool2])
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.Dropout2d(a.conv_drop[0]),
+            pool[a.pool1],
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.Dropout2d(a.conv_drop[1]),
+            pool[a.pool2],
+        )
         layers = []
-        for n_in, n_out, p in zip(a.fc[:-2], a.fc[1:-1], a.fc_drop):
+        for n_in, n_out, p in zip(a.fc[:-2], a.fc[1:-1], a.fc_drop, strict=True):
             layers += [nn.Linear(n_in, n_out), nn.ReLU(), nn.Dropout(p)]
         self.Linear_layers = nn.Sequential(*layers, nn.Linear(a.fc[-2], a.fc[-1]))
 

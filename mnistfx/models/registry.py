@@ -31,8 +31,10 @@ def register_model(model: Model, *, replace: bool = False) -> Model:
     if not isinstance(model, Model):
         raise TypeError(f"register_model takes a mnistfx.Model, not {type(model).__name__}")
     if model.name in MODELS or (model.name in _REGISTRY and not replace and _REGISTRY[model.name] is not model):
-        raise ConfigError(f"a model named {model.name!r} is already registered: give yours another name"
-                          + ("" if model.name in MODELS else " (or pass replace=True)"))
+        raise ConfigError(
+            f"a model named {model.name!r} is already registered: give yours another name"
+            + ("" if model.name in MODELS else " (or pass replace=True)")
+        )
     _REGISTRY[model.name] = model
     return model
 
@@ -41,8 +43,10 @@ def get_model(name: str) -> Model:
     """The model called ``name``: a built-in one (:data:`~mnistfx.MODELS`) or one registered."""
     if isinstance(name, str) and name in _REGISTRY:
         return _REGISTRY[name]
-    raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(model_names())}, or name your own as "
-                      "MODULE:ATTR (in Python: register_model)")
+    raise ConfigError(
+        f"unknown model {name!r}: choose one of {', '.join(model_names())}, or name your own as "
+        "MODULE:ATTR (in Python: register_model)"
+    )
 
 
 def model_names() -> tuple[str, ...]:
@@ -57,8 +61,9 @@ def guess_model(params: dict, *, source: str, among=None) -> str:
     for name in among or model_names():
         if shapes == get_model(name).shapes():
             return name
-    raise WeightsError(f"{source} holds weights that match no model and name none: pass weights written by "
-                       "`mnistfx train`")
+    raise WeightsError(
+        f"{source} holds weights that match no model and name none: pass weights written by `mnistfx train`"
+    )
 
 
 def import_model(spec: str) -> Model:
@@ -77,12 +82,17 @@ def import_model(spec: str) -> Model:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        hint = (f": run from the folder that holds {module_name.replace('.', '/')}.py, or install it"
-                if e.name and (module_name + ".").startswith(e.name + ".") else "")  # else its own import failed
+        hint = (
+            f": run from the folder that holds {module_name.replace('.', '/')}.py, or install it"
+            if e.name and (module_name + ".").startswith(e.name + ".")
+            else ""
+        )  # else its own import failed
         raise ConfigError(f"cannot import {module_name!r} for model {spec} ({e}){hint}") from None
     except (Exception, SystemExit) as e:
-        raise ConfigError(f"importing {module_name!r} for model {spec} failed: {type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0][:120]}") from None
+        raise ConfigError(
+            f"importing {module_name!r} for model {spec} failed: {type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:120]}"
+        ) from None
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)

@@ -69,8 +69,10 @@ def batch_norm(x, params, state, name, train):
     if train:
         var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
         n = x.numel() // x.shape[1]
-        stats = {mean_key: (1 - BN_MOMENTUM) * state[mean_key] + BN_MOMENTUM * mean.detach(),
-                 var_key: (1 - BN_MOMENTUM) * state[var_key] + BN_MOMENTUM * var.detach() * (n / max(n - 1, 1))}
+        stats = {
+            mean_key: (1 - BN_MOMENTUM) * state[mean_key] + BN_MOMENTUM * mean.detach(),
+            var_key: (1 - BN_MOMENTUM) * state[var_key] + BN_MOMENTUM * var.detach() * (n / max(n - 1, 1)),
+        }
     else:
         mean, var = state[mean_key], state[var_key]
         stats = {mean_key: mean, var_key: var}

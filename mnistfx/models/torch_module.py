@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import check_params, check_state
 from ..errors import WeightsError
-from .model import Model
+from .model import Model, check_params, check_state
 
 
 class FunctionalModule(nn.Module):
@@ -30,8 +29,9 @@ class FunctionalModule(nn.Module):
         if self.training:
             g = torch.default_generator
             if x.device.type == "cuda":
-                g = torch.cuda.default_generators[x.device.index if x.device.index is not None
-                                                  else torch.cuda.current_device()]
+                g = torch.cuda.default_generators[
+                    x.device.index if x.device.index is not None else torch.cuda.current_device()
+                ]
             noise = self.mnistfx_model.dropout_noise(x.shape[0], key=g, device=x.device)
         logits, new_state = self.mnistfx_model.forward(params, state, x, train=self.training, noise=noise)
         if self.training:
@@ -90,8 +90,9 @@ def to_module(model: Model, params: dict, state: dict | None = None) -> Function
         check_params(model, params)
     except WeightsError:
         if _stacked(model, params):
-            raise ValueError("these are an ensemble's stacked params: take one member with "
-                             "mnistfx.unstack(params)[i]") from None
+            raise ValueError(
+                "these are an ensemble's stacked params: take one member with mnistfx.unstack(params)[i]"
+            ) from None
         raise
     if not all(v.is_floating_point() for v in params.values()):
         raise ValueError("to_module takes float parameters (they become nn.Parameters, which need gradients)")

@@ -10,7 +10,6 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .._io import first_line, open_checked, to_json, write_new
-
 from ..errors import WeightsError
 from .model import check_finite
 
@@ -22,9 +21,9 @@ _FIX = "pass a weights.safetensors written by `mnistfx train`"
 STATE_PREFIX = "state/"  # a model's state tensors sit beside its parameters under this prefix
 
 
-
-def save_weights(path, params: dict[str, torch.Tensor], metadata: dict | None = None, *,
-                 overwrite: bool = True) -> None:
+def save_weights(
+    path, params: dict[str, torch.Tensor], metadata: dict | None = None, *, overwrite: bool = True
+) -> None:
     """Write ``params`` as a safetensors file, atomically.
 
     Arguments:
@@ -34,8 +33,9 @@ def save_weights(path, params: dict[str, torch.Tensor], metadata: dict | None = 
             each is stored as a JSON string under its key.
         overwrite: replace an existing file; with ``False`` one is refused.
     """
-    if not isinstance(params, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                               for k, v in params.items()):
+    if not isinstance(params, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in params.items()
+    ):
         raise TypeError("params must be a dict from names (str) to tensors")
     check_finite(params, source=f"not saving {path}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in params.items()}
@@ -97,6 +97,7 @@ def parse_weights(data: bytes, path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def _read_header(path: Path, data: bytes) -> dict:
     """Check a safetensors header (size, JSON, dtypes) and return its string metadata."""
+
     def bad(reason):
         return WeightsError(f"{path} is not a safetensors file ({reason}): {_FIX}")
 
@@ -104,7 +105,7 @@ def _read_header(path: Path, data: bytes) -> dict:
     if not 0 < size <= min(len(data) - 8, _HEADER_MAX_BYTES):  # data: at least the header
         raise bad("header too large" if size > 0 else "too short")
     try:
-        header = json.loads(data[8:8 + size])
+        header = json.loads(data[8 : 8 + size])
     except (ValueError, RecursionError) as e:
         raise bad(f"invalid JSON in header: {first_line(e)}") from None
     if not isinstance(header, dict):
@@ -117,8 +118,10 @@ def _read_header(path: Path, data: bytes) -> dict:
     for name, entry in header.items():
         dtype = entry.get("dtype") if isinstance(entry, dict) else None
         if dtype not in _DTYPES:
-            raise WeightsError(f"{path}: tensor {name} has dtype {dtype!r}, which mnistfx does not read "
-                               f"({', '.join(sorted(_DTYPES))}): {_FIX}")
+            raise WeightsError(
+                f"{path}: tensor {name} has dtype {dtype!r}, which mnistfx does not read "
+                f"({', '.join(sorted(_DTYPES))}): {_FIX}"
+            )
     return meta
 
 

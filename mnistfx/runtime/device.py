@@ -7,9 +7,9 @@ import ctypes.util
 
 import torch
 
-from .cpu import cpu_description
 from ..constants import DEVICES_HINT, VERSION
 from ..errors import ConfigError
+from .cpu import cpu_description
 
 
 def resolve_device(name: str) -> torch.device:
@@ -21,8 +21,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but no CUDA device is available here: use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r} asked for, but there are only {torch.cuda.device_count()} CUDA "
-                          f"devices: use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        raise ConfigError(
+            f"device {name!r} asked for, but there are only {torch.cuda.device_count()} CUDA "
+            f"devices: use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {name!r} is not supported: use {DEVICES_HINT}")
     return device
@@ -47,8 +49,9 @@ def keep_freed_memory() -> bool:
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             # the largest mmap threshold glibc accepts (32 MB), and a trim threshold that keeps 1 GB
-            _ALLOCATOR_TUNED = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-                                    and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+            _ALLOCATOR_TUNED = bool(
+                libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+            )
         except (OSError, AttributeError):  # not glibc
             _ALLOCATOR_TUNED = False
     return _ALLOCATOR_TUNED
@@ -63,5 +66,10 @@ def environment(device) -> dict:
     """
     dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    return {"device": str(dev), "device_name": name, "cpu": cpu_description(), "torch": torch.__version__,
-            "mnistfx": VERSION}
+    return {
+        "device": str(dev),
+        "device_name": name,
+        "cpu": cpu_description(),
+        "torch": torch.__version__,
+        "mnistfx": VERSION,
+    }

@@ -30,8 +30,8 @@ from torch import nn
 
 from .._io import first_line, read_limited, write_new
 from ..constants import VERSION
-from ..models.ensemble import unstack
 from ..errors import MnistfxError
+from ..models.ensemble import unstack
 from ..models.torch_module import to_module
 from ..models.weights_file import WEIGHTS_MAX_BYTES
 from .weights import Weights, load_model_weights
@@ -55,7 +55,7 @@ class ImagesToLogits(nn.Module):
             members = [(weights.params, weights.state)]
         else:
             states = unstack(weights.state) if weights.state else [{}] * weights.members
-            members = list(zip(unstack(weights.params), states))
+            members = list(zip(unstack(weights.params), states, strict=True))
         self.model = weights.model
         self.members = nn.ModuleList(to_module(weights.model, p, s) for p, s in members)
         self.ensemble = weights.members is not None
@@ -92,11 +92,22 @@ def export_onnx(weights, path, *, overwrite: bool = False) -> Path:
     require_onnx()
     path, weights = _prepare(weights, path, overwrite)
     with _exporting(weights, "ONNX"):
-        program = torch.onnx.export(ImagesToLogits(weights), (_example(),), dynamo=True, verbose=False, input_names=[INPUT],
-                                    output_names=[OUTPUT], dynamic_shapes={INPUT: {0: _batch()}})
+        program = torch.onnx.export(
+            ImagesToLogits(weights),
+            (_example(),),
+            dynamo=True,
+            verbose=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes={INPUT: {0: _batch()}},
+        )
         proto = program.model_proto
-    meta = {"mnistfx_model": weights.model.name, "mnistfx_members": str(weights.members or 1),
-            "mnistfx_version": VERSION, "input": INPUT_HELP}
+    meta = {
+        "mnistfx_model": weights.model.name,
+        "mnistfx_members": str(weights.members or 1),
+        "mnistfx_version": VERSION,
+        "input": INPUT_HELP,
+    }
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     if proto.ByteSize() > _PROTOBUF_MAX_BYTES:
@@ -125,22 +136,27 @@ def export_program(weights, path, *, overwrite: bool = False) -> Path:
 
 
 # What a plain program's archive holds (under its one top folder); loading any of it unpickles nothing.
-_PLAIN = re.compile(r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
-                    r"|models/model\.json|data/weights/weight_\d+|data/constants/tensor_\d+"
-                    r"|data/(weights|constants)/model_(weights|constants)_config\.json|data/sample_inputs/model\.pt")
+_PLAIN = re.compile(
+    r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/model\.json|data/weights/weight_\d+|data/constants/tensor_\d+"
+    r"|data/(weights|constants)/model_(weights|constants)_config\.json|data/sample_inputs/model\.pt"
+)
 # The strings of a program's graph that torch's deserializer evaluates, runs or resolves, in the grammar
 # torch.export writes them: a symbolic size is sympy's srepr (which sympify evaluates), a node's target
 # an operator that the program calls, and every other string a name or a path of names, which torch
 # writes into generated Python source (a quote or a bracket there would be code).
-_EXPR_TOKEN = re.compile(r"\s+|-?\d{1,12}(?!\d)|[(),+/-]|\*(?!\s*\*)|Symbol\('[su]\d{1,9}'(?:, [a-z]+=(?:True|False))*\)|true|false"
-                         r"|(?:Integer|Rational|Add|Mul|Max|Min|FloorDiv|CeilDiv|CleanDiv|Mod|PythonMod"
-                         r"|ModularIndexing|FloorToInt|CeilToInt|IntTrueDiv|Eq|Ne|Lt|Le|Gt|Ge|StrictLessThan"
-                         r"|StrictGreaterThan|LessThan|GreaterThan|Equality|Unequality|And|Or|Not)(?=\()")
+_EXPR_TOKEN = re.compile(
+    r"\s+|-?\d{1,12}(?!\d)|[(),+/-]|\*(?!\s*\*)|Symbol\('[su]\d{1,9}'(?:, [a-z]+=(?:True|False))*\)|true|false"
+    r"|(?:Integer|Rational|Add|Mul|Max|Min|FloorDiv|CeilDiv|CleanDiv|Mod|PythonMod"
+    r"|ModularIndexing|FloorToInt|CeilToInt|IntTrueDiv|Eq|Ne|Lt|Le|Gt|Ge|StrictLessThan"
+    r"|StrictGreaterThan|LessThan|GreaterThan|Equality|Unequality|And|Or|Not)(?=\()"
+)
 _EXPR_MAX_CHARS = 4096  # no Pow or ** and numbers of at most 12 digits: sympify computes what it reads, exactly
 # ATen operators that compute tensors from tensors: those mnistfx's models export to, and the usual ones
 # of a model of one's own. Not those that touch files or memory (aten.from_file maps any file) or work
 # in place.
-_OPS = frozenset("""
+_OPS = frozenset(
+    """
     _assert_tensor_metadata add avg_pool2d conv2d div flatten linear log_softmax logsumexp max_pool2d mean mul
     relu reshape rsqrt stack sub to unsqueeze
     addmm mm matmul bmm t transpose permute view squeeze expand expand_as view_as reshape_as contiguous clone
@@ -152,10 +168,13 @@ _OPS = frozenset("""
     _log_softmax exp log sqrt square reciprocal erf neg abs clamp clamp_min clamp_max maximum minimum where
     sum amax amin max min var std var_mean argmax eq ne lt gt le ge floor_divide dropout native_dropout
     full_like zeros_like ones_like sym_size
-""".split())
-_TARGET = re.compile(r"torch\.ops\.aten\.(?P<op>[A-Za-z_][A-Za-z0-9_]*)\.[A-Za-z][A-Za-z0-9_]*"
-                     r"|_operator\.(?:getitem|add|sub|mul|floordiv|truediv|mod|neg|eq|ne|lt|le|gt|ge)"
-                     r"|torch\.sym_(?:float|int|max|min|not|ite|sqrt|sum)")
+""".split()
+)
+_TARGET = re.compile(
+    r"torch\.ops\.aten\.(?P<op>[A-Za-z_][A-Za-z0-9_]*)\.[A-Za-z][A-Za-z0-9_]*"
+    r"|_operator\.(?:getitem|add|sub|mul|floordiv|truediv|mod|neg|eq|ne|lt|le|gt|ge)"
+    r"|torch\.sym_(?:float|int|max|min|not|ite|sqrt|sum)"
+)
 _NAMES = re.compile(r"[\w.,;+\-]*")  # any other string: names, paths of names, lists of them
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ATTRIBUTE = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
@@ -165,8 +184,29 @@ _REFUSED_KEYS = {"as_graph", "as_graphs", "as_custom_obj", "as_operator", "custo
 _METADATA_KEYS = {"stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn"}  # shown in generated code
 _TREESPEC_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")  # a line break inside generated code's comment
-_ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16, 12: 1, 13: 2, 28: 2, 29: 1, 30: 1,
-             31: 1, 32: 1, 33: 1, 34: 4, 35: 8}  # torch.export's dtype codes
+_ITEMSIZE = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 2,
+    7: 4,
+    8: 8,
+    9: 4,
+    10: 8,
+    11: 16,
+    12: 1,
+    13: 2,
+    28: 2,
+    29: 1,
+    30: 1,
+    31: 1,
+    32: 1,
+    33: 1,
+    34: 4,
+    35: 8,
+}  # torch.export's dtype codes
 
 
 def load_program(path) -> torch.export.ExportedProgram:
@@ -232,10 +272,13 @@ def _check_archive(archive: zipfile.ZipFile) -> None:
         raise MnistfxError(f"its tensors' recorded shapes need more than {WEIGHTS_MAX_BYTES:,} bytes")
     for name, info in parts.items():
         # torch fills a tensor with no bytes with zeros of its recorded shape: the bytes must be the shape's
-        if name.startswith(("data/weights/weight_", "data/constants/tensor_")) \
-                and info.file_size != tensors.get(name, 0):
-            raise MnistfxError(f"its {name} would inflate to {info.file_size:,} bytes, not the "
-                               f"{tensors.get(name, 0):,} its tensor holds")
+        if name.startswith(("data/weights/weight_", "data/constants/tensor_")) and info.file_size != tensors.get(
+            name, 0
+        ):
+            raise MnistfxError(
+                f"its {name} would inflate to {info.file_size:,} bytes, not the "
+                f"{tensors.get(name, 0):,} its tensor holds"
+            )
     if set(tensors) - set(parts):
         raise MnistfxError("a tensor its configs name is missing from it")
     _check_graph(json.loads(archive.read(parts["models/model.json"])))
@@ -287,8 +330,9 @@ def _storage_bytes(meta: dict) -> int:
         raise MnistfxError("a tensor's recorded shape is not one of whole sizes of a known dtype")
     if 0 in sizes:
         return 0
-    return (meta["storage_offset"]["as_int"] + sum((n - 1) * s for n, s in zip(sizes, strides)) + 1) \
-        * _ITEMSIZE[meta["dtype"]]
+    return (
+        meta["storage_offset"]["as_int"] + sum((n - 1) * s for n, s in zip(sizes, strides, strict=True)) + 1
+    ) * _ITEMSIZE[meta["dtype"]]
 
 
 def _check_graph(node, key: str = "") -> None:
@@ -322,7 +366,12 @@ def _check_graph(node, key: str = "") -> None:
             target = _TARGET.fullmatch(node)
             if target is None or (target["op"] is not None and target["op"] not in _OPS):
                 raise MnistfxError(f"its graph calls {node[:80]!r}, which is not an ATen operator of tensor arithmetic")
-        elif not _NAMES.fullmatch(node) or key in _ATTRIBUTE_KEYS and node and ("__" in node or not _ATTRIBUTE.fullmatch(node)):
+        elif (
+            not _NAMES.fullmatch(node)
+            or key in _ATTRIBUTE_KEYS
+            and node
+            and ("__" in node or not _ATTRIBUTE.fullmatch(node))
+        ):
             raise MnistfxError(f"its graph holds a {key or 'string'} {node[:80]!r} that is not a plain name")
         elif key in _VARIABLE_KEYS and (not _VARIABLE.fullmatch(node) or keyword.iskeyword(node)):
             raise MnistfxError(f"its graph names a value {node[:80]!r}")

@@ -17,21 +17,29 @@ import torch
 from torch.nn import functional as F
 
 from .._io import read_limited
+from ..data.digit_images import (
+    DECODE_SIDE,
+    IMAGE_MAX_ASPECT,
+    IMAGE_MAX_BYTES,
+    IMAGE_MAX_PIXELS,
+    dark_on_light,
+    decode_sized,
+    prepare_digit,
+)
 from ..errors import MnistfxError
-from ..data.digit_images import DECODE_SIDE, IMAGE_MAX_ASPECT, IMAGE_MAX_BYTES, IMAGE_MAX_PIXELS, dark_on_light, decode_sized, prepare_digit
 from .weights import Weights, load_model_weights
 
-MAX_DIGITS = 100        # as images.IMAGE_MAX_ASPECT: a row of a hundred digits
-MAX_RUNS = 200_000      # runs of ink along rows; a page of handwriting at 1024 px has a few tens of thousands
+MAX_DIGITS = 100  # as images.IMAGE_MAX_ASPECT: a row of a hundred digits
+MAX_RUNS = 200_000  # runs of ink along rows; a page of handwriting at 1024 px has a few tens of thousands
 STRONG, FAINT = 0.35, 0.15  # ink thresholds, as parts of the contrast between paper and ink
-MIN_CONTRAST = 24       # gray levels between paper and ink, as prepare_digit asks of one digit
-SPECK_AREA = 0.01       # components smaller than this part of the largest are specks...
-SPECK_HEIGHT = 0.3      # ...and so are groups shorter than this part of a digit's usual height,
-MIN_HEIGHT = 6          # ...or than this many pixels (no digit can be read from fewer),
+MIN_CONTRAST = 24  # gray levels between paper and ink, as prepare_digit asks of one digit
+SPECK_AREA = 0.01  # components smaller than this part of the largest are specks...
+SPECK_HEIGHT = 0.3  # ...and so are groups shorter than this part of a digit's usual height,
+MIN_HEIGHT = 6  # ...or than this many pixels (no digit can be read from fewer),
 MIN_HEIGHT_PART = 0.02  # ...or than this part of the image's shorter side (a speck on a blank page)
-MERGE_OVERLAP = 0.5     # components sharing this part of the narrower one's columns are one digit
-TIE = 1.25              # invert=None: how much more the ink against the border's shade must stand out
-LINE = 4                # components this many times longer than the usual one is tall are lines, not digits
+MERGE_OVERLAP = 0.5  # components sharing this part of the narrower one's columns are one digit
+TIE = 1.25  # invert=None: how much more the ink against the border's shade must stand out
+LINE = 4  # components this many times longer than the usual one is tall are lines, not digits
 _FIX = "pass a photo or scan of a handwritten number (PNG, JPEG, ...)"
 
 
@@ -67,9 +75,18 @@ class Reading:
 
     def to_dict(self) -> dict:
         """Plain Python values, for JSON."""
-        return {"text": self.text, "digits": [
-            {"digit": d.digit, "probability": d.probability, "probabilities": list(d.probabilities),
-             "box": dict(zip(("x", "y", "width", "height"), d.box))} for d in self.digits]}
+        return {
+            "text": self.text,
+            "digits": [
+                {
+                    "digit": d.digit,
+                    "probability": d.probability,
+                    "probabilities": list(d.probabilities),
+                    "box": dict(zip(("x", "y", "width", "height"), d.box, strict=True)),
+                }
+                for d in self.digits
+            ],
+        }
 
 
 def read_number(weights, image, *, invert: bool | None = None) -> Reading:
@@ -90,8 +107,10 @@ def read_number(weights, image, *, invert: bool | None = None) -> Reading:
     w = weights if isinstance(weights, Weights) else load_model_weights(weights)
     found = find_digits(image, invert=invert)
     probs = w.checked_probabilities(torch.stack([f.image for f in found])).cpu()
-    digits = tuple(ReadDigit(int(p.argmax()), round(float(p.max()), 6), tuple(round(float(v), 6) for v in p), f.box)
-                   for p, f in zip(probs, found))
+    digits = tuple(
+        ReadDigit(int(p.argmax()), round(float(p.max()), 6), tuple(round(float(v), 6) for v in p), f.box)
+        for p, f in zip(probs, found, strict=True)
+    )
     return Reading("".join(str(d.digit) for d in digits), digits)
 
 
@@ -133,8 +152,9 @@ def find_digits(image, *, invert: bool | None = None, source: str | None = None)
     groups, boxes = _digits(rows, starts, ends, labels, (h, w), source)
     lengths = ends - starts
     owner = np.zeros(h * w, np.int32)  # each pixel's digit (1, 2, ...), 0 for paper and specks
-    owner[np.repeat(rows * w + starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())] = \
-        np.repeat(groups[labels] + 1, lengths)
+    owner[np.repeat(rows * w + starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())] = np.repeat(
+        groups[labels] + 1, lengths
+    )
     owner = owner.reshape(h, w)
     ink = np.clip(ink, 0, None)
     sx, sy = width / w, height / h
@@ -149,8 +169,9 @@ def find_digits(image, *, invert: bool | None = None, source: str | None = None)
         try:
             digit = prepare_digit(crop, invert=False)
         except MnistfxError:
-            raise MnistfxError(f"{source}: mark {g + 1} from the left stands out too little from the paper to be "
-                               f"read: {_FIX}") from None
+            raise MnistfxError(
+                f"{source}: mark {g + 1} from the left stands out too little from the paper to be read: {_FIX}"
+            ) from None
         box = (round(x0 * sx), round(y0 * sy), max(1, round((x1 - x0) * sx)), max(1, round((y1 - y0) * sy)))
         found.append(FoundDigit(box, digit))
     return found
@@ -165,14 +186,18 @@ def _load(image, source: str | None):
     if isinstance(image, (bytes, bytearray, memoryview)):
         return (*decode_sized(bytes(image), source, fix=_FIX), source)
     if not isinstance(image, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"image must be a path, a file's bytes or a 2-D array of gray values, not {type(image).__name__}")
+        raise TypeError(
+            f"image must be a path, a file's bytes or a 2-D array of gray values, not {type(image).__name__}"
+        )
     gray = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
     if gray.ndim != 2 or min(gray.shape) < 1:
         raise ValueError(f"image must be a 2-D array of gray values, not shape {gray.shape}")
     h, w = gray.shape
     if h * w > IMAGE_MAX_PIXELS or max(h, w) > IMAGE_MAX_ASPECT * min(h, w):
-        raise MnistfxError(f"{source} is {w}×{h} pixels: images of up to {IMAGE_MAX_PIXELS:,} pixels, at most "
-                           f"{IMAGE_MAX_ASPECT} times as long as wide, are read: {_FIX}")
+        raise MnistfxError(
+            f"{source} is {w}×{h} pixels: images of up to {IMAGE_MAX_PIXELS:,} pixels, at most "
+            f"{IMAGE_MAX_ASPECT} times as long as wide, are read: {_FIX}"
+        )
     if not np.isfinite(gray).all():
         raise MnistfxError(f"{source} holds NaN or infinite values: {_FIX}")
     if max(h, w) > DECODE_SIDE:  # the size a decoded file is shrunk to, so that the work is bounded alike
@@ -201,7 +226,9 @@ def _ink(gray: np.ndarray, invert: bool | None):
             at = np.clip((np.arange(n) + 0.5) / s - 0.5, 0, paper.shape[axis] - 1)
             i = np.minimum(at.astype(int), paper.shape[axis] - 2) if paper.shape[axis] > 1 else np.zeros(n, int)
             f = np.expand_dims(at - i, 1 - axis)
-            paper = np.take(paper, i, axis) * (1 - f) + np.take(paper, np.minimum(i + 1, paper.shape[axis] - 1), axis) * f
+            paper = (
+                np.take(paper, i, axis) * (1 - f) + np.take(paper, np.minimum(i + 1, paper.shape[axis] - 1), axis) * f
+            )
         ink = ((paper - gray) if dark else (gray - paper)).astype(np.float32)
         smooth = _spread(ink, 1, np.add) / 9
         level = float(np.median(smooth))
@@ -222,8 +249,10 @@ def _components(mask: np.ndarray, source: str):
     ends = np.nonzero(edges == -1)[1]
     n = len(rows)
     if n > MAX_RUNS:
-        raise MnistfxError(f"{source} has more separate marks than a handwritten number ({n:,} runs of ink, at "
-                           f"most {MAX_RUNS:,} are read): {_FIX}")
+        raise MnistfxError(
+            f"{source} has more separate marks than a handwritten number ({n:,} runs of ink, at "
+            f"most {MAX_RUNS:,} are read): {_FIX}"
+        )
     key = w + 2  # rows' runs sorted by row, then column: one sorted key each for starts and ends
     lo = np.searchsorted(rows * key + ends, (rows + 1) * key + starts, side="left")  # next row's first run reaching us
     hi = np.searchsorted(rows * key + starts, (rows + 1) * key + ends, side="right")  # ...and past its last one
@@ -238,7 +267,7 @@ def _components(mask: np.ndarray, source: str):
             i = parent[i]
         return i
 
-    for i, j in zip(a.tolist(), b.tolist()):
+    for i, j in zip(a.tolist(), b.tolist(), strict=True):
         ri, rj = root(i), root(j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
@@ -279,11 +308,15 @@ def _digits(rows, starts, ends, labels, shape: tuple[int, int], source: str):
     kept = [i for i, hgt in enumerate(heights) if hgt >= max(SPECK_HEIGHT * usual, least)]
     if not kept:
         tallest = f"the tallest is {heights.max()} of {shape[1]}×{shape[0]} pixels, " if boxes else ""
-        raise MnistfxError(f"{source} shows no digits (only specks stand out from the paper: {tallest}a digit is at "
-                           f"least {least:.0f} tall): {_FIX}")
+        raise MnistfxError(
+            f"{source} shows no digits (only specks stand out from the paper: {tallest}a digit is at "
+            f"least {least:.0f} tall): {_FIX}"
+        )
     if len(kept) > MAX_DIGITS:
-        raise MnistfxError(f"{source} shows {len(kept)} marks the size of digits, more than a number mnistfx reads "
-                           f"(at most {MAX_DIGITS}): {_FIX}")
+        raise MnistfxError(
+            f"{source} shows {len(kept)} marks the size of digits, more than a number mnistfx reads "
+            f"(at most {MAX_DIGITS}): {_FIX}"
+        )
     renumber = np.full(len(boxes) + 1, -1)
     renumber[kept] = np.arange(len(kept))
     return renumber[group], [tuple(boxes[i]) for i in kept]
@@ -297,5 +330,5 @@ def _spread(a: np.ndarray, by: int, op) -> np.ndarray:
         padded = np.pad(a, [(by, by) if d == axis else (0, 0) for d in (0, 1)], mode="edge")
         a = padded[:n] if axis == 0 else padded[:, :n]
         for k in range(1, 2 * by + 1):
-            a = op(a, padded[k:k + n] if axis == 0 else padded[:, k:k + n])
+            a = op(a, padded[k : k + n] if axis == 0 else padded[:, k : k + n])
     return a

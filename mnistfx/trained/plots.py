@@ -59,10 +59,16 @@ def plot_confusion(metrics: Metrics, path) -> Path:
     for t in range(10):
         for p in range(10):
             if counts[t, p]:
-                ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=8,
-                        color="white" if t == p else "black")
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
-           title=f"test set: {metrics.correct:,} / {metrics.n:,} right ({100 * metrics.accuracy:.2f} %)")
+                ax.text(
+                    p, t, str(counts[t, p]), ha="center", va="center", fontsize=8, color="white" if t == p else "black"
+                )
+    ax.set(
+        xticks=range(10),
+        yticks=range(10),
+        xlabel="predicted",
+        ylabel="true",
+        title=f"test set: {metrics.correct:,} / {metrics.n:,} right ({100 * metrics.accuracy:.2f} %)",
+    )
     return _save(fig, path)
 
 
@@ -78,11 +84,14 @@ def plot_mistakes(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tenso
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, wrong.tolist()):
+    for ax, i in zip(axes.flat, wrong.tolist(), strict=False):
         ax.imshow(images[i].numpy(), cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{int(labels[i])}→{int(pred[i])} {100 * float(conf[i]):.0f}%", fontsize=8, color="C3")
-    fig.suptitle(f"{len(torch.nonzero(pred != labels))} mistakes on the test set, most confident first "
-                 "(true→predicted, probability)", fontsize=9)
+    fig.suptitle(
+        f"{len(torch.nonzero(pred != labels))} mistakes on the test set, most confident first "
+        "(true→predicted, probability)",
+        fontsize=9,
+    )
     return _save(fig, path)
 
 
@@ -115,12 +124,17 @@ def plot_members(member_accuracies: list[float], ensemble_accuracy: float, path)
     ax.set_ylim(bottom, high + 0.15 * (high - bottom))  # room for the labels above the bars
     ax.set_xlabel("member")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{k} members alone: mean {sum(values[:-1]) / k:.2f} %\ntheir ensemble (mean of probabilities): "
-                 f"{values[-1]:.2f} %", fontsize=10)
+    ax.set_title(
+        f"{k} members alone: mean {sum(values[:-1]) / k:.2f} %\ntheir ensemble (mean of probabilities): "
+        f"{values[-1]:.2f} %",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
-def plot_run(run_dir, *, out=None, data: MNIST | None = None, device: str = "cpu", model: str | None = None) -> list[Path]:
+def plot_run(
+    run_dir, *, out=None, data: MNIST | None = None, device: str = "cpu", model: str | None = None
+) -> list[Path]:
     """Draw a run folder's pictures: ``history.png`` (learning curves), ``confusion.png`` and
     ``mistakes.png`` (its test-set mistakes), and for an ensemble ``members.png`` (each member
     beside the ensemble), from its ``weights.safetensors`` and ``history.json``.
@@ -147,11 +161,20 @@ def plot_run(run_dir, *, out=None, data: MNIST | None = None, device: str = "cpu
     weights = weights.to(dev)
     probs = weights.probabilities(data.test_images).cpu()
     metrics = metrics_from_predictions(probs.argmax(1), data.test_labels)
-    paths = [plot_history(history, out / "history.png"), plot_confusion(metrics, out / "confusion.png"),
-             plot_mistakes(data.test_images, data.test_labels, probs, out / "mistakes.png")]
+    paths = [
+        plot_history(history, out / "history.png"),
+        plot_confusion(metrics, out / "confusion.png"),
+        plot_mistakes(data.test_images, data.test_labels, probs, out / "mistakes.png"),
+    ]
     if weights.members is not None:
-        members = evaluate_members(weights.model, weights.params, data.test_images, data.test_labels,
-                                   members=weights.members, state=weights.state)
+        members = evaluate_members(
+            weights.model,
+            weights.params,
+            data.test_images,
+            data.test_labels,
+            members=weights.members,
+            state=weights.state,
+        )
         paths.append(plot_members([m.accuracy for m in members], metrics.accuracy, out / "members.png"))
     return paths
 
@@ -162,9 +185,14 @@ _MAX_LOSS = 1e6  # cross-entropy far past any run's first epoch; larger numbers 
 
 def _drawable(entry) -> bool:
     """One epoch of a history, with numbers a plot can hold (matplotlib fails on finite extremes)."""
-    return (isinstance(entry, dict) and all(is_finite(entry.get(k)) for k in _HISTORY_KEYS)
-            and float(entry["epoch"]).is_integer() and 1 <= entry["epoch"] <= MAX_EPOCHS
-            and 0 <= entry["val_accuracy"] <= 1 and all(0 <= entry[k] <= _MAX_LOSS for k in ("train_loss", "val_loss")))
+    return (
+        isinstance(entry, dict)
+        and all(is_finite(entry.get(k)) for k in _HISTORY_KEYS)
+        and float(entry["epoch"]).is_integer()
+        and 1 <= entry["epoch"] <= MAX_EPOCHS
+        and 0 <= entry["val_accuracy"] <= 1
+        and all(0 <= entry[k] <= _MAX_LOSS for k in ("train_loss", "val_loss"))
+    )
 
 
 def _read_history(path: Path) -> list[dict]:
@@ -176,6 +204,8 @@ def _read_history(path: Path) -> list[dict]:
     except (ValueError, RecursionError, AttributeError):
         history = None
     if not isinstance(history, list) or not 0 < len(history) <= MAX_EPOCHS or not all(map(_drawable, history)):
-        raise MnistfxError(f"{path} holds no per-epoch history mnistfx can draw (epochs 1-{MAX_EPOCHS:,}, losses "
-                           f"0-{_MAX_LOSS:g}, accuracies 0-1): {fix}")
+        raise MnistfxError(
+            f"{path} holds no per-epoch history mnistfx can draw (epochs 1-{MAX_EPOCHS:,}, losses "
+            f"0-{_MAX_LOSS:g}, accuracies 0-1): {fix}"
+        )
     return history

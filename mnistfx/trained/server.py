@@ -36,23 +36,27 @@ from urllib.parse import urlsplit
 
 import torch
 
-from ..errors import MnistfxError
 from ..data.digit_images import decode_image, prepare_digit
+from ..errors import MnistfxError
 from .weights import Weights, load_model_weights
 
-MAX_BODY = 2 << 20       # bytes; the page's PNGs are a few kB
+MAX_BODY = 2 << 20  # bytes; the page's PNGs are a few kB
 MAX_HEADER_BYTES = 16 << 10  # a request line and its headers; a browser's are under 2 kB
-IDLE_TIMEOUT = 10        # seconds a connection may wait between two reads
-HEADER_DEADLINE = 10     # seconds a request line and its headers may take to arrive in all (or an idle kept-alive wait)
-BODY_DEADLINE = 30       # seconds a request body may take to arrive in all
-MAX_CONNECTIONS = 64     # open at once; when all are, the one waiting longest on its client is cut off
-MAX_QUEUED = 8           # images waiting for the one being decoded; more are answered 503 at once...
+IDLE_TIMEOUT = 10  # seconds a connection may wait between two reads
+HEADER_DEADLINE = 10  # seconds a request line and its headers may take to arrive in all (or an idle kept-alive wait)
+BODY_DEADLINE = 30  # seconds a request body may take to arrive in all
+MAX_CONNECTIONS = 64  # open at once; when all are, the one waiting longest on its client is cut off
+MAX_QUEUED = 8  # images waiting for the one being decoded; more are answered 503 at once...
 MAX_QUEUED_PER_CLIENT = 3  # ...as are more than this many from one address
-MAX_PIXELS = 4_000_000   # a posted image's pixels (the page sends 280×280): at most ~0.2 s of decoding each
-LOG_BURST = 5            # failure lines logged a minute; more are counted, not printed
+MAX_PIXELS = 4_000_000  # a posted image's pixels (the page sends 280×280): at most ~0.2 s of decoding each
+LOG_BURST = 5  # failure lines logged a minute; more are counted, not printed
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110)
-STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
-          "/app.js": ("app.js", "text/javascript; charset=utf-8"), "/style.css": ("style.css", "text/css; charset=utf-8")}
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
 _SOURCE = "the posted image"
 
 
@@ -98,8 +102,12 @@ class Predictor:
             image = prepare_digit(gray, alpha=alpha, source=_SOURCE)
             with torch.inference_mode():
                 probs = self.weights.checked_probabilities(image[None])[0].float().cpu()
-        return {"label": int(probs.argmax()), "probabilities": [round(float(p), 6) for p in probs],
-                "image": image.tolist(), "ms": round(1000 * (time.perf_counter() - start), 3)}
+        return {
+            "label": int(probs.argmax()),
+            "probabilities": [round(float(p), 6) for p in probs],
+            "image": image.tolist(),
+            "ms": round(1000 * (time.perf_counter() - start), 3),
+        }
 
 
 class Busy(MnistfxError):
@@ -118,9 +126,9 @@ class DigitServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.predictor, self.log = predictor, (_Log(log) if log else None)
         self.lock = threading.Lock()
-        self.open = 0           # connections with a thread
-        self.cut = 0            # of them, cut off to make room and not yet ended
-        self.waiting = {}       # handlers waiting on their client, as an ordered set: the longest wait first
+        self.open = 0  # connections with a thread
+        self.cut = 0  # of them, cut off to make room and not yet ended
+        self.waiting = {}  # handlers waiting on their client, as an ordered set: the longest wait first
         self.local = threading.local()
         super().__init__(address, _Handler)
 
@@ -146,8 +154,9 @@ class DigitServer(ThreadingHTTPServer):
             self.open += admit
         if not admit:  # every connection is being answered
             try:
-                request.sendall(_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections: retry"},
-                                          close=True))
+                request.sendall(
+                    _response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections: retry"}, close=True)
+                )
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -301,7 +310,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # never a dead thread without an answer
             if self.server.log:
                 self.server.log(f"error: a prediction failed: {type(e).__name__}: {e}")
-            return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "the prediction failed; see the server's log"})
+            return self._send(
+                HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "the prediction failed; see the server's log"}
+            )
         self._send(HTTPStatus.OK, answer)
 
     def _body_length(self) -> int | None:
@@ -315,8 +326,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not (length.isascii() and length.isdigit() and len(length) <= 12):
             return self._refuse(HTTPStatus.BAD_REQUEST, "the Content-Length is not a number of bytes")
         if int(length) > MAX_BODY:
-            return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                f"the body is {int(length):,} bytes; at most {MAX_BODY:,} are read: send a smaller image")
+            return self._refuse(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the body is {int(length):,} bytes; at most {MAX_BODY:,} are read: send a smaller image",
+            )
         return int(length)
 
     def _read_body(self, length: int) -> bytes | None:
@@ -353,8 +366,9 @@ class _Handler(BaseHTTPRequestHandler):
         if getattr(self, "_unread_body", False):  # what follows on the connection is a body, not a request
             self.close_connection = True
         self.server.wait(self, True)  # a client that does not read its answer holds the slot: it may be cut off
-        self.wfile.write(_response(status, body, kind, close=self.close_connection,
-                                   head_only=getattr(self, "_head_only", False)))
+        self.wfile.write(
+            _response(status, body, kind, close=self.close_connection, head_only=getattr(self, "_head_only", False))
+        )
         self._head_only = False
 
     def log_message(self, format, *args):
@@ -397,11 +411,17 @@ class _Log:
         self.log(line)
 
 
-def _response(status: HTTPStatus, body, kind: str = "application/json", *, close: bool = False,
-              head_only: bool = False) -> bytes:
+def _response(
+    status: HTTPStatus, body, kind: str = "application/json", *, close: bool = False, head_only: bool = False
+) -> bytes:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    head = [f"HTTP/1.1 {status.value} {status.phrase}", f"Content-Type: {kind}", f"Content-Length: {len(data)}",
-            "Cache-Control: no-store", "X-Content-Type-Options: nosniff"]
+    head = [
+        f"HTTP/1.1 {status.value} {status.phrase}",
+        f"Content-Type: {kind}",
+        f"Content-Length: {len(data)}",
+        "Cache-Control: no-store",
+        "X-Content-Type-Options: nosniff",
+    ]
     if close:
         head.append("Connection: close")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + (b"" if head_only else data)
@@ -435,5 +455,7 @@ def make_server(weights, host: str = "127.0.0.1", port: int = 8000, *, log=None)
             raise MnistfxError(f"port {port} on {host} is in use: pass another --port (0 picks a free one)") from None
         if e.errno == errno.EACCES:
             raise MnistfxError(f"port {port} needs privileges to listen on: pass a port above 1023") from None
-        raise MnistfxError(f"cannot listen on {host} port {port} ({e.strerror or e}): pass a host "
-                           "address of this machine, such as 127.0.0.1") from None
+        raise MnistfxError(
+            f"cannot listen on {host} port {port} ({e.strerror or e}): pass a host "
+            "address of this machine, such as 127.0.0.1"
+        ) from None

@@ -37,7 +37,7 @@ class Weights:
     metadata: dict
     members: int | None = None
 
-    def to(self, device) -> "Weights":
+    def to(self, device) -> Weights:
         """The same weights on ``device``."""
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         return dataclasses.replace(self, params=move(self.params), state=move(self.state))
@@ -51,8 +51,9 @@ class Weights:
         :class:`~mnistfx.WeightsError`."""
         probs = self.probabilities(images)
         if not bool(probs.isfinite().all()):
-            raise WeightsError("these weights give no finite probabilities for these images: they are not usable "
-                               "(train again)")
+            raise WeightsError(
+                "these weights give no finite probabilities for these images: they are not usable (train again)"
+            )
         return probs
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> Metrics:
@@ -85,18 +86,23 @@ def load_model_weights(path, model: str | None = None) -> Weights:
     else:
         params, meta = load_weights(path)
         if str(meta.get("format", "")).startswith("mnistfx-checkpoint"):
-            raise WeightsError(f"{path} is a training checkpoint, not weights: pass the weights.safetensors "
-                               "beside it (or continue the run with --resume)")
+            raise WeightsError(
+                f"{path} is a training checkpoint, not weights: pass the weights.safetensors "
+                "beside it (or continue the run with --resume)"
+            )
         name = meta.get("model")
-    state = {k[len(STATE_PREFIX):]: params.pop(k) for k in [k for k in params if k.startswith(STATE_PREFIX)]}
+    state = {k[len(STATE_PREFIX) :]: params.pop(k) for k in [k for k in params if k.startswith(STATE_PREFIX)]}
     if name is None:
         name = model or guess_model(params, source=str(path))
     if model is not None and model != name:
-        raise WeightsError(f"{path} holds {printable_name(name)} weights, not {model}: pass the model they are for, "
-                           "or other weights")
+        raise WeightsError(
+            f"{path} holds {printable_name(name)} weights, not {model}: pass the model they are for, or other weights"
+        )
     if not isinstance(name, str) or name not in model_names():
-        raise WeightsError(f"{path} is for model {printable_name(name)}, which is not built in ({', '.join(MODELS)}) or "
-                           "registered here: pass --model MODULE:ATTR to import yours (in Python: mnistfx.register_model)")
+        raise WeightsError(
+            f"{path} is for model {printable_name(name)}, which is not built in ({', '.join(MODELS)}) or "
+            "registered here: pass --model MODULE:ATTR to import yours (in Python: mnistfx.register_model)"
+        )
     members = meta.get("members")
     if members is not None and not (is_whole(members) and 2 <= members <= MAX_ENSEMBLE):
         raise WeightsError(f"{path} says it holds {printable_name(members)} ensemble members, which cannot be: {_FIX}")
@@ -107,5 +113,3 @@ def load_model_weights(path, model: str | None = None) -> Weights:
         check_finite(part, source=str(path), fix="the file is damaged, or the run that wrote it diverged")
     check_state_usable(m, state, source=str(path), fix="the file is damaged: use other weights")
     return Weights(m, params, state, meta, members)
-
-

@@ -12,8 +12,15 @@ from ..models.model import Model, check_images
 from ..rng import as_generator
 
 
-def augment_batch(model: Model, x01: torch.Tensor, *, key, faithful_fill: bool = False,
-                  rows: torch.Tensor | None = None, n: int | None = None) -> torch.Tensor:
+def augment_batch(
+    model: Model,
+    x01: torch.Tensor,
+    *,
+    key,
+    faithful_fill: bool = False,
+    rows: torch.Tensor | None = None,
+    n: int | None = None,
+) -> torch.Tensor:
     """The training augmentation of a batch of [0, 1] images, returned as model input.
 
     By default one warp (rotation, shift and scale together) fills with the background. With
@@ -27,9 +34,18 @@ def augment_batch(model: Model, x01: torch.Tensor, *, key, faithful_fill: bool =
     return random_affine(x, key=key, degrees=0.0, rows=rows, n=n)
 
 
-def batch_inputs(model: Model, images: torch.Tensor, idx: torch.Tensor, *, aug_key, drop_key,
-                 augment: bool = True, faithful_fill: bool = False, members: int | None = None,
-                 rows: torch.Tensor | None = None):
+def batch_inputs(
+    model: Model,
+    images: torch.Tensor,
+    idx: torch.Tensor,
+    *,
+    aug_key,
+    drop_key,
+    augment: bool = True,
+    faithful_fill: bool = False,
+    members: int | None = None,
+    rows: torch.Tensor | None = None,
+):
     """The model input and dropout noise for the training batch ``images[idx]``.
 
     Arguments:
@@ -50,8 +66,11 @@ def batch_inputs(model: Model, images: torch.Tensor, idx: torch.Tensor, *, aug_k
     if rows is not None:
         check_rows(rows, n, rows.numel() if isinstance(rows, torch.Tensor) else -1)
     x = check_images(images)[idx if rows is None else idx[rows]].reshape(-1, 1, 28, 28).float() / 255.0
-    x = (augment_batch(model, x, key=aug_key, faithful_fill=faithful_fill, rows=rows, n=n) if augment
-         else model.normalize_input(x))
+    x = (
+        augment_batch(model, x, key=aug_key, faithful_fill=faithful_fill, rows=rows, n=n)
+        if augment
+        else model.normalize_input(x)
+    )
     g = as_generator(drop_key, images.device)  # one generator: each member's noise is its own
 
     def noise():

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig
 from .._checks import check_whole, is_finite
 from ..errors import ConfigError, MnistfxError, WeightsError
 from ..models.model import check_finite, check_params, check_state, check_state_usable
-from .optim import config_optimizer
 from ..models.registry import get_model
 from ..models.weights_file import WEIGHTS_MAX_BYTES, parse_weights, read_weights, save_weights
+from .config import TrainConfig
+from .optim import config_optimizer
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = "mnistfx-checkpoint/1"
@@ -80,9 +80,15 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
     tensors["loss_sum"] = ckpt.loss_sum
     if ckpt.perm is not None:
         tensors["perm"] = ckpt.perm
-    meta = {"format": FORMAT, "config": ckpt.config.to_dict(), "epoch": ckpt.epoch, "step": ckpt.step,
-            "history": ckpt.history, "compile_seconds": ckpt.compile_seconds,
-            "torch_version": torch.__version__}
+    meta = {
+        "format": FORMAT,
+        "config": ckpt.config.to_dict(),
+        "epoch": ckpt.epoch,
+        "step": ckpt.step,
+        "history": ckpt.history,
+        "compile_seconds": ckpt.compile_seconds,
+        "torch_version": torch.__version__,
+    }
     save_weights(path, tensors, meta)
 
 
@@ -92,8 +98,10 @@ def check_checkpoint_size(model, config: TrainConfig) -> None:
     state = sum(math.prod(shape) for shape in model.state_shapes().values())
     size = 4 * config.ensemble * (n * (1 + len(config_optimizer(config).buffers)) + state)
     if size > WEIGHTS_MAX_BYTES:
-        raise ConfigError(f"the checkpoint of {config.ensemble} {config.model} would be {size:,} bytes, more than "
-                          f"mnistfx reads back ({WEIGHTS_MAX_BYTES:,}): train fewer members at once")
+        raise ConfigError(
+            f"the checkpoint of {config.ensemble} {config.model} would be {size:,} bytes, more than "
+            f"mnistfx reads back ({WEIGHTS_MAX_BYTES:,}): train fewer members at once"
+        )
 
 
 def checkpoint_file(path) -> Path:
@@ -101,12 +109,16 @@ def checkpoint_file(path) -> Path:
     path = Path(path)
     if path.is_dir() or not path.exists():
         if not (path / CHECKPOINT_FILE).is_file():
-            raise MnistfxError(f"no checkpoint in {path}: resume takes the folder of a run that "
-                               f"`mnistfx train` wrote (it holds {CHECKPOINT_FILE})")
+            raise MnistfxError(
+                f"no checkpoint in {path}: resume takes the folder of a run that "
+                f"`mnistfx train` wrote (it holds {CHECKPOINT_FILE})"
+            )
         path = path / CHECKPOINT_FILE
     elif path.name != CHECKPOINT_FILE:
-        raise MnistfxError(f"{path} is not a run's {CHECKPOINT_FILE}: resume takes the folder of a run that "
-                           "`mnistfx train` wrote, or the checkpoint in it")
+        raise MnistfxError(
+            f"{path} is not a run's {CHECKPOINT_FILE}: resume takes the folder of a run that "
+            "`mnistfx train` wrote, or the checkpoint in it"
+        )
     return path
 
 
@@ -130,18 +142,27 @@ def load_checkpoint(path, *, data: bytes | None = None) -> Checkpoint:
         reason = str(e).split(": pass")[0]
         raise WeightsError(f"cannot resume from {path}: {reason}; {_RESTART}") from None
     if meta.get("format") != FORMAT:
-        raise WeightsError(f"{path} is not an mnistfx training checkpoint: pass the folder of a run "
-                           "that `mnistfx train` wrote")
+        raise WeightsError(
+            f"{path} is not an mnistfx training checkpoint: pass the folder of a run that `mnistfx train` wrote"
+        )
     try:
         ckpt = Checkpoint(
-            config=TrainConfig.from_dict(meta["config"]), epoch=check_whole("epoch", meta["epoch"], 1),
-            step=check_whole("step", meta["step"], 0), params=_take(tensors, "params/"),
-            state=_take(tensors, "state/"), opt_state={"step": tensors.pop("opt/step")},
+            config=TrainConfig.from_dict(meta["config"]),
+            epoch=check_whole("epoch", meta["epoch"], 1),
+            step=check_whole("step", meta["step"], 0),
+            params=_take(tensors, "params/"),
+            state=_take(tensors, "state/"),
+            opt_state={"step": tensors.pop("opt/step")},
             rng={k: tensors.pop(f"rng/{k}") for k in GENERATORS},
-            perm=tensors.pop("perm", None), loss_sum=tensors.pop("loss_sum"), history=meta["history"],
-            compile_seconds=_seconds(meta.get("compile_seconds", 0.0)))
+            perm=tensors.pop("perm", None),
+            loss_sum=tensors.pop("loss_sum"),
+            history=meta["history"],
+            compile_seconds=_seconds(meta.get("compile_seconds", 0.0)),
+        )
     except (KeyError, TypeError, ValueError, OverflowError) as e:
-        raise WeightsError(f"checkpoint {path} is incomplete or damaged ({type(e).__name__}: {e}): {_RESTART}") from None
+        raise WeightsError(
+            f"checkpoint {path} is incomplete or damaged ({type(e).__name__}: {e}): {_RESTART}"
+        ) from None
     cfg = ckpt.config
     model = get_model(cfg.model)
     members = cfg.ensemble if cfg.ensemble > 1 else None
@@ -154,8 +175,9 @@ def load_checkpoint(path, *, data: bytes | None = None) -> Checkpoint:
     check_state(model, ckpt.state, source=source, members=members)
     for part, values in ckpt.opt_state.items():
         if part != "step":
-            check_params(model, values, source=f"{source} ({cfg.optimizer} {part})", dtype=torch.float32,
-                         members=members)
+            check_params(
+                model, values, source=f"{source} ({cfg.optimizer} {part})", dtype=torch.float32, members=members
+            )
     for part in (ckpt.params, ckpt.state, *(v for k, v in ckpt.opt_state.items() if k != "step")):
         check_finite(part, source=source, fix=f"the file is damaged; {_RESTART}")
     check_state_usable(model, ckpt.state, source=source, fix=f"the file is damaged; {_RESTART}")
@@ -216,4 +238,4 @@ def _state_problem(ckpt: Checkpoint) -> str | None:
 def _take(tensors: dict, prefix: str) -> dict:
     """Remove and return the tensors whose names start with ``prefix``, without it."""
     keys = [k for k in tensors if k.startswith(prefix)]
-    return {k[len(prefix):]: tensors.pop(k) for k in keys}
+    return {k[len(prefix) :]: tensors.pop(k) for k in keys}

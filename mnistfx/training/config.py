@@ -10,10 +10,20 @@ import functools
 from dataclasses import dataclass
 
 from .._checks import check_choice, check_fraction, check_positive, check_whole, is_whole
-from ..runtime.cpu import has_native_bf16
-from ..constants import (MAX_BATCH_SIZE, MAX_ENSEMBLE, MAX_EPOCHS, MAX_SEED, MAX_STEPS_PER_CALL, MNIST_TRAIN_SIZE, MODEL_NAME,
-                         MODELS, OPTIMIZERS, PRECISIONS)
+from ..constants import (
+    MAX_BATCH_SIZE,
+    MAX_ENSEMBLE,
+    MAX_EPOCHS,
+    MAX_SEED,
+    MAX_STEPS_PER_CALL,
+    MNIST_TRAIN_SIZE,
+    MODEL_NAME,
+    MODELS,
+    OPTIMIZERS,
+    PRECISIONS,
+)
 from ..errors import ConfigError
+from ..runtime.cpu import has_native_bf16
 
 
 @dataclass(frozen=True)
@@ -94,18 +104,24 @@ class TrainConfig:
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError(f"data_root must be a folder name (str) or None, not {self.data_root!r}")
         if not MODEL_NAME.fullmatch(self.model):
-            raise ConfigError(f"{self.model!r} is not a model name: choose one of {', '.join(MODELS)} or register yours")
+            raise ConfigError(
+                f"{self.model!r} is not a model name: choose one of {', '.join(MODELS)} or register yours"
+            )
         fix = functools.partial(object.__setattr__, self)  # numpy numbers become plain ones (JSON, repr)
         fix("seed", check_whole("seed", self.seed, -MAX_SEED, MAX_SEED))
         fix("epochs", check_whole("epochs", self.epochs, 1, MAX_EPOCHS))
         fix("batch_size", check_whole("batch-size", self.batch_size, 1, MAX_BATCH_SIZE))
-        fix("clean_epochs", check_whole("clean-epochs", self.clean_epochs, 0, self.epochs,
-                                        hi_name=f"epochs ({self.epochs})"))
+        fix(
+            "clean_epochs",
+            check_whole("clean-epochs", self.clean_epochs, 0, self.epochs, hi_name=f"epochs ({self.epochs})"),
+        )
         for name in ("warmup", "decay", "label_smoothing"):
             fix(name, check_fraction(name.replace("_", "-"), getattr(self, name)))
         if self.warmup + self.decay > 1:
-            raise ConfigError(f"warmup ({self.warmup}) and decay ({self.decay}) together exceed all the steps: "
-                              "make their sum at most 1")
+            raise ConfigError(
+                f"warmup ({self.warmup}) and decay ({self.decay}) together exceed all the steps: "
+                "make their sum at most 1"
+            )
         check_choice("precision", self.precision, PRECISIONS)
         fix("lr", check_positive("lr", self.lr))
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -129,11 +145,21 @@ class TrainConfig:
             fix("train_size", int(self.train_size))
         if self.batch_size > self.n_train:
             raise ConfigError(f"batch-size {self.batch_size} is larger than the {self.n_train} training images")
-        fix("steps_per_call", check_whole("steps-per-call", self.steps_per_call, 1, MAX_STEPS_PER_CALL,
-                                          why=" (compiling more steps at once takes minutes)"))
+        fix(
+            "steps_per_call",
+            check_whole(
+                "steps-per-call",
+                self.steps_per_call,
+                1,
+                MAX_STEPS_PER_CALL,
+                why=" (compiling more steps at once takes minutes)",
+            ),
+        )
         if self.compile and self.steps_per_call * self.batch_size > self.n_train:
-            raise ConfigError(f"steps-per-call {self.steps_per_call} batches of {self.batch_size} are more than the "
-                              f"{self.n_train} training images")
+            raise ConfigError(
+                f"steps-per-call {self.steps_per_call} batches of {self.batch_size} are more than the "
+                f"{self.n_train} training images"
+            )
 
     @property
     def n_train(self) -> int:
@@ -156,7 +182,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values) -> "TrainConfig":
+    def from_dict(cls, values) -> TrainConfig:
         """A config from :meth:`to_dict`'s values; unknown or malformed fields raise :class:`ConfigError`."""
         if not isinstance(values, dict):
             raise ConfigError(f"a config must be a dict of fields, not {type(values).__name__}")
@@ -191,12 +217,33 @@ RECIPES = {
     "default": {
         "tuned": TrainConfig(model="tuned", epochs=15, decay=0.2, steps_per_call=2),
         "cnn": TrainConfig(model="cnn", epochs=10, decay=0.2),
-        "resnet": TrainConfig(model="resnet", epochs=15, batch_size=128, lr=0.1, optimizer="sgd", weight_decay=5e-4,
-                              warmup=0.2, decay=0.8, label_smoothing=0.1, clean_epochs=1, precision="bf16"),
+        "resnet": TrainConfig(
+            model="resnet",
+            epochs=15,
+            batch_size=128,
+            lr=0.1,
+            optimizer="sgd",
+            weight_decay=5e-4,
+            warmup=0.2,
+            decay=0.8,
+            label_smoothing=0.1,
+            clean_epochs=1,
+            precision="bf16",
+        ),
     },
     "fast": {
-        "tuned": TrainConfig(model="tuned", epochs=12, batch_size=256, lr=5e-3, warmup=0.2, decay=0.8,
-                             label_smoothing=0.1, clean_epochs=1, precision="bf16", recipe="fast"),
+        "tuned": TrainConfig(
+            model="tuned",
+            epochs=12,
+            batch_size=256,
+            lr=5e-3,
+            warmup=0.2,
+            decay=0.8,
+            label_smoothing=0.1,
+            clean_epochs=1,
+            precision="bf16",
+            recipe="fast",
+        ),
     },
 }
 
@@ -223,15 +270,24 @@ def recipe(model: str, name: str = "default", /, **overrides) -> TrainConfig:
         if have:
             raise ConfigError(f"there is no {name!r} recipe for {model}: use one of {', '.join(have)}")
         if name != "default":
-            raise ConfigError(f"the {name!r} recipe is for {', '.join(RECIPES[name])}: a model of your own takes "
-                              "the default recipe's values, with the options you give")
+            raise ConfigError(
+                f"the {name!r} recipe is for {', '.join(RECIPES[name])}: a model of your own takes "
+                "the default recipe's values, with the options you give"
+            )
         base = TrainConfig(model=model)  # a model of one's own (checked when training starts)
     unknown = sorted(set(overrides) - _FIELDS - {"recipe"}) or sorted({"model", "recipe"} & set(overrides))
     if unknown:
-        raise ConfigError(f"recipe() cannot set {unknown[0]!r}: it sets the fields of TrainConfig except model and "
-                          f"recipe, which are its first two arguments")
+        raise ConfigError(
+            f"recipe() cannot set {unknown[0]!r}: it sets the fields of TrainConfig except model and "
+            f"recipe, which are its first two arguments"
+        )
     device = overrides.get("device", base.device)
-    if (base.precision == "bf16" and "precision" not in overrides and isinstance(device, str)
-            and device.startswith("cpu") and not has_native_bf16()):
+    if (
+        base.precision == "bf16"
+        and "precision" not in overrides
+        and isinstance(device, str)
+        and device.startswith("cpu")
+        and not has_native_bf16()
+    ):
         overrides = {**overrides, "precision": "fp32"}  # emulated bf16 is several times slower than float32
     return dataclasses.replace(base, **{"recipe": name, **overrides})

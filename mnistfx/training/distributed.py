@@ -27,8 +27,8 @@ import hashlib
 import os
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -69,11 +69,14 @@ def from_environment() -> Parallel | None:
     try:
         rank, world, local = (int(env[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     except (KeyError, ValueError):
-        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must all be whole numbers: start data-parallel runs "
-                          "with torchrun or --nproc") from None
+        raise ConfigError(
+            "RANK, WORLD_SIZE and LOCAL_RANK must all be whole numbers: start data-parallel runs "
+            "with torchrun or --nproc"
+        ) from None
     if not 0 <= rank < world or not 0 <= local < world:
-        raise ConfigError(f"RANK {rank} and LOCAL_RANK {local} do not fit WORLD_SIZE {world}: start data-parallel "
-                          "runs with torchrun")
+        raise ConfigError(
+            f"RANK {rank} and LOCAL_RANK {local} do not fit WORLD_SIZE {world}: start data-parallel runs with torchrun"
+        )
     return None if world == 1 else Parallel(rank, world, local)
 
 
@@ -82,8 +85,10 @@ def device_for(parallel: Parallel, device: torch.device) -> torch.device:
     if device.type != "cuda":
         return device
     if parallel.local_rank >= torch.cuda.device_count():
-        raise ConfigError(f"local rank {parallel.local_rank} has no GPU ({torch.cuda.device_count()} here): start at "
-                          "most one process per GPU")
+        raise ConfigError(
+            f"local rank {parallel.local_rank} has no GPU ({torch.cuda.device_count()} here): start at "
+            "most one process per GPU"
+        )
     return torch.device("cuda", parallel.local_rank)
 
 
@@ -97,8 +102,10 @@ def start(parallel: Parallel) -> None:
     try:
         dist.init_process_group(backend, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as e:
-        raise MnistfxError(f"rank {parallel.rank} cannot join the other processes ({str(e).strip()[:200]}): check "
-                           "torchrun's --rdzv-endpoint / MASTER_ADDR and MASTER_PORT") from None
+        raise MnistfxError(
+            f"rank {parallel.rank} cannot join the other processes ({str(e).strip()[:200]}): check "
+            "torchrun's --rdzv-endpoint / MASTER_ADDR and MASTER_PORT"
+        ) from None
 
 
 def _check_address(parallel: Parallel) -> None:
@@ -116,8 +123,9 @@ def _check_address(parallel: Parallel) -> None:
         socket.getaddrinfo(address, None)
     except (OSError, UnicodeError) as e:
         reason = getattr(e, "strerror", None) or str(e)
-        raise ConfigError(f"rank {parallel.rank}: MASTER_ADDR {address!r} is not an address this machine can find "
-                          f"({reason}): {fix}") from None
+        raise ConfigError(
+            f"rank {parallel.rank}: MASTER_ADDR {address!r} is not an address this machine can find ({reason}): {fix}"
+        ) from None
 
 
 def stop() -> None:
@@ -129,19 +137,25 @@ def stop() -> None:
 def check_started(parallel) -> None:
     """``parallel`` must be a :class:`Parallel` of the process group this process joined (:func:`start`)."""
     if not isinstance(parallel, Parallel):
-        raise TypeError(f"parallel must be a mnistfx.distributed.Parallel (from from_environment()), not "
-                        f"{type(parallel).__name__}")
+        raise TypeError(
+            f"parallel must be a mnistfx.distributed.Parallel (from from_environment()), not {type(parallel).__name__}"
+        )
     if not dist.is_initialized() or (dist.get_rank(), dist.get_world_size()) != (parallel.rank, parallel.world):
-        raise ConfigError(f"rank {parallel.rank} of {parallel.world} has not joined its process group: call "
-                          "mnistfx.distributed.start(parallel) first, in a process torchrun started")
+        raise ConfigError(
+            f"rank {parallel.rank} of {parallel.world} has not joined its process group: call "
+            "mnistfx.distributed.start(parallel) first, in a process torchrun started"
+        )
 
 
 def check_config(parallel: Parallel, config, *, resuming: bool = False) -> None:
     """Refuse a :class:`~mnistfx.TrainConfig` that cannot be trained data-parallel by ``parallel.world`` ranks
     (``resuming``: the config is a checkpoint's, which the command line cannot change)."""
     if config.batch_size % parallel.world:
-        fix = (f"resume it with a process count that divides {config.batch_size}" if resuming else
-               f"choose a --batch-size that is a multiple of {parallel.world}, or another process count")
+        fix = (
+            f"resume it with a process count that divides {config.batch_size}"
+            if resuming
+            else f"choose a --batch-size that is a multiple of {parallel.world}, or another process count"
+        )
         raise ConfigError(f"{parallel.world} processes cannot share a batch of {config.batch_size} equally: {fix}")
     if config.ensemble > 1:
         fix = "resume it in one process" if resuming else "drop --ensemble or --nproc"
@@ -153,8 +167,10 @@ def check_processes(nproc: int, config, *, resuming: bool = False) -> None:
     check_config(Parallel(0, nproc, 0), config, resuming=resuming)
     device = torch.device(config.device)
     if device.type == "cuda" and nproc > torch.cuda.device_count():
-        raise ConfigError(f"{nproc} processes need {nproc} GPUs, and this machine has {torch.cuda.device_count()}: "
-                          "start at most one process per GPU")
+        raise ConfigError(
+            f"{nproc} processes need {nproc} GPUs, and this machine has {torch.cuda.device_count()}: "
+            "start at most one process per GPU"
+        )
 
 
 def shard_rows(parallel: Parallel, batches: int, batch_size: int) -> torch.Tensor:
@@ -175,9 +191,12 @@ def make_average(world: int) -> Callable:
         parts = [*(grads[k] for k in names), loss, *(state[k] for k in floats)]
         flat = torch.cat([p.reshape(-1).float() for p in parts])
         flat = funcol.all_reduce(flat, "sum", dist.group.WORLD) / world
-        out = [piece.view(p.shape).to(p.dtype) for piece, p in zip(flat.split([p.numel() for p in parts]), parts)]
-        averaged = dict(zip(names, out))
-        state = {**state, **dict(zip(floats, out[len(names) + 1:]))}
+        out = [
+            piece.view(p.shape).to(p.dtype)
+            for piece, p in zip(flat.split([p.numel() for p in parts]), parts, strict=True)
+        ]
+        averaged = dict(zip(names, out, strict=True))
+        state = {**state, **dict(zip(floats, out[len(names) + 1 :], strict=True))}
         return {k: averaged[k] for k in grads}, out[len(names)], state
 
     return average
@@ -186,9 +205,9 @@ def make_average(world: int) -> Callable:
 def agree(parallel: Parallel, failure: BaseException | None) -> None:
     """Every rank learns whether any rank failed before training: a failed rank re-raises its error,
     the others raise :class:`~mnistfx.MnistfxError` with the first failed rank's message."""
-    text = b"" if failure is None else b"!" + (str(failure) or type(failure).__name__).encode()[:_MESSAGE_BYTES - 1]
+    text = b"" if failure is None else b"!" + (str(failure) or type(failure).__name__).encode()[: _MESSAGE_BYTES - 1]
     mine = torch.zeros(_MESSAGE_BYTES, dtype=torch.uint8)
-    mine[:len(text)] = torch.tensor(list(text), dtype=torch.uint8)
+    mine[: len(text)] = torch.tensor(list(text), dtype=torch.uint8)
     everyone = [torch.empty_like(mine) for _ in range(parallel.world)]
     with guard(parallel, _BEFORE):
         dist.all_gather(everyone, mine)
@@ -221,8 +240,9 @@ def check_same(parallel: Parallel, text: str, what: str) -> None:
         dist.all_gather(everyone, mine)
     for rank, digest in enumerate(everyone):
         if not torch.equal(digest, everyone[0]):
-            raise ConfigError(f"rank {rank} was given other {what} than rank 0: start every process with the same "
-                              "command")
+            raise ConfigError(
+                f"rank {rank} was given other {what} than rank 0: start every process with the same command"
+            )
 
 
 def check_same_work(parallel: Parallel, resuming: bool) -> None:
@@ -236,16 +256,20 @@ def share_bytes(parallel: Parallel, data: bytes | None) -> bytes:
     size = torch.tensor([len(data) if parallel.main else 0], dtype=torch.int64)
     with guard(parallel, _BEFORE):
         dist.broadcast(size, 0)
-        buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if parallel.main
-               else torch.empty(int(size), dtype=torch.uint8))
+        buf = (
+            torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            if parallel.main
+            else torch.empty(int(size), dtype=torch.uint8)
+        )
         dist.broadcast(buf, 0)
     return data if parallel.main else buf.numpy().tobytes()
 
 
 def is_collective_failure(error: BaseException) -> bool:
     """Whether ``error`` is a collective's failure (a peer died, was stopped, or stopped answering)."""
-    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError)
-                                                 and bool(_COLLECTIVE_FAILURE.search(str(error))))
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and bool(_COLLECTIVE_FAILURE.search(str(error)))
+    )
 
 
 @contextlib.contextmanager

@@ -18,36 +18,42 @@ import json
 import math
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from . import distributed
 from .._checks import check_whole
-from .checkpoint import GENERATORS, Checkpoint, check_checkpoint_size, checkpoint_file, load_checkpoint, save_checkpoint
-from .config import TrainConfig
 from ..constants import MAX_CHECKPOINT_EVERY
-from ..models.model import blaming
 from ..data.mnist import MNIST, load_mnist, train_val_split
-from ..models.ensemble import make_ensemble_step, member_seed, stack, unstack
 from ..errors import ConfigError, MnistfxError, WeightsError
+from ..models.ensemble import make_ensemble_step, member_seed, stack, unstack
 from ..models.evaluation import evaluate, evaluate_members
-from .optim import config_optimizer
+from ..models.model import blaming
 from ..models.registry import get_model
-from ..rng import fold_in
-from .checkpoint import CHECKPOINT_FILE
-from .runs import HISTORY_FILE, WEIGHTS_FILE, Run, check_resumable, check_run_dir, prepare_run_dir, run_lock, run_folder
-from ..runtime.device import keep_freed_memory, resolve_device
 from ..models.weights_file import read_weights
+from ..rng import fold_in
+from ..runtime.device import keep_freed_memory, resolve_device
+from . import distributed
 from .batches import batch_inputs
-from .step import check_trainable, make_multi_step, make_train_step
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    GENERATORS,
+    Checkpoint,
+    check_checkpoint_size,
+    checkpoint_file,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .compiling import compile_step
+from .config import TrainConfig
+from .optim import config_optimizer
+from .runs import HISTORY_FILE, WEIGHTS_FILE, Run, check_resumable, check_run_dir, prepare_run_dir, run_folder, run_lock
+from .step import check_trainable, make_multi_step, make_train_step
 
 
 def _to(tree, device):
     """A dict of tensors (nested dicts too) on ``device``."""
     return tree.to(device) if isinstance(tree, torch.Tensor) else {k: _to(v, device) for k, v in tree.items()}
-
 
 
 def _ignore(kind, **info):
@@ -57,9 +63,21 @@ def _ignore(kind, **info):
 class Loop:
     """One run: checked and set up when made, trained by :meth:`run` (from ``start`` if given)."""
 
-    def __init__(self, config: TrainConfig, start: Checkpoint | None, data, on_event, checkpoint_dir,
-                 checkpoint_every, *, data_root=None, overwrite: bool = False, loss=None, test: bool = True,
-                 parallel=None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        start: Checkpoint | None,
+        data,
+        on_event,
+        checkpoint_dir,
+        checkpoint_every,
+        *,
+        data_root=None,
+        overwrite: bool = False,
+        loss=None,
+        test: bool = True,
+        parallel=None,
+    ):
         self.t_start = time.perf_counter()  # parallel: checked by train / resume before their first collective
         self.parallel, self.main = parallel, parallel is None or parallel.main
         self.config, self.start, self.data, self.overwrite = config, start, data, overwrite
@@ -123,7 +141,7 @@ class Loop:
     def _run(self) -> Run:
         cfg, model, device = self.config, self.model, self.device
         train_idx, val_idx = train_val_split(cfg.seed, cfg.val_size)
-        train_idx = train_idx[:cfg.n_train]
+        train_idx = train_idx[: cfg.n_train]
         train_x = self.data.train_images[train_idx].to(device)
         train_y = self.data.train_labels[train_idx].to(device)
         val_x, val_y = self.data.train_images[val_idx].to(device), self.data.train_labels[val_idx]
@@ -133,22 +151,36 @@ class Loop:
         if self.members and device.type == "cpu":
             keep_freed_memory()
         average = None if self.parallel is None else distributed.make_average(self.parallel.world)
-        self.rows = None if self.parallel is None else distributed.shard_rows(self.parallel, cfg.group,
-                                                                               cfg.batch_size).to(device)
-        step = make_multi_step(make_train_step(model, self.opt, loss=self.loss, label_smoothing=cfg.label_smoothing,
-                                               precision=cfg.precision, average=average), cfg.group)
+        self.rows = (
+            None
+            if self.parallel is None
+            else distributed.shard_rows(self.parallel, cfg.group, cfg.batch_size).to(device)
+        )
+        step = make_multi_step(
+            make_train_step(
+                model,
+                self.opt,
+                loss=self.loss,
+                label_smoothing=cfg.label_smoothing,
+                precision=cfg.precision,
+                average=average,
+            ),
+            cfg.group,
+        )
         if self.members:
             step = make_ensemble_step(step)
         self.step = compile_step(step, device) if cfg.compile else step
-        self.generators = {name: torch.Generator(device=device).manual_seed(fold_in(cfg.seed, name))
-                           for name in GENERATORS}
+        self.generators = {
+            name: torch.Generator(device=device).manual_seed(fold_in(cfg.seed, name)) for name in GENERATORS
+        }
         self.result = Run(cfg, {}, processes=1 if self.parallel is None else self.parallel.world)
         first_epoch, first_step = self._initial_state()
-        first = (lambda tree: unstack(tree)[0] if self.members and tree else tree)  # noqa: E731 (a member's part)
+        first = lambda tree: unstack(tree)[0] if self.members and tree else tree  # noqa: E731 (a member's part)
         check_trainable(model, first(self.params), first(self.state), train_x, train_y, loss=self.loss)
         self.compiling = cfg.compile
-        self.emit("start", steps_per_epoch=n_steps, epochs=cfg.epochs, device=str(device),
-                  epoch=first_epoch, step=first_step)
+        self.emit(
+            "start", steps_per_epoch=n_steps, epochs=cfg.epochs, device=str(device), epoch=first_epoch, step=first_step
+        )
 
         for epoch in range(first_epoch, cfg.epochs + 1):
             t_epoch = time.perf_counter()
@@ -159,8 +191,11 @@ class Loop:
                 continue  # only rank 0 evaluates, reports and writes
             val = self._evaluate(val_x, val_y)
             entry = {
-                "epoch": epoch, "train_loss": (self.loss_sum / n_steps).item(), "val_loss": val.loss,
-                "val_accuracy": val.accuracy, "seconds": round(time.perf_counter() - t_epoch, 3),
+                "epoch": epoch,
+                "train_loss": (self.loss_sum / n_steps).item(),
+                "val_loss": val.loss,
+                "val_accuracy": val.accuracy,
+                "seconds": round(time.perf_counter() - t_epoch, 3),
                 "img_per_s": round((n_steps - begin) * cfg.batch_size / train_seconds, 1),
             }
             self.result.history.append(entry)
@@ -174,13 +209,18 @@ class Loop:
             return run
         run.val = run.val or self._evaluate(val_x, val_y)
         if self.members:
-            run.member_val = evaluate_members(model, self.params, val_x, val_y, members=self.members,
-                                              state=self.state)
+            run.member_val = evaluate_members(model, self.params, val_x, val_y, members=self.members, state=self.state)
         if self.test:
             run.test = self._evaluate(self.data.test_images, self.data.test_labels)
             if self.members:
-                run.member_test = evaluate_members(model, self.params, self.data.test_images, self.data.test_labels,
-                                                   members=self.members, state=self.state)
+                run.member_test = evaluate_members(
+                    model,
+                    self.params,
+                    self.data.test_images,
+                    self.data.test_labels,
+                    members=self.members,
+                    state=self.state,
+                )
             self.emit("test", accuracy=run.test.accuracy, loss=run.test.loss)
         run.seconds = time.perf_counter() - self.t_start
         return run
@@ -196,17 +236,21 @@ class Loop:
             params = [{k: v.to(device) for k, v in self.model.init(fold_in(s, "init")).items()} for s in seeds]
             states = [self.model.init_state(p) for p in params]
             opt_states = [self.opt.init(p) for p in params]
-            self.params, self.state, self.opt_state = ((xs[0] if self.members is None else stack(xs))
-                                                       for xs in (params, states, opt_states))
+            self.params, self.state, self.opt_state = (
+                (xs[0] if self.members is None else stack(xs)) for xs in (params, states, opt_states)
+            )
             return 1, 0
-        self.params, self.state, self.opt_state = (_to(part, device) for part in (start.params, start.state,
-                                                                                start.opt_state))
+        self.params, self.state, self.opt_state = (
+            _to(part, device) for part in (start.params, start.state, start.opt_state)
+        )
         try:
             for name, g in self.generators.items():
                 g.set_state(start.rng[name])
         except RuntimeError:
-            raise WeightsError("the checkpoint's random-generator state is damaged (or from another kind of device): "
-                               "start the run again without --resume") from None
+            raise WeightsError(
+                "the checkpoint's random-generator state is damaged (or from another kind of device): "
+                "start the run again without --resume"
+            ) from None
         self.result.history, self.result.compile_seconds = list(start.history), start.compile_seconds
         return (start.epoch + 1, 0) if start.step >= self.config.steps_per_epoch else (start.epoch, start.step)
 
@@ -224,17 +268,26 @@ class Loop:
         report_every = max(1, n_steps // 100)
         for i in range(begin, n_steps, group):
             end = i + group  # this call does steps i+1 .. end of the epoch, from one gather and warp
-            idx = self.perm[i * batch:end * batch]
-            x, noise = batch_inputs(self.model, train_x, idx, aug_key=g["augment"], drop_key=g["dropout"],
-                                    augment=augment, faithful_fill=cfg.faithful_fill, members=self.members,
-                                    rows=self.rows)
+            idx = self.perm[i * batch : end * batch]
+            x, noise = batch_inputs(
+                self.model,
+                train_x,
+                idx,
+                aug_key=g["augment"],
+                drop_key=g["dropout"],
+                augment=augment,
+                faithful_fill=cfg.faithful_fill,
+                members=self.members,
+                rows=self.rows,
+            )
             y = train_y[idx] if self.rows is None else train_y[idx[self.rows]]
             if self.compiling:
                 self.emit("compiling")
                 t_compile = time.perf_counter()
             with blaming(self.model, f"train step (epoch {epoch}, step {end})"), distributed.guard(self.parallel):
-                self.params, self.state, self.opt_state, losses, _ = self.step(self.params, self.state, self.opt_state,
-                                                                               x, y, noise)
+                self.params, self.state, self.opt_state, losses, _ = self.step(
+                    self.params, self.state, self.opt_state, x, y, noise
+                )
             if self.members:
                 losses = losses.mean(0)  # the members' mean loss of each step
             self.loss_sum = self.loss_sum + losses.detach().sum()
@@ -244,8 +297,13 @@ class Loop:
             if end // report_every > i // report_every or end == n_steps:
                 self._check_finite(epoch, end)
                 elapsed = time.perf_counter() - t_epoch - compile_seconds  # img/s counts training, not compiling
-                self.emit("step", epoch=epoch, step=end, loss=losses[-1].item(),
-                          img_per_s=(end - begin) * batch / max(elapsed, 1e-9))
+                self.emit(
+                    "step",
+                    epoch=epoch,
+                    step=end,
+                    loss=losses[-1].item(),
+                    img_per_s=(end - begin) * batch / max(elapsed, 1e-9),
+                )
             done = (epoch - 1) * n_steps + end
             if self.every and done // self.every > (done - group) // self.every and end < n_steps:
                 self._save(epoch, end, self.perm)
@@ -255,9 +313,11 @@ class Loop:
         """Stop a run whose loss is no longer finite (one wait for the device; the sum covers every step)."""
         loss_sum = self.loss_sum.item()
         if not math.isfinite(loss_sum):
-            raise MnistfxError(f"training diverged at epoch {epoch}, step {step}: the loss is {loss_sum} "
-                               f"(lr {self.config.lr:g} is likely too high) and nothing of it was saved: start "
-                               "again with a lower --lr")
+            raise MnistfxError(
+                f"training diverged at epoch {epoch}, step {step}: the loss is {loss_sum} "
+                f"(lr {self.config.lr:g} is likely too high) and nothing of it was saved: start "
+                "again with a lower --lr"
+            )
 
     def _save(self, epoch: int, step: int, perm) -> None:
         """Write the checkpoint (if the run has a folder) and tell the caller."""
@@ -271,23 +331,48 @@ class Loop:
             for stale in self.stale:
                 stale.unlink(missing_ok=True)
             self.stale = []
-            save_checkpoint(path, Checkpoint(
-                self.config, epoch, step, self.params, self.state, self.opt_state,
-                {k: g.get_state() for k, g in self.generators.items()}, perm, self.loss_sum,
-                self.result.history, self.result.compile_seconds))
+            save_checkpoint(
+                path,
+                Checkpoint(
+                    self.config,
+                    epoch,
+                    step,
+                    self.params,
+                    self.state,
+                    self.opt_state,
+                    {k: g.get_state() for k, g in self.generators.items()},
+                    perm,
+                    self.loss_sum,
+                    self.result.history,
+                    self.result.compile_seconds,
+                ),
+            )
         except OSError as e:
             if not self.saved:
-                raise MnistfxError(f"cannot write the checkpoint {path} ({e.strerror}); nothing of this run was "
-                                   "saved: make room, then run the command again") from None
-            raise MnistfxError(f"cannot write the checkpoint {path} ({e.strerror}); the previous one is whole: "
-                               f"make room, then continue with --resume {self.dir}") from None
+                raise MnistfxError(
+                    f"cannot write the checkpoint {path} ({e.strerror}); nothing of this run was "
+                    "saved: make room, then run the command again"
+                ) from None
+            raise MnistfxError(
+                f"cannot write the checkpoint {path} ({e.strerror}); the previous one is whole: "
+                f"make room, then continue with --resume {self.dir}"
+            ) from None
         self.saved = True
         self.emit("checkpoint", epoch=epoch, step=step)
 
 
-def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable | None = None,
-          checkpoint_dir=None, checkpoint_every: int = 0, overwrite: bool = False, loss: Callable | None = None,
-          test: bool = True, parallel: distributed.Parallel | None = None) -> Run:
+def train(
+    config: TrainConfig,
+    *,
+    data: MNIST | None = None,
+    on_event: Callable | None = None,
+    checkpoint_dir=None,
+    checkpoint_every: int = 0,
+    overwrite: bool = False,
+    loss: Callable | None = None,
+    test: bool = True,
+    parallel: distributed.Parallel | None = None,
+) -> Run:
     """Train a model from scratch as ``config`` says, then evaluate it on the full test set.
 
     Everything that can be checked is checked before any work: the device, the model, the
@@ -331,13 +416,31 @@ def train(config: TrainConfig, *, data: MNIST | None = None, on_event: Callable 
     if parallel is not None:
         distributed.check_started(parallel)
         distributed.check_same_work(parallel, False)
-    return Loop(config, None, data, on_event, checkpoint_dir, checkpoint_every, overwrite=overwrite, loss=loss,
-                 test=test, parallel=parallel).run()
+    return Loop(
+        config,
+        None,
+        data,
+        on_event,
+        checkpoint_dir,
+        checkpoint_every,
+        overwrite=overwrite,
+        loss=loss,
+        test=test,
+        parallel=parallel,
+    ).run()
 
 
-def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = None,
-           checkpoint_every: int = 0, data_root=None, loss: Callable | None = None, test: bool = True,
-           parallel: distributed.Parallel | None = None) -> Run:
+def resume(
+    run_dir,
+    *,
+    data: MNIST | None = None,
+    on_event: Callable | None = None,
+    checkpoint_every: int = 0,
+    data_root=None,
+    loss: Callable | None = None,
+    test: bool = True,
+    parallel: distributed.Parallel | None = None,
+) -> Run:
     """Continue the run whose checkpoint is in ``run_dir``, as :func:`train` would have gone on.
 
     On the CPU the result is bit-identical to the uninterrupted run's. Checkpoints keep being
@@ -353,13 +456,26 @@ def resume(run_dir, *, data: MNIST | None = None, on_event: Callable | None = No
         distributed.check_started(parallel)
         distributed.check_same_work(parallel, True)
         raw = distributed.on_main(parallel, lambda: read_weights(checkpoint_file(run_dir)))
-        ckpt = load_checkpoint(checkpoint_file(run_dir) if parallel.main else run_dir,
-                               data=distributed.share_bytes(parallel, raw))
+        ckpt = load_checkpoint(
+            checkpoint_file(run_dir) if parallel.main else run_dir, data=distributed.share_bytes(parallel, raw)
+        )
     run_dir = run_folder(run_dir)
     try:
         resolve_device(ckpt.config.device)
     except ConfigError:
-        raise ConfigError(f"{run_dir} was trained on {ckpt.config.device}, which is not available here: resume it "
-                          "where that device is (its checkpoint holds that device's random state)") from None
-    return Loop(ckpt.config, ckpt, data, on_event, run_dir, checkpoint_every, data_root=data_root, loss=loss,
-                 test=test, parallel=parallel).run()
+        raise ConfigError(
+            f"{run_dir} was trained on {ckpt.config.device}, which is not available here: resume it "
+            "where that device is (its checkpoint holds that device's random state)"
+        ) from None
+    return Loop(
+        ckpt.config,
+        ckpt,
+        data,
+        on_event,
+        run_dir,
+        checkpoint_every,
+        data_root=data_root,
+        loss=loss,
+        test=test,
+        parallel=parallel,
+    ).run()

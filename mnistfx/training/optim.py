@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 import torch
 
@@ -19,7 +19,7 @@ from .._checks import check_positive
 from .config import TrainConfig
 
 Schedule = Callable[[torch.Tensor], torch.Tensor]
-LearningRate = Union[float, Schedule]
+LearningRate = float | Schedule
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,24 @@ class Optimizer:
         if not isinstance(params, dict) or not params or not all(isinstance(p, torch.Tensor) for p in params.values()):
             raise TypeError("params must be a non-empty dict of tensors")
         device = next(iter(params.values())).device
-        return {"step": torch.zeros((), device=device),
-                **{b: {k: torch.zeros_like(p) for k, p in params.items()} for b in self.buffers}}
+        return {
+            "step": torch.zeros((), device=device),
+            **{b: {k: torch.zeros_like(p) for k, p in params.items()} for b in self.buffers},
+        }
 
     def update(self, grads: dict, state: dict, params: dict) -> tuple[dict, dict]:
         """One step. Returns new ``(params, state)``; nothing is modified in place."""
-        if (not isinstance(grads, dict) or grads.keys() != params.keys() or not isinstance(state, dict)
-                or set(state) != {"step", *self.buffers} or any(state[b].keys() != params.keys() for b in self.buffers)):
-            raise ValueError(f"grads, params and the {self.name} state must have the same names: make the state "
-                             "with init(params) of this optimiser and the grads from those params")
+        if (
+            not isinstance(grads, dict)
+            or grads.keys() != params.keys()
+            or not isinstance(state, dict)
+            or set(state) != {"step", *self.buffers}
+            or any(state[b].keys() != params.keys() for b in self.buffers)
+        ):
+            raise ValueError(
+                f"grads, params and the {self.name} state must have the same names: make the state "
+                "with init(params) of this optimiser and the grads from those params"
+            )
         step = state["step"] + 1
         lr = self.lr(step) if callable(self.lr) else self.lr
         params, buffers = self.step_fn(grads, {b: state[b] for b in self.buffers}, params, step, lr)
@@ -112,8 +121,9 @@ def adam(lr: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps
     return Optimizer("adam", ("mu", "nu"), _adam_arithmetic(betas, eps, 0.0), lr)
 
 
-def adamw(lr: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-          weight_decay: float = 1e-2) -> Optimizer:
+def adamw(
+    lr: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2
+) -> Optimizer:
     """A functional AdamW (Adam with decoupled weight decay), as ``torch.optim.AdamW``.
 
     Each step first shrinks every parameter by ``lr * weight_decay`` of itself, then takes
@@ -125,8 +135,9 @@ def adamw(lr: LearningRate = 1e-3, betas: tuple[float, float] = (0.9, 0.999), ep
     return Optimizer("adamw", ("mu", "nu"), _adam_arithmetic(betas, eps, wd), lr)
 
 
-def sgd(lr: LearningRate = 0.05, momentum: float = 0.9, *, nesterov: bool = False,
-        weight_decay: float = 0.0) -> Optimizer:
+def sgd(
+    lr: LearningRate = 0.05, momentum: float = 0.9, *, nesterov: bool = False, weight_decay: float = 0.0
+) -> Optimizer:
     """Functional SGD with (heavy-ball or Nesterov) momentum, as ``torch.optim.SGD`` (no dampening).
 
     Arguments:

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from .._io import atomic_write_bytes, remove_stale_temps, to_json
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint
-from .config import TrainConfig
 from ..constants import VERSION
 from ..errors import MnistfxError, RunFolderError
 from ..models.evaluation import Metrics
 from ..models.weights_file import STATE_PREFIX, save_weights
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint
+from .config import TrainConfig
 
 try:
     import fcntl
@@ -65,20 +65,30 @@ class Run:
     def metadata(self) -> dict:
         """What :func:`save_run` stores beside the weights: config, accuracies, times, versions."""
         return {
-            "model": self.config.model, "config": self.config.to_dict(), "seed": self.config.seed,
-            "epochs": self.config.epochs, "members": self.config.ensemble if self.config.ensemble > 1 else None,
+            "model": self.config.model,
+            "config": self.config.to_dict(),
+            "seed": self.config.seed,
+            "epochs": self.config.epochs,
+            "members": self.config.ensemble if self.config.ensemble > 1 else None,
             "val_accuracy": self.val.accuracy if self.val else None,
             "test_accuracy": self.test.accuracy if self.test else None,
             "member_val_accuracy": [m.accuracy for m in self.member_val] if self.member_val else None,
             "member_test_accuracy": [m.accuracy for m in self.member_test] if self.member_test else None,
-            "seconds": round(self.seconds, 2), "compile_seconds": round(self.compile_seconds, 2),
-            "processes": self.processes, "mnistfx_version": VERSION, "torch_version": torch.__version__,
+            "seconds": round(self.seconds, 2),
+            "compile_seconds": round(self.compile_seconds, 2),
+            "processes": self.processes,
+            "mnistfx_version": VERSION,
+            "torch_version": torch.__version__,
         }
 
     def summary(self) -> dict:
         """The metadata with the per-epoch history and the validation and test metrics (``history.json``)."""
-        return {**self.metadata(), "history": self.history,
-                "val": self.val.to_dict() if self.val else None, "test": self.test.to_dict() if self.test else None}
+        return {
+            **self.metadata(),
+            "history": self.history,
+            "val": self.val.to_dict() if self.val else None,
+            "test": self.test.to_dict() if self.test else None,
+        }
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -110,10 +120,13 @@ def check_run_dir(path, *, overwrite: bool = False) -> None:
     except MnistfxError:  # load_checkpoint turns every failure into one
         ckpt = None  # damaged: there is nothing to continue, but the folder still holds a run's files
     if ckpt is not None and not ckpt.finished:
-        raise RunFolderError(f"{path} holds an unfinished run (epoch {ckpt.epoch} of {ckpt.config.epochs}): continue "
-                             f"it with --resume {path}, start it again with --overwrite, or pass another --out")
-    raise RunFolderError(f"{path} holds a finished run ({', '.join(present)}): pass --overwrite to replace it, "
-                         "or another --out")
+        raise RunFolderError(
+            f"{path} holds an unfinished run (epoch {ckpt.epoch} of {ckpt.config.epochs}): continue "
+            f"it with --resume {path}, start it again with --overwrite, or pass another --out"
+        )
+    raise RunFolderError(
+        f"{path} holds a finished run ({', '.join(present)}): pass --overwrite to replace it, or another --out"
+    )
 
 
 def check_resumable(path, finished: bool) -> None:
@@ -140,8 +153,9 @@ def run_lock(path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunFolderError(f"another mnistfx run is writing into {path}: let it finish, or pass another "
-                                 "--out") from None
+            raise RunFolderError(
+                f"another mnistfx run is writing into {path}: let it finish, or pass another --out"
+            ) from None
     _HELD[key] = _HELD.get(key, 0) + 1
     try:
         yield
@@ -174,8 +188,9 @@ def prepare_run_dir(path) -> Path:
             pass
     except OSError as e:
         # a resumed run cannot move, so the advice fits both: make the folder writable, or start elsewhere
-        raise MnistfxError(f"cannot write to output folder {path} ({e.strerror}): make it writable, or write the "
-                           "run to another folder") from None
+        raise MnistfxError(
+            f"cannot write to output folder {path} ({e.strerror}): make it writable, or write the run to another folder"
+        ) from None
     remove_stale_temps(path, RUN_FILES)
     return path
 
@@ -191,10 +206,13 @@ def save_run(run: Run, out_dir) -> dict[str, Path]:
     paths = {"weights": out / WEIGHTS_FILE, "history": out / HISTORY_FILE}
     with run_lock(out):
         try:
-            save_weights(paths["weights"], {**run.params, **{STATE_PREFIX + k: v for k, v in run.state.items()}},
-                         run.metadata())
+            save_weights(
+                paths["weights"], {**run.params, **{STATE_PREFIX + k: v for k, v in run.state.items()}}, run.metadata()
+            )
             atomic_write_bytes(paths["history"], (to_json(run.summary(), indent=2) + "\n").encode())
         except OSError as e:
-            raise MnistfxError(f"cannot write the run's files into {out} ({e.strerror}); its checkpoint is whole: "
-                               f"make room, then `mnistfx train --resume {out}` writes them") from None
+            raise MnistfxError(
+                f"cannot write the run's files into {out} ({e.strerror}); its checkpoint is whole: "
+                f"make room, then `mnistfx train --resume {out}` writes them"
+            ) from None
     return paths

@@ -7,22 +7,28 @@ inputs come from :mod:`mnistfx.training.batches`; :mod:`mnistfx.training.compili
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.func import grad_and_value
 from torch.nn import functional as F
 
 from .._checks import check_choice
-from .batches import batch_inputs
 from ..constants import PRECISIONS
-from ..models.model import check_model
-from ..models.model import Model
+from ..models.model import Model, check_model
+from .batches import batch_inputs
 from .optim import Optimizer
 
 
-def make_train_step(model: Model, opt: Optimizer, *, loss: Callable | None = None, label_smoothing: float = 0.0,
-                    precision: str = "fp32", average: Callable | None = None) -> Callable:
+def make_train_step(
+    model: Model,
+    opt: Optimizer,
+    *,
+    loss: Callable | None = None,
+    label_smoothing: float = 0.0,
+    precision: str = "fp32",
+    average: Callable | None = None,
+) -> Callable:
     """The pure train step ``(params, state, opt_state, x, y, noise) -> (params, state, opt_state, loss, aux)``.
 
     Arguments:
@@ -45,6 +51,7 @@ def make_train_step(model: Model, opt: Optimizer, *, loss: Callable | None = Non
     if loss is not None and label_smoothing:
         raise ValueError("label_smoothing belongs to the default loss: put it in your loss function instead")
     if loss is None:
+
         def loss(logits, y):
             return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
@@ -74,9 +81,10 @@ def make_multi_step(step: Callable, k: int) -> Callable:
     def multi_step(params, state, opt_state, x, y, noise):
         losses, auxes = [], []
         chunks = {name: n.chunk(k) for name, n in noise.items()}
-        for j, (xj, yj) in enumerate(zip(x.chunk(k), y.chunk(k))):
-            params, state, opt_state, loss, aux = step(params, state, opt_state, xj, yj,
-                                                       {name: c[j] for name, c in chunks.items()})
+        for j, (xj, yj) in enumerate(zip(x.chunk(k), y.chunk(k), strict=True)):
+            params, state, opt_state, loss, aux = step(
+                params, state, opt_state, xj, yj, {name: c[j] for name, c in chunks.items()}
+            )
             losses.append(loss)
             auxes.append(aux)
         return params, state, opt_state, torch.stack(losses), {a: torch.stack([x[a] for x in auxes]) for a in auxes[0]}
@@ -84,8 +92,9 @@ def make_multi_step(step: Callable, k: int) -> Callable:
     return multi_step
 
 
-def check_trainable(model: Model, params: dict, state: dict, images: torch.Tensor, labels: torch.Tensor, *,
-                    loss: Callable | None = None) -> None:
+def check_trainable(
+    model: Model, params: dict, state: dict, images: torch.Tensor, labels: torch.Tensor, *, loss: Callable | None = None
+) -> None:
     """:func:`~mnistfx.models.check_model` on two of ``images`` prepared as a training batch (with
     generators of its own, so a run's random streams are untouched), before a step is compiled."""
     idx = torch.arange(2, device=images.device)
