@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mnistfx-installed
 
-.PHONY: setup data train test test-all bench clean
+.PHONY: setup data train test test-all check bench clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -22,6 +22,13 @@ train: data
 
 test: data
 	$(BIN)/python -m pytest -q
+
+# lint, format, types, and the fast tier of tests (no real MNIST, no compiling): under a minute
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -m fast
 
 bench: data
 	$(BIN)/mnistfx bench

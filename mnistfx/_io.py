@@ -1,6 +1,8 @@
 """Internal: files written atomically (a reader sees the old file or the new one, never half of
 one), files read only after ``stat`` says they can be, and strict JSON."""
 
+from __future__ import annotations
+
 import contextlib
 import json
 import math
@@ -9,6 +11,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 STALE_SECONDS = 3600  # a save takes seconds: a temp file this old belongs to a killed writer
 
@@ -124,7 +127,7 @@ def finite_json(value):
     return value
 
 
-def to_json(value, **kwargs) -> str:
+def to_json(value: Any, **kwargs: Any) -> str:
     """``value`` as strict JSON (no ``NaN`` or ``Infinity``: non-finite numbers become ``null``)."""
     return json.dumps(finite_json(value), allow_nan=False, **kwargs)
 
@@ -136,7 +139,7 @@ def write_new(path: Path, data: bytes, overwrite: bool, error: type = OSError) -
     atomic_write_bytes(path, data)
 
 
-def first_line(e: Exception) -> str:
+def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type's name if it has none), at most 80 characters."""
     try:
         text = str(e)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -121,8 +121,8 @@ def benchmark(
     model: str = "tuned",
     *,
     device: str = "cpu",
-    batch_sizes=BENCH_BATCH_SIZES,
-    kinds=BENCH_KINDS,
+    batch_sizes: Sequence[int] = BENCH_BATCH_SIZES,
+    kinds: Sequence[str] = BENCH_KINDS,
     precision: str = "fp32",
     seconds: float = 1.0,
     repeats: int = 3,
@@ -227,7 +227,7 @@ def race(states: dict, run: Callable, dev, images: int, seconds: float, repeats:
             out = run(state, i)
         out.sum().item()
         steps[mode] = max(5, round(5 * seconds / max(timer.stop(), 1e-9)))
-    rates = {mode: [] for mode in states}
+    rates: dict[str, list[float]] = {mode: [] for mode in states}
     for _ in range(repeats):
         for mode, state in states.items():
             timer.start()
@@ -241,7 +241,7 @@ def race(states: dict, run: Callable, dev, images: int, seconds: float, repeats:
 def benchmark_ensemble(
     model: str = "tuned",
     *,
-    members=(2, 4, 8),
+    members: Sequence[int] = (2, 4, 8),
     batch_size: int = 32,
     device: str = "cpu",
     precision: str = "fp32",

@@ -12,10 +12,10 @@ try:
 except metadata.PackageNotFoundError:  # a source tree that was never installed
     VERSION = "0+unknown"
 
-NOTEBOOK_MODELS = ("tuned", "cnn")  # the notebook's two models, as mnistfx.reference defines them
-MODELS = (*NOTEBOOK_MODELS, "resnet")  # the built-in models (resnet: mnistfx.resnet)
+NOTEBOOK_MODELS = ("tuned", "cnn")  # the notebook's two models, as mnistfx.models.notebook_cnns defines them
+MODELS = (*NOTEBOOK_MODELS, "resnet")  # the built-in models (resnet: mnistfx.models.resnet)
 MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")  # what a model may be called
-OPTIMIZERS = ("adam", "adamw", "sgd")  # as mnistfx.optim defines them
+OPTIMIZERS = ("adam", "adamw", "sgd")  # as mnistfx.training.optim defines them
 PRECISIONS = ("fp32", "bf16")  # of the training forward pass
 MAX_ENSEMBLE = 64  # members trained in one step
 MAX_NPROC = 256  # data-parallel processes --nproc starts on one machine

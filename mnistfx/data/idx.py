@@ -4,7 +4,7 @@ The layout is torchvision's, ``ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-i
 ``torchvision.datasets.MNIST(ROOT)`` reads the same files. An IDX file is a big-endian header
 (magic 2051 with N, 28, 28 for images; 2049 with N for labels) followed by the uint8 bytes.
 
-Internal to :mod:`mnistfx.data` and :mod:`mnistfx.fetch`, except :func:`default_root`.
+Internal to :mod:`mnistfx.data.mnist` and :mod:`mnistfx.data.fetch`, except :func:`default_root`.
 """
 
 from __future__ import annotations
@@ -21,14 +21,10 @@ from ..errors import DataError
 
 # name -> (sha256 of the uncompressed IDX file, IDX magic, number of items)
 IDX_FILES = {
-    "train-images-idx3-ubyte": (
-        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 2051, 60000),
-    "train-labels-idx1-ubyte": (
-        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 2049, 60000),
-    "t10k-images-idx3-ubyte": (
-        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 2051, 10000),
-    "t10k-labels-idx1-ubyte": (
-        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 2049, 10000),
+    "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 2051, 60000),
+    "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 2049, 60000),
+    "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 2051, 10000),
+    "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 2049, 10000),
 }
 
 
@@ -64,8 +60,10 @@ def missing_files(raw: Path) -> list[str]:
         if not os.path.lexists(path):
             missing.append(name)
         elif not path.is_file():
-            raise DataError(f"MNIST file {path} is not a regular file: remove it and run `mnistfx data` to fetch "
-                            "MNIST, or pass another data root")
+            raise DataError(
+                f"MNIST file {path} is not a regular file: remove it and run `mnistfx data` to fetch "
+                "MNIST, or pass another data root"
+            )
     return missing
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import read_limited
+from .._types import StrPath
 from ..constants import MNIST_TRAIN_SIZE
 from ..errors import DataError
-from .fetch import fetch_mnist
-from .._io import read_limited
-from .idx import IDX_FILES, check_raw_dir, file_size, missing_files, raw_dir, read_idx, sha256
 from ..rng import fold_in
+from .fetch import fetch_mnist
+from .idx import IDX_FILES, check_raw_dir, file_size, missing_files, raw_dir, read_idx, sha256
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class MNIST:
     root: Path
 
 
-def load_mnist(root=None, *, download: bool = True) -> MNIST:
+def load_mnist(root: StrPath | None = None, *, download: bool = True) -> MNIST:
     """Load MNIST from ``root``, fetching and verifying it first if it is absent.
 
     Arguments:
@@ -65,7 +66,7 @@ def load_mnist(root=None, *, download: bool = True) -> MNIST:
     )
 
 
-def verify_mnist(root=None) -> dict[str, str]:
+def verify_mnist(root: StrPath | None = None) -> dict[str, str]:
     """Check every IDX file's SHA-256 against the known sums.
 
     Returns:
@@ -80,12 +81,20 @@ def verify_mnist(root=None) -> dict[str, str]:
         path = raw / name
         if not path.is_file():
             raise DataError(f"MNIST file {path} is missing: run `mnistfx data` to fetch it")
-        got = sha256(read_limited(path, file_size(name), what="MNIST file", error=DataError,
-                                  fix="run `mnistfx data --force` to fetch it again"))
+        got = sha256(
+            read_limited(
+                path,
+                file_size(name),
+                what="MNIST file",
+                error=DataError,
+                fix="run `mnistfx data --force` to fetch it again",
+            )
+        )
         if got != expected:
             raise DataError(
                 f"MNIST file {path} has sha256 {got[:12]}…, expected {expected[:12]}…: "
-                "run `mnistfx data --force` to fetch it again")
+                "run `mnistfx data --force` to fetch it again"
+            )
         sums[name] = got
     return sums
 

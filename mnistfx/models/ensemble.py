@@ -12,6 +12,7 @@ every update.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.func import vmap
@@ -19,9 +20,9 @@ from torch.func import vmap
 from ..rng import fold_in
 
 
-def stack(trees: list) -> dict:
+def stack(trees: list) -> Any:
     """K dicts of tensors (nested dicts too: parameters, states, optimiser states) -> one dict whose
-    tensors have the K stacked on a new leading axis."""
+    tensors have the K stacked on a new leading axis (K tensors -> one tensor)."""
     if not isinstance(trees, (list, tuple)) or not trees:
         raise ValueError("stack takes a non-empty list of dicts of tensors")
     first = trees[0]
@@ -40,7 +41,7 @@ def stack(trees: list) -> dict:
     return {k: stack([t[k] for t in trees]) for k in first}
 
 
-def unstack(tree) -> list:
+def unstack(tree: Any) -> list:
     """The inverse of :func:`stack`: a dict of stacked tensors -> a list of K dicts (views, not copies)."""
     if isinstance(tree, torch.Tensor):
         if tree.dim() == 0:
@@ -72,7 +73,7 @@ def make_ensemble_step(step: Callable) -> Callable:
     def ensemble_step(params, state, opt_state, x, y, noise):
         count = opt_state["step"]  # (K,): one count per member, all equal
         dims = {k: None if k == "step" else 0 for k in opt_state}
-        mapped = vmap(step, in_dims=(0, 0, dims, None, None, 0), out_dims=(0, 0, dims, 0, 0))
+        mapped = vmap(step, in_dims=(0, 0, dims, None, None, 0), out_dims=(0, 0, dims, 0, 0))  # type: ignore[arg-type]  # trees
         params, state, opt_state, loss, aux = mapped(params, state, {**opt_state, "step": count[0]}, x, y, noise)
         return params, state, {**opt_state, "step": opt_state["step"].expand(count.shape[0]).clone()}, loss, aux
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.func import vmap
@@ -64,7 +66,7 @@ def logits(
     state: dict | None = None,
     members: int | None = None,
     batch_size: int = EVAL_BATCH,
-    forward=None,
+    forward: Callable | None = None,
 ) -> torch.Tensor:
     """Logits for uint8 images, computed in chunks of ``batch_size``.
 
@@ -116,19 +118,19 @@ def logits(
     return torch.cat(out, dim=-2)[..., :n, :]
 
 
-def probabilities(model: Model, params: dict, images: torch.Tensor, **kwargs) -> torch.Tensor:
+def probabilities(model: Model, params: dict, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """Class probabilities (N, 10) for uint8 images: the softmax of the logits, or for an ensemble
     (``members=K``) the mean of its members' softmax. Keyword arguments as :func:`logits`."""
     out = logits(model, params, images, **kwargs).softmax(-1)
     return out.mean(0) if kwargs.get("members") is not None else out
 
 
-def predict(model: Model, params: dict, images: torch.Tensor, **kwargs) -> torch.Tensor:
+def predict(model: Model, params: dict, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """Predicted digits (int64, shape (N,)) for uint8 images; keyword arguments as :func:`logits`."""
     return probabilities(model, params, images, **kwargs).argmax(1)
 
 
-def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Tensor, **kwargs) -> Metrics:
+def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> Metrics:
     """Accuracy, loss, per-class precision / recall / F1 and the confusion matrix.
 
     Arguments:

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
 from .._checks import check_whole, is_finite
 from .._io import first_line
+from .._types import Device, Key, Tensors
 from ..constants import MODEL_NAME, MODELS
 from ..errors import ConfigError, MnistfxError, ModelError, WeightsError
 from ..rng import as_generator
@@ -102,7 +104,7 @@ def _check_tensors(
 
 
 def check_params(
-    model, params, *, source: str = "params", dtype: torch.dtype | None = None, members: int | None = None
+    model: Model, params: Any, *, source: str = "params", dtype: torch.dtype | None = None, members: int | None = None
 ) -> None:
     """Raise unless ``params`` holds exactly ``model``'s parameter names and shapes.
 
@@ -120,7 +122,7 @@ def check_params(
     _check_tensors(model.shapes(), params, what="params", model=model.name, source=source, dtype=dtype, members=members)
 
 
-def check_state(model, state, *, source: str = "state", members: int | None = None) -> None:
+def check_state(model: Model, state: Any, *, source: str = "state", members: int | None = None) -> None:
     """:func:`check_params` for the model's state (``{}`` for a model without state): names, shapes
     and the dtypes ``init_state`` gives."""
     specs = model._state_specs()
@@ -154,7 +156,7 @@ def check_state_usable(model, state: dict, *, source: str, fix: str) -> None:
 
 
 def check_model(
-    model, params: dict, state: dict, x: torch.Tensor, y: torch.Tensor, noise: dict, loss: Callable | None = None
+    model: Model, params: dict, state: dict, x: torch.Tensor, y: torch.Tensor, noise: dict, loss: Callable | None = None
 ) -> None:
     """Run ``model`` once, eagerly, on a small batch in training and in eval mode (and ``loss`` on its
     logits), before anything is compiled: a :class:`~mnistfx.ModelError` that says what is wrong
@@ -241,7 +243,8 @@ class Model:
         self._keywords = _keywords(apply, ("train", "noise", "state"))
         if init_state is not None and "state" not in self._keywords:
             raise TypeError(f"{name}: a model with init_state needs an apply that takes state=")
-        self._shapes = self._state_shapes = None
+        self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._state_shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None
         # the noise of one image, drawn once here: checking noise later must not draw (it may run under vmap)
         self._noise_shapes = {} if noise is None else _noise_shapes(name, noise)
 
@@ -253,7 +256,7 @@ class Model:
         """Whether the model carries state (e.g. batch norm's running statistics)."""
         return self._init_state is not None
 
-    def init(self, key) -> dict[str, torch.Tensor]:
+    def init(self, key: Key) -> dict[str, torch.Tensor]:
         """Fresh parameters from ``key`` (an ``int`` seed or a CPU ``torch.Generator``)."""
         g = as_generator(key)
         with blaming(self, "init"):
@@ -310,7 +313,15 @@ class Model:
             self._state_shapes = {k: (tuple(v.shape), v.dtype) for k, v in self.init_state(self.init(0)).items()}
         return self._state_shapes
 
-    def forward(self, params, state, x, *, train: bool = False, noise=None) -> tuple[torch.Tensor, dict]:
+    def forward(
+        self,
+        params: Mapping[str, torch.Tensor],
+        state: Tensors,
+        x: torch.Tensor,
+        *,
+        train: bool = False,
+        noise: Tensors | None = None,
+    ) -> tuple[torch.Tensor, dict]:
         """``(logits, state)`` for a batch of model inputs: the form the train step and evaluation use.
 
         Arguments:
@@ -328,7 +339,16 @@ class Model:
             raise ModelError(f"{self.name}'s apply must return (logits, state) for a model with state")
         return out
 
-    def apply(self, params, x, *, train: bool = False, key=None, noise=None, state=None) -> torch.Tensor:
+    def apply(
+        self,
+        params: Tensors,
+        x: torch.Tensor,
+        *,
+        train: bool = False,
+        key: Key | None = None,
+        noise: Tensors | None = None,
+        state: Tensors | None = None,
+    ) -> torch.Tensor:
         """Logits (N, 10) for a batch of model inputs (N, 1, 28, 28), checked.
 
         Arguments:
@@ -355,9 +375,11 @@ class Model:
             noise = self.dropout_noise(x.shape[0], key=key, device=x.device)
         if train and self._noise is not None:
             self._check_noise(noise, x.shape[0])
-        return self.forward(params, state if self.has_state else {}, x, train=train, noise=noise or {})[0]
+        return self.forward(
+            params, state if state is not None and self.has_state else {}, x, train=train, noise=noise or {}
+        )[0]
 
-    def dropout_noise(self, n: int, *, key, device=None) -> dict[str, torch.Tensor]:
+    def dropout_noise(self, n: int, *, key: Key, device: Device | None = None) -> dict[str, torch.Tensor]:
         """The per-image randomness of a training batch of ``n`` images (``{}`` for a model without).
 
         Arguments:
@@ -425,7 +447,7 @@ def _check_batch(x) -> None:
 _IMAGE_SHAPES = ((28, 28), (1, 28, 28), (784,))
 
 
-def check_images(images) -> torch.Tensor:
+def check_images(images: Any) -> torch.Tensor:
     """``images`` if it is a uint8 batch of shape (N, 28, 28), (N, 1, 28, 28) or (N, 784).
 
     Raises:

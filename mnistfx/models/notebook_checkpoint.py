@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .._io import first_line, open_checked, write_new
+from .._types import StrPath
 from ..constants import NOTEBOOK_MODELS
 from ..errors import WeightsError
 from .model import Model, check_finite, check_params
@@ -33,7 +34,7 @@ NOTEBOOK_KEYS = {
 }
 
 
-def import_notebook_checkpoint(path) -> tuple[str, dict[str, torch.Tensor]]:
+def import_notebook_checkpoint(path: StrPath) -> tuple[str, dict[str, torch.Tensor]]:
     """Read the original notebook's ``state_dict`` checkpoint (``.pth``) as mnistfx params.
 
     Loaded with ``torch.load(..., map_location="cpu", weights_only=True)``: a file that
@@ -87,7 +88,7 @@ def to_notebook_state_dict(params: dict) -> dict:
     return {f"{theirs[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in params.items()}
 
 
-def export_notebook_checkpoint(path, model: Model, params: dict, *, overwrite: bool = False) -> Path:
+def export_notebook_checkpoint(path: StrPath, model: Model, params: dict, *, overwrite: bool = False) -> Path:
     """Write ``params`` as the notebook's ``state_dict`` checkpoint (``.pth``), atomically.
 
     The notebook's own ``nn.Module`` loads it with ``load_state_dict(strict=True)`` and then

@@ -10,6 +10,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .._io import first_line, open_checked, to_json, write_new
+from .._types import StrPath
 from ..errors import WeightsError
 from .model import check_finite
 
@@ -22,7 +23,7 @@ STATE_PREFIX = "state/"  # a model's state tensors sit beside its parameters und
 
 
 def save_weights(
-    path, params: dict[str, torch.Tensor], metadata: dict | None = None, *, overwrite: bool = True
+    path: StrPath, params: dict[str, torch.Tensor], metadata: dict | None = None, *, overwrite: bool = True
 ) -> None:
     """Write ``params`` as a safetensors file, atomically.
 
@@ -43,7 +44,7 @@ def save_weights(
     write_new(Path(path), st_save(tensors, metadata=meta), overwrite, WeightsError)
 
 
-def load_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
+def load_weights(path: StrPath) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a safetensors file written by :func:`save_weights`.
 
     The file's size and kind are checked before it is read, and its header (tensor dtypes,

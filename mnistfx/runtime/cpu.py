@@ -13,7 +13,7 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo's names for
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> tuple[str, frozenset[str]]:
     """The CPU's model name and instruction-set flags (Linux; elsewhere ``("", frozenset())``)."""
-    model, flags = "", frozenset()
+    model, flags = "", frozenset[str]()
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:  # a few kB per core
             for line in f:

@@ -7,12 +7,13 @@ import ctypes.util
 
 import torch
 
+from .._types import Device
 from ..constants import DEVICES_HINT, VERSION
 from ..errors import ConfigError
 from .cpu import cpu_description
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: Device) -> torch.device:
     """``torch.device(name)``, or a :class:`~mnistfx.ConfigError` that says why it cannot be used here."""
     try:
         device = torch.device(name)
@@ -57,7 +58,7 @@ def keep_freed_memory() -> bool:
     return _ALLOCATOR_TUNED
 
 
-def environment(device) -> dict:
+def environment(device: Device) -> dict:
     """What a measurement runs on: the device, its name (GPU model, or CPU threads), the CPU (see
     :func:`cpu_description`) and the versions.
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .._io import first_line, read_limited, write_new
+from .._types import StrPath
 from ..constants import VERSION
 from ..errors import MnistfxError
 from ..models.ensemble import unstack
@@ -69,7 +70,7 @@ class ImagesToLogits(nn.Module):
         return log_probs.logsumexp(0) - math.log(len(self.members))
 
 
-def export_onnx(weights, path, *, overwrite: bool = False) -> Path:
+def export_onnx(weights: Weights | StrPath, path: StrPath, *, overwrite: bool = False) -> Path:
     """Write ``weights`` as one self-contained ONNX file (weights embedded) with torch's dynamo exporter.
 
     The graph takes ``images``, uint8 (N, 28, 28) with any N, and gives ``logits``, float32 (N, 10)
@@ -101,6 +102,8 @@ def export_onnx(weights, path, *, overwrite: bool = False) -> Path:
             output_names=[OUTPUT],
             dynamic_shapes={INPUT: {0: _batch()}},
         )
+        if program is None:  # dynamo=True always returns a program
+            raise MnistfxError("torch.onnx.export returned no program")
         proto = program.model_proto
     meta = {
         "mnistfx_model": weights.model.name,
@@ -116,7 +119,7 @@ def export_onnx(weights, path, *, overwrite: bool = False) -> Path:
     return path
 
 
-def export_program(weights, path, *, overwrite: bool = False) -> Path:
+def export_program(weights: Weights | StrPath, path: StrPath, *, overwrite: bool = False) -> Path:
     """Write ``weights`` as a ``torch.export`` program (``torch.export.save``, a ``.pt2`` file).
 
     The program's input and output are those of :func:`export_onnx`; run it with
@@ -209,7 +212,7 @@ _ITEMSIZE = {
 }  # torch.export's dtype codes
 
 
-def load_program(path) -> torch.export.ExportedProgram:
+def load_program(path: StrPath) -> torch.export.ExportedProgram:
     """Read a ``.pt2`` program as :func:`export_program` writes it, checked so that nothing in it runs.
 
     ``torch.export.load`` unpickles parts of a ``.pt2`` archive that ask for it (tensors marked as
@@ -262,8 +265,8 @@ def _check_archive(archive: zipfile.ZipFile) -> None:
         raise MnistfxError("it holds no graph (models/model.json)")
     tensors = {}  # each tensor file's name, and the bytes its recorded shape and dtype need
     for kind in ("weights", "constants"):
-        info = parts.get(f"data/{kind}/model_{kind}_config.json")
-        config = json.loads(archive.read(info)).get("config", {}) if info else {}
+        listed = parts.get(f"data/{kind}/model_{kind}_config.json")
+        config = json.loads(archive.read(listed)).get("config", {}) if listed else {}
         for entry in config.values():
             if entry.get("use_pickle", True):
                 raise MnistfxError(f"its {kind} ask for pickled tensors")
@@ -452,7 +455,7 @@ def _exporting(weights: Weights, what: str):
     except MnistfxError:
         raise
     except Exception as e:
-        cause = e
+        cause: BaseException | None = e
         while cause is not None:  # the exporter wraps a Ctrl-C in its own error
             if isinstance(cause, KeyboardInterrupt):
                 raise KeyboardInterrupt from None

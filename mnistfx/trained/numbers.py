@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from .._io import read_limited
+from .._types import ImageInput, StrPath
 from ..data.digit_images import (
     DECODE_SIDE,
     IMAGE_MAX_ASPECT,
@@ -89,7 +90,7 @@ class Reading:
         }
 
 
-def read_number(weights, image, *, invert: bool | None = None) -> Reading:
+def read_number(weights: Weights | StrPath, image: ImageInput, *, invert: bool | None = None) -> Reading:
     """Read the handwritten number in ``image``: each digit found by :func:`find_digits`, all
     classified in one batch.
 
@@ -114,7 +115,7 @@ def read_number(weights, image, *, invert: bool | None = None) -> Reading:
     return Reading("".join(str(d.digit) for d in digits), digits)
 
 
-def find_digits(image, *, invert: bool | None = None, source: str | None = None) -> list[FoundDigit]:
+def find_digits(image: ImageInput, *, invert: bool | None = None, source: str | None = None) -> list[FoundDigit]:
     """The digits of a handwritten number in ``image``, left to right, each prepared as MNIST's were.
 
     Digits must not touch one another; pieces of one digit (a broken stroke) are merged when
@@ -291,7 +292,7 @@ def _digits(rows, starts, ends, labels, shape: tuple[int, int], source: str):
     usual = np.median((y1 - y0)[area >= 4]) if (area >= 4).any() else 0
     area[(x1 - x0 > LINE * usual) | (y1 - y0 > LINE * usual)] = 0
     group = np.full(k, -1)
-    boxes = []  # one [x0, y0, x1, y1] per digit; a component joins the last when it shares its columns
+    boxes: list[list[int]] = []  # one [x0, y0, x1, y1] per digit; a component joins the last when it shares its columns
     for c in sorted(np.nonzero(area >= max(4.0, SPECK_AREA * area.max(initial=0)))[0], key=lambda c: x0[c]):
         if boxes:
             b = boxes[-1]

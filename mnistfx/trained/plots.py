@@ -14,6 +14,7 @@ import torch
 
 from .._checks import is_finite
 from .._io import atomic_write_bytes, read_limited
+from .._types import StrPath
 from ..constants import MAX_EPOCHS
 from ..data.mnist import MNIST, load_mnist
 from ..errors import MnistfxError
@@ -33,7 +34,7 @@ def _pyplot():
     return plt
 
 
-def plot_history(history: list[dict], path) -> Path:
+def plot_history(history: list[dict], path: StrPath) -> Path:
     """Train and validation loss, and validation accuracy, per epoch, as a PNG at ``path``."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
@@ -50,7 +51,7 @@ def plot_history(history: list[dict], path) -> Path:
     return _save(fig, path)
 
 
-def plot_confusion(metrics: Metrics, path) -> Path:
+def plot_confusion(metrics: Metrics, path: StrPath) -> Path:
     """The confusion matrix (rows: true digit, columns: predicted) with its counts, as a PNG."""
     plt = _pyplot()
     counts = metrics.confusion.numpy()
@@ -72,7 +73,9 @@ def plot_confusion(metrics: Metrics, path) -> Path:
     return _save(fig, path)
 
 
-def plot_mistakes(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, path, *, most: int = 48) -> Path:
+def plot_mistakes(
+    images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, path: StrPath, *, most: int = 48
+) -> Path:
     """The wrongly classified digits, most confident mistakes first, each with its true label,
     the prediction and its probability, as a PNG grid."""
     plt = _pyplot()
@@ -109,7 +112,7 @@ def _save(fig, path) -> Path:
     return path
 
 
-def plot_members(member_accuracies: list[float], ensemble_accuracy: float, path) -> Path:
+def plot_members(member_accuracies: list[float], ensemble_accuracy: float, path: StrPath) -> Path:
     """A bar per ensemble member's test accuracy, and the ensemble's beside them, as a PNG."""
     plt = _pyplot()
     k = len(member_accuracies)
@@ -133,7 +136,12 @@ def plot_members(member_accuracies: list[float], ensemble_accuracy: float, path)
 
 
 def plot_run(
-    run_dir, *, out=None, data: MNIST | None = None, device: str = "cpu", model: str | None = None
+    run_dir: StrPath,
+    *,
+    out: StrPath | None = None,
+    data: MNIST | None = None,
+    device: str = "cpu",
+    model: str | None = None,
 ) -> list[Path]:
     """Draw a run folder's pictures: ``history.png`` (learning curves), ``confusion.png`` and
     ``mistakes.png`` (its test-set mistakes), and for an ensemble ``members.png`` (each member

@@ -29,13 +29,16 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from typing import Any
 from urllib.parse import urlsplit
 
 import torch
 
+from .._types import StrPath
 from ..data.digit_images import decode_image, prepare_digit
 from ..errors import MnistfxError
 from .weights import Weights, load_model_weights
@@ -67,7 +70,8 @@ class Predictor:
         self.weights = weights
         self.lock = threading.Lock()
         self.queue = threading.BoundedSemaphore(MAX_QUEUED + 1)  # the one being answered, and those waiting
-        self.queued, self.lock_queued = {}, threading.Lock()  # client address -> its images in the queue
+        self.queued: dict[str, int] = {}  # client address -> its images in the queue
+        self.lock_queued = threading.Lock()
         with torch.inference_mode():  # the first call's one-off costs, now
             weights.probabilities(torch.zeros(1, 28, 28, dtype=torch.uint8))
 
@@ -121,29 +125,32 @@ class DigitServer(ThreadingHTTPServer):
     request_queue_size = MAX_CONNECTIONS  # the listen backlog: a burst waits in the kernel, not refused
     allow_reuse_address = True  # a restart right after Ctrl-C; a port another server listens on is still refused
 
-    def __init__(self, address, predictor: Predictor, *, log=None):
+    def __init__(
+        self, address: tuple[str, int], predictor: Predictor, *, log: Callable[[str], object] | None = None
+    ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.predictor, self.log = predictor, (_Log(log) if log else None)
         self.lock = threading.Lock()
         self.open = 0  # connections with a thread
         self.cut = 0  # of them, cut off to make room and not yet ended
-        self.waiting = {}  # handlers waiting on their client, as an ordered set: the longest wait first
+        # handlers waiting on their client, as an ordered set: the longest wait first
+        self.waiting: dict[_Handler, None] = {}
         self.local = threading.local()
         super().__init__(address, _Handler)
 
     @property
     def url(self) -> str:
         """The page's address."""
-        host, port = self.server_address[:2]
+        host, port = str(self.server_address[0]), self.server_address[1]  # an address family with a host and port
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
     @property
     def local_only(self) -> bool:
         """Whether only this machine can reach the server (it listens on a loopback address)."""
-        return ipaddress.ip_address(self.server_address[0].partition("%")[0]).is_loopback
+        return ipaddress.ip_address(str(self.server_address[0]).partition("%")[0]).is_loopback
 
-    def process_request(self, request, client_address):
+    def process_request(self, request: Any, client_address: Any) -> None:
         with self.lock:
             if self.open - self.cut >= MAX_CONNECTIONS and self.waiting:
                 oldest = next(iter(self.waiting))  # all slots taken: the longest wait on a client makes room
@@ -163,7 +170,7 @@ class DigitServer(ThreadingHTTPServer):
             return
         super().process_request(request, client_address)
 
-    def process_request_thread(self, request, client_address):
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
         self.local.ended = False
         try:
             super().process_request_thread(request, client_address)
@@ -172,7 +179,7 @@ class DigitServer(ThreadingHTTPServer):
                 with self.lock:
                     self.open -= 1
 
-    def wait(self, handler, waiting: bool) -> None:
+    def wait(self, handler: _Handler, waiting: bool) -> None:
         """Note that ``handler`` waits on its client (``True``: for a request, or to take an answer) or
         works for it (``False``)."""
         with self.lock:
@@ -180,7 +187,7 @@ class DigitServer(ThreadingHTTPServer):
             if waiting:  # at the end of the order: the newest wait
                 self.waiting[handler] = None
 
-    def ended(self, handler) -> None:
+    def ended(self, handler: _Handler) -> None:
         """``handler``'s connection is over (in its own thread): its slot is free, in one step with its
         cut-off, so that a count between the two never refuses a connection."""
         with self.lock:
@@ -189,7 +196,7 @@ class DigitServer(ThreadingHTTPServer):
             self.cut -= handler.counted_cut
         self.local.ended = True
 
-    def handle_error(self, request, client_address):
+    def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
         if not isinstance(error, (ConnectionError, TimeoutError)) and self.log:
             self.log(f"error: a request from {client_address[0]} failed: {type(error).__name__}: {error}")
@@ -200,6 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "mnistfx"
     timeout = IDLE_TIMEOUT
     counted_cut = False
+    server: DigitServer
 
     def handle(self):
         try:
@@ -214,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._deadline.start()
         self._unread_body = False
         self.server.wait(self, True)
-        raw, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)
+        raw, self.rfile = self.rfile, _HeaderBudget(self.rfile, MAX_HEADER_BYTES)  # type: ignore[assignment]
         try:
             super().handle_one_request()
         except http.client.LineTooLong:  # the request line alone is over the budget (headers: parse_request's)
@@ -281,7 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         path = self._path()
         if path is None:
-            return self._refuse(HTTPStatus.BAD_REQUEST, "the request's path is not a URL path")
+            self._refuse(HTTPStatus.BAD_REQUEST, "the request's path is not a URL path")
+            return None
         if path == "/api/health":
             w = self.server.predictor.weights
             return self._send(HTTPStatus.OK, {"status": "ok", "model": w.model.name, "members": w.members})
@@ -298,7 +307,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self._read_body(length)
         if body is None:
-            return self._refuse(HTTPStatus.BAD_REQUEST, "the body ended before its Content-Length, or came too slowly")
+            self._refuse(HTTPStatus.BAD_REQUEST, "the body ended before its Content-Length, or came too slowly")
+            return None
         self._unread_body = False
         self.server.wait(self, False)
         try:
@@ -318,18 +328,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _body_length(self) -> int | None:
         """The body's length if it may be read; else the refusal is sent and ``None`` returned."""
         if "Transfer-Encoding" in self.headers:
-            return self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length, not chunked")
+            self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length, not chunked")
+            return None
         lengths = self.headers.get_all("Content-Length", [])
         if not lengths:
-            return self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length")
+            self._refuse(HTTPStatus.LENGTH_REQUIRED, "send the image with a Content-Length")
+            return None
         length = lengths[0].strip()
         if not (length.isascii() and length.isdigit() and len(length) <= 12):
-            return self._refuse(HTTPStatus.BAD_REQUEST, "the Content-Length is not a number of bytes")
+            self._refuse(HTTPStatus.BAD_REQUEST, "the Content-Length is not a number of bytes")
+            return None
         if int(length) > MAX_BODY:
-            return self._refuse(
+            self._refuse(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"the body is {int(length):,} bytes; at most {MAX_BODY:,} are read: send a smaller image",
             )
+            return None
         return int(length)
 
     def _read_body(self, length: int) -> bytes | None:
@@ -428,10 +442,12 @@ def _response(
 
 
 def _asset(name: str) -> bytes:
-    return resources.files(__package__).joinpath("web", name).read_bytes()
+    return resources.files(__package__).joinpath("web").joinpath(name).read_bytes()
 
 
-def make_server(weights, host: str = "127.0.0.1", port: int = 8000, *, log=None) -> DigitServer:
+def make_server(
+    weights: Weights | StrPath, host: str = "127.0.0.1", port: int = 8000, *, log: Callable[[str], object] | None = None
+) -> DigitServer:
     """A bound (not yet serving) :class:`DigitServer` for ``weights``; call ``serve_forever()`` on it.
 
     Arguments:

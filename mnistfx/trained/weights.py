@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .._checks import is_whole
+from .._types import Device, StrPath
 from ..constants import MAX_ENSEMBLE, MODELS
 from ..errors import WeightsError
 from ..models.evaluation import Metrics, evaluate, probabilities
@@ -37,7 +39,7 @@ class Weights:
     metadata: dict
     members: int | None = None
 
-    def to(self, device) -> Weights:
+    def to(self, device: Device) -> Weights:
         """The same weights on ``device``."""
         move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
         return dataclasses.replace(self, params=move(self.params), state=move(self.state))
@@ -61,7 +63,7 @@ class Weights:
         return evaluate(self.model, self.params, images, labels, state=self.state, members=self.members)
 
 
-def load_model_weights(path, model: str | None = None) -> Weights:
+def load_model_weights(path: StrPath, model: str | None = None) -> Weights:
     """Load weights and the model they belong to, checking that they fit.
 
     Reads mnistfx safetensors files (a single model's or an ensemble's), and also the original
@@ -80,9 +82,10 @@ def load_model_weights(path, model: str | None = None) -> Weights:
         WeightsError: unreadable file, unknown model, or weights that do not fit the model.
     """
     path = Path(path)
+    name: Any  # whatever the file says: checked below
     if path.is_file() and zipfile.is_zipfile(path):
         name, params = import_notebook_checkpoint(path)
-        meta = {"model": name, "source": "notebook checkpoint"}
+        meta: dict[str, Any] = {"model": name, "source": "notebook checkpoint"}
     else:
         params, meta = load_weights(path)
         if str(meta.get("format", "")).startswith("mnistfx-checkpoint"):

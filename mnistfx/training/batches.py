@@ -4,8 +4,11 @@ inductor's version of it)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from .._types import Key
 from ..data.augment import check_rows, random_affine
 from ..models.ensemble import stack
 from ..models.model import Model, check_images
@@ -16,7 +19,7 @@ def augment_batch(
     model: Model,
     x01: torch.Tensor,
     *,
-    key,
+    key: Key,
     faithful_fill: bool = False,
     rows: torch.Tensor | None = None,
     n: int | None = None,
@@ -39,13 +42,13 @@ def batch_inputs(
     images: torch.Tensor,
     idx: torch.Tensor,
     *,
-    aug_key,
-    drop_key,
+    aug_key: Key,
+    drop_key: Key,
     augment: bool = True,
     faithful_fill: bool = False,
     members: int | None = None,
     rows: torch.Tensor | None = None,
-):
+) -> tuple[torch.Tensor, Any]:
     """The model input and dropout noise for the training batch ``images[idx]``.
 
     Arguments:

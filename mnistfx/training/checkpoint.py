@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .._checks import check_whole, is_finite
+from .._types import StrPath
 from ..errors import ConfigError, MnistfxError, WeightsError
 from ..models.model import check_finite, check_params, check_state, check_state_usable
 from ..models.registry import get_model
@@ -68,7 +69,7 @@ class Checkpoint:
         return self.epoch >= self.config.epochs and self.step >= self.config.steps_per_epoch
 
 
-def save_checkpoint(path, ckpt: Checkpoint) -> None:
+def save_checkpoint(path: StrPath, ckpt: Checkpoint) -> None:
     """Write ``ckpt`` to ``path`` atomically."""
     tensors = {f"params/{k}": v for k, v in ckpt.params.items()}
     tensors.update({f"state/{k}": v for k, v in ckpt.state.items()})
@@ -122,7 +123,7 @@ def checkpoint_file(path) -> Path:
     return path
 
 
-def load_checkpoint(path, *, data: bytes | None = None) -> Checkpoint:
+def load_checkpoint(path: StrPath, *, data: bytes | None = None) -> Checkpoint:
     """Read and check a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
 
     Arguments:

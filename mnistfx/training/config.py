@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .._checks import check_choice, check_fraction, check_positive, check_whole, is_whole
 from ..constants import (
@@ -182,7 +184,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values) -> TrainConfig:
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """A config from :meth:`to_dict`'s values; unknown or malformed fields raise :class:`ConfigError`."""
         if not isinstance(values, dict):
             raise ConfigError(f"a config must be a dict of fields, not {type(values).__name__}")
@@ -248,7 +250,7 @@ RECIPES = {
 }
 
 
-def recipe(model: str, name: str = "default", /, **overrides) -> TrainConfig:
+def recipe(model: str, name: str = "default", /, **overrides: Any) -> TrainConfig:
     """The :class:`TrainConfig` of recipe ``name`` for ``model``, with some fields replaced.
 
     Arguments:

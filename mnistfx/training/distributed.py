@@ -138,12 +138,12 @@ def check_started(parallel) -> None:
     """``parallel`` must be a :class:`Parallel` of the process group this process joined (:func:`start`)."""
     if not isinstance(parallel, Parallel):
         raise TypeError(
-            f"parallel must be a mnistfx.distributed.Parallel (from from_environment()), not {type(parallel).__name__}"
+            f"parallel must be a mnistfx.training.distributed.Parallel (from from_environment()), not {type(parallel).__name__}"
         )
     if not dist.is_initialized() or (dist.get_rank(), dist.get_world_size()) != (parallel.rank, parallel.world):
         raise ConfigError(
             f"rank {parallel.rank} of {parallel.world} has not joined its process group: call "
-            "mnistfx.distributed.start(parallel) first, in a process torchrun started"
+            "mnistfx.training.distributed.start(parallel) first, in a process torchrun started"
         )
 
 
@@ -190,7 +190,7 @@ def make_average(world: int) -> Callable:
         floats = sorted(k for k, v in state.items() if v.is_floating_point())
         parts = [*(grads[k] for k in names), loss, *(state[k] for k in floats)]
         flat = torch.cat([p.reshape(-1).float() for p in parts])
-        flat = funcol.all_reduce(flat, "sum", dist.group.WORLD) / world
+        flat = funcol.all_reduce(flat, "sum", dist.group.WORLD) / world  # type: ignore[arg-type]  # WORLD: started
         out = [
             piece.view(p.shape).to(p.dtype)
             for piece, p in zip(flat.split([p.numel() for p in parts]), parts, strict=True)
@@ -205,9 +205,9 @@ def make_average(world: int) -> Callable:
 def agree(parallel: Parallel, failure: BaseException | None) -> None:
     """Every rank learns whether any rank failed before training: a failed rank re-raises its error,
     the others raise :class:`~mnistfx.MnistfxError` with the first failed rank's message."""
-    text = b"" if failure is None else b"!" + (str(failure) or type(failure).__name__).encode()[: _MESSAGE_BYTES - 1]
+    sent = b"" if failure is None else b"!" + (str(failure) or type(failure).__name__).encode()[: _MESSAGE_BYTES - 1]
     mine = torch.zeros(_MESSAGE_BYTES, dtype=torch.uint8)
-    mine[: len(text)] = torch.tensor(list(text), dtype=torch.uint8)
+    mine[: len(sent)] = torch.tensor(list(sent), dtype=torch.uint8)
     everyone = [torch.empty_like(mine) for _ in range(parallel.world)]
     with guard(parallel, _BEFORE):
         dist.all_gather(everyone, mine)
@@ -253,16 +253,18 @@ def check_same_work(parallel: Parallel, resuming: bool) -> None:
 
 def share_bytes(parallel: Parallel, data: bytes | None) -> bytes:
     """Rank 0's ``data`` on every rank (the others pass ``None``)."""
-    size = torch.tensor([len(data) if parallel.main else 0], dtype=torch.int64)
+    if parallel.main and data is None:
+        raise ValueError("share_bytes: rank 0 passes the bytes to share")
+    size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64)
     with guard(parallel, _BEFORE):
         dist.broadcast(size, 0)
         buf = (
             torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            if parallel.main
+            if data is not None
             else torch.empty(int(size), dtype=torch.uint8)
         )
         dist.broadcast(buf, 0)
-    return data if parallel.main else buf.numpy().tobytes()
+    return data if data is not None else buf.numpy().tobytes()
 
 
 def is_collective_failure(error: BaseException) -> bool:

@@ -3,7 +3,7 @@ checkpoint; both end with the validation and full test-set metrics in a :class:`
 loop between is :class:`Loop`: it sets a run up, trains it epoch by epoch (from a checkpoint if
 given), evaluates it, and writes its checkpoints.
 
-The whole pure step (see :mod:`mnistfx.step`) is compiled once: every batch has the same shape
+The whole pure step (see :mod:`mnistfx.training.step`) is compiled once: every batch has the same shape
 (the last partial batch of an epoch is dropped) and the learning rate is computed inside it from
 its step-count tensor. Evaluation runs eagerly: on 5,000 images a compiled forward would save
 about 0.05 s per epoch and cost 10-20 s of compiling on a cold cache. Data lives on the device
@@ -19,10 +19,12 @@ import math
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from .._checks import check_whole
+from .._types import StrPath
 from ..constants import MAX_CHECKPOINT_EVERY
 from ..data.mnist import MNIST, load_mnist, train_val_split
 from ..errors import ConfigError, MnistfxError, WeightsError
@@ -92,14 +94,15 @@ class Loop:
             distributed.check_config(parallel, config, resuming=start is not None)
             checkpoint_dir = checkpoint_dir if parallel.main else None
         self.emit = on_event or _ignore
-        self.checkpoint_dir, self.dir, self.made_dir = checkpoint_dir, None, False
+        self.checkpoint_dir, self.made_dir = checkpoint_dir, False
+        self.dir: Path | None = None
         self.saved = start is not None  # whether the folder holds a checkpoint of this run
         self.stale: list = []  # an overwritten run's results, removed before this run's first checkpoint
 
     def run(self) -> Run:
         """Train under the run folder's lock (if there is a folder); a folder this run made and left
         empty (it failed before its first checkpoint) is removed. Ranks of a data-parallel run first
-        :func:`~mnistfx.distributed.agree` that each is ready."""
+        :func:`~mnistfx.training.distributed.agree` that each is ready."""
         try:
             with contextlib.ExitStack() as stack:
                 try:
@@ -116,7 +119,7 @@ class Loop:
         except BaseException:
             if self.made_dir:
                 with contextlib.suppress(OSError):
-                    self.dir.rmdir()  # only if empty: an error if the run wrote anything
+                    self.dir.rmdir()  # type: ignore[union-attr]  # made_dir: there is one  # only if empty: an error if the run wrote anything
             raise
 
     def _prepare(self, stack: contextlib.ExitStack) -> None:
@@ -125,14 +128,14 @@ class Loop:
             self.device = distributed.device_for(self.parallel, self.device)
         if self.checkpoint_dir is not None:
             made = not os.path.lexists(self.checkpoint_dir)
-            self.dir = prepare_run_dir(self.checkpoint_dir)
+            self.dir = folder = prepare_run_dir(self.checkpoint_dir)
             self.made_dir = made  # once it exists: removed if the run fails before writing into it
-            stack.enter_context(run_lock(self.dir))
+            stack.enter_context(run_lock(folder))
             if self.start is None:
-                check_run_dir(self.dir, overwrite=self.overwrite)
-                self.stale = [self.dir / name for name in (WEIGHTS_FILE, HISTORY_FILE) if (self.dir / name).exists()]
+                check_run_dir(folder, overwrite=self.overwrite)
+                self.stale = [folder / name for name in (WEIGHTS_FILE, HISTORY_FILE) if (folder / name).exists()]
             else:
-                check_resumable(self.dir, self.start.finished)
+                check_resumable(folder, self.start.finished)
         self.emit("config", config=self.config, resumed=self.start is not None)
         if self.data is None:
             self.emit("loading")
@@ -258,8 +261,10 @@ class Loop:
         """Steps ``begin + 1`` to the end of ``epoch``; returns the seconds spent compiling."""
         cfg, n_steps, batch, group = self.config, self.config.steps_per_epoch, self.config.batch_size, self.config.group
         g = self.generators
-        if begin:
-            self.perm, self.loss_sum = self.start.perm.to(self.device), self.start.loss_sum.to(self.device)
+        if begin:  # resumed mid-epoch: the checkpoint holds the epoch's order and its loss so far
+            start = self.start
+            assert start is not None and start.perm is not None and start.loss_sum is not None
+            self.perm, self.loss_sum = start.perm.to(self.device), start.loss_sum.to(self.device)
         else:
             self.perm = torch.randperm(train_x.shape[0], generator=g["shuffle"], device=self.device)
             self.loss_sum = torch.zeros((), device=self.device)
@@ -366,7 +371,7 @@ def train(
     *,
     data: MNIST | None = None,
     on_event: Callable | None = None,
-    checkpoint_dir=None,
+    checkpoint_dir: StrPath | None = None,
     checkpoint_every: int = 0,
     overwrite: bool = False,
     loss: Callable | None = None,
@@ -396,7 +401,7 @@ def train(
         loss: the loss function of :func:`~mnistfx.make_train_step` (default: cross-entropy with the
             config's label smoothing); pass the same one to :func:`resume`.
         test: evaluate on the test set at the end (``False`` for sweeps, which must not look at it).
-        parallel: train data-parallel as this rank (see :mod:`mnistfx.distributed`; the process group
+        parallel: train data-parallel as this rank (see :mod:`mnistfx.training.distributed`; the process group
             must be started): rank 0 alone writes ``checkpoint_dir``, reports and evaluates, and the
             other ranks' :class:`Run` has no metrics.
 
@@ -431,12 +436,12 @@ def train(
 
 
 def resume(
-    run_dir,
+    run_dir: StrPath,
     *,
     data: MNIST | None = None,
     on_event: Callable | None = None,
     checkpoint_every: int = 0,
-    data_root=None,
+    data_root: StrPath | None = None,
     loss: Callable | None = None,
     test: bool = True,
     parallel: distributed.Parallel | None = None,

@@ -73,15 +73,15 @@ def _check_lr(lr) -> None:
 
 
 def _check_betas(betas, eps) -> tuple[tuple[float, float], float]:
-    if len(betas) != 2 or not all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas):
+    if len(betas) != 2 or not all(isinstance(b, numbers.Real) and 0 <= float(b) < 1 for b in betas):
         raise ValueError(f"betas must be two numbers in [0, 1), not {betas!r}")
-    if not (isinstance(eps, numbers.Real) and eps >= 0):
+    if not (isinstance(eps, numbers.Real) and float(eps) >= 0):
         raise ValueError(f"eps must be a number ≥ 0, not {eps!r}")
     return (float(betas[0]), float(betas[1])), float(eps)
 
 
 def _check_factor(name: str, value, hi: float = math.inf) -> float:
-    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < hi):
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= float(value) < hi):
         raise ValueError(f"{name} must be a number in [0, {hi:g}), not {value!r}")
     return float(value)
 
@@ -182,7 +182,7 @@ def config_optimizer(config: TrainConfig) -> Optimizer:
     return adam(lr)
 
 
-def lr_schedule(lr: float, total_steps: int, decay_steps: int, warmup_steps: int = 0):
+def lr_schedule(lr: float, total_steps: int, decay_steps: int, warmup_steps: int = 0) -> LearningRate:
     """The learning rate for each step: a constant ``lr``, or a schedule (a function of the step count).
 
     Over the first ``warmup_steps`` it rises linearly from ``lr / 25`` to ``lr``; over the last
@@ -200,12 +200,12 @@ def lr_schedule(lr: float, total_steps: int, decay_steps: int, warmup_steps: int
     if decay_steps <= 0 and warmup_steps <= 0:
         return lr
 
-    def schedule(step):
-        rate = lr
+    def schedule(step: torch.Tensor) -> torch.Tensor:
+        rate: float | torch.Tensor = lr
         if warmup_steps > 0:
             rate = rate * (0.04 + 0.96 * torch.clamp(step / warmup_steps, max=1.0))
         if decay_steps > 0:
             rate = rate * torch.clamp((total_steps - step + 1) / decay_steps, max=1.0)
-        return rate
+        return rate  # type: ignore[return-value]  # a tensor: there is warm-up or decay
 
     return schedule

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .._io import atomic_write_bytes, remove_stale_temps, to_json
+from .._types import StrPath
 from ..constants import VERSION
 from ..errors import MnistfxError, RunFolderError
 from ..models.evaluation import Metrics
@@ -26,7 +28,7 @@ from .config import TrainConfig
 try:
     import fcntl
 except ImportError:  # Windows: run folders are not locked
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 WEIGHTS_FILE = "weights.safetensors"
 HISTORY_FILE = "history.json"
@@ -99,13 +101,13 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}{recipe_part}{ensemble_part}-seed{config.seed}"
 
 
-def run_folder(path) -> Path:
+def run_folder(path: StrPath) -> Path:
     """The run folder ``path`` names: itself, or the folder of a checkpoint file given instead."""
     path = Path(path)
     return path.parent if path.is_file() else path
 
 
-def check_run_dir(path, *, overwrite: bool = False) -> None:
+def check_run_dir(path: StrPath, *, overwrite: bool = False) -> None:
     """Raise :class:`~mnistfx.RunFolderError` if the folder ``path`` holds a run a new one would replace.
 
     An unfinished run's checkpoint is progress that ``--resume`` can continue; a finished run's
@@ -138,7 +140,7 @@ def check_resumable(path, finished: bool) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(path):
+def run_lock(path: StrPath) -> Iterator[None]:
     """Hold the run folder ``path`` while this process writes into it; another process is refused.
 
     The lock (``flock`` on the folder itself, so no file is made) is released when the block ends,
@@ -170,7 +172,7 @@ def run_lock(path):
 _HELD: dict[str, int] = {}  # run folders this process holds, by real path: how many holders
 
 
-def prepare_run_dir(path) -> Path:
+def prepare_run_dir(path: StrPath) -> Path:
     """Create the run folder ``path`` (with parents) and check it is writable, before any work.
 
     Old temp files that a killed save left beside a run's files are removed (the files
@@ -195,7 +197,7 @@ def prepare_run_dir(path) -> Path:
     return path
 
 
-def save_run(run: Run, out_dir) -> dict[str, Path]:
+def save_run(run: Run, out_dir: StrPath) -> dict[str, Path]:
     """Write ``weights.safetensors`` (with :meth:`Run.metadata`) and ``history.json`` (:meth:`Run.summary`)
     into ``out_dir``, each atomically.
 
