@@ -15,6 +15,7 @@ from .bench import bench
 from .data import data
 from .evaluate import eval_, predict
 from .export import export
+from .flags import in_flags
 from .notebook import export_notebook, import_notebook
 from .options import printable
 from .plot import plot
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
         return leave(e.exit_code)
     except MnistfxError as e:
         if not getattr(e, "quiet", False):  # a stopped data-parallel rank other than 0: rank 0 says it
-            _error(str(e))
+            _error(in_flags(str(e)))
         return leave(1)
     return status if isinstance(status, int) else 0  # a command's click.exceptions.Exit
 

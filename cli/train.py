@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -13,24 +14,13 @@ import click
 from click.core import ParameterSource
 
 import mnistfx
-from mnistfx.constants import (
-    MAX_BATCH_SIZE,
-    MAX_CHECKPOINT_EVERY,
-    MAX_ENSEMBLE,
-    MAX_EPOCHS,
-    MAX_NPROC,
-    MAX_SEED,
-    MAX_STEPS_PER_CALL,
-    OPTIMIZERS,
-    PRECISIONS,
-)
+from mnistfx.constants import MAX_CHECKPOINT_EVERY, MAX_NPROC
 from mnistfx.training.config import RECIPES
 
+from .flags import in_flags
 from .launch import launched, next_step, stop_with_parent
 from .options import (
     console,
-    data_root_option,
-    device_option,
     json_option,
     named_model,
     positive,
@@ -47,6 +37,38 @@ def _epoch_line(e: dict) -> str:
     )
 
 
+def _config_option(field: dataclasses.Field):
+    """The ``mnistfx train`` option of a :class:`~mnistfx.TrainConfig` field, from the field's metadata: its
+    flag, type, range or choices, and help (with the recipes' values where they differ). Unset, it is ``None``:
+    the recipe's value stands."""
+    meta, flag = field.metadata, "--" + field.name.replace("_", "-")
+    help = meta["help"] + (f" ({recipe_values(field.name)})" if meta["recipes"] else "")
+    if field.type == "bool":  # a flag that flips the default
+        flag = flag if not field.default else "--no-" + flag[2:]
+        return click.option(flag, field.name, is_flag=True, flag_value=not field.default, default=None, help=help + ".")
+    if meta["choices"]:
+        kind: click.ParamType = click.Choice(meta["choices"])
+    elif meta["path"]:
+        kind = click.Path()
+    elif field.type.startswith("int"):
+        kind = click.IntRange(meta["lo"], meta["hi"])
+    elif field.type.startswith("float") and meta["open_lo"] and meta["hi"] is None:  # a positive number
+        return click.option(flag, field.name, type=float, callback=positive, help=help + ".")
+    elif field.type.startswith("float"):
+        kind = click.FloatRange(meta["lo"], meta["hi"], min_open=meta["open_lo"], max_open=meta["open_hi"])
+    else:
+        kind = click.STRING
+    return click.option(flag, field.name, type=kind, help=help + ".")
+
+
+def _config_options(command):
+    """Every command-line field of :class:`~mnistfx.TrainConfig` as an option of ``command``."""
+    for field in reversed(dataclasses.fields(mnistfx.TrainConfig)):
+        if field.metadata:  # model and recipe have their own argument and option
+            command = _config_option(field)(command)
+    return command
+
+
 @click.command()
 @click.argument("model", metavar="MODEL", required=False)
 @click.option(
@@ -58,77 +80,8 @@ def _epoch_line(e: dict) -> str:
     help="default: the notebook's recipe (15 epochs for tuned); fast: tuned to 99.1 % in under a minute. "
     "The options below override single values.",
 )
-@click.option(
-    "--epochs", type=click.IntRange(1, MAX_EPOCHS), help=f"Passes over the training split ({recipe_values('epochs')})."
-)
-@click.option(
-    "--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), help=f"Images per step ({recipe_values('batch_size')})."
-)
-@click.option(
-    "--lr", type=float, callback=positive, help=f"The optimiser's (peak) learning rate ({recipe_values('lr')})."
-)
-@click.option(
-    "--optimizer",
-    type=click.Choice(OPTIMIZERS),
-    help=f"adam, adamw or sgd (with momentum) ({recipe_values('optimizer')}).",
-)
-@click.option(
-    "--weight-decay",
-    type=click.FloatRange(0, 1, max_open=True),
-    help="adamw's decoupled weight decay (default 0.01), or sgd's L2 penalty (default 0; the resnet recipe's 5e-4).",
-)
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), help="sgd's momentum (default 0.9).")
-@click.option(
-    "--ensemble",
-    type=click.IntRange(1, MAX_ENSEMBLE),
-    help="Train this many members in one vmapped step (default 1: a single model).",
-)
-@click.option(
-    "--warmup",
-    type=click.FloatRange(0, 1),
-    help=f"Fraction of steps, at the start, over which the lr rises from lr/25 ({recipe_values('warmup')}).",
-)
-@click.option(
-    "--decay",
-    type=click.FloatRange(0, 1),
-    help=f"Fraction of steps, at the end, over which the lr falls linearly to 0 ({recipe_values('decay')}; "
-    "0: constant).",
-)
-@click.option(
-    "--label-smoothing",
-    type=click.FloatRange(0, 1),
-    help=f"Cross-entropy label smoothing ({recipe_values('label_smoothing')}).",
-)
-@click.option(
-    "--clean-epochs",
-    type=click.IntRange(min=0),
-    help=f"Train the last N epochs without augmentation ({recipe_values('clean_epochs')}).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    help=f"bf16: autocast the training forward pass ({recipe_values('precision')}).",
-)
-@click.option(
-    "--seed", type=click.IntRange(-MAX_SEED, MAX_SEED), default=0, show_default=True, help="Seed of all randomness."
-)
-@device_option
+@_config_options
 @click.option("--out", type=click.Path(), help="Output folder (default: runs/MODEL-seedN, runs/MODEL-RECIPE-seedN).")
-@click.option("--no-compile", is_flag=True, help="Run the same step eagerly instead of torch.compile.")
-@click.option(
-    "--steps-per-call",
-    type=click.IntRange(1, MAX_STEPS_PER_CALL),
-    help=f"Steps per call of the compiled function ({recipe_values('steps_per_call')}).",
-)
-@click.option("--no-augment", is_flag=True, help="Train on the images as they are.")
-@click.option("--faithful-fill", is_flag=True, help="Augment as the notebook did (affine fill mid-grey for tuned).")
-@click.option(
-    "--val-size",
-    type=click.IntRange(min=1),
-    help=f"Training images held out for validation (default {RECIPES['default']['tuned'].val_size}).",
-)
-@click.option("--train-size", type=click.IntRange(min=1), help="Train on only this many images (smoke runs).")
-@data_root_option
 @click.option(
     "--checkpoint-every",
     type=click.IntRange(1, MAX_CHECKPOINT_EVERY),
@@ -149,38 +102,7 @@ def _epoch_line(e: dict) -> str:
     "every batch). Under torchrun itself, leave it out.",
 )
 @json_option("Print a JSON summary on stdout (stderr: only a progress bar on a terminal, and errors).")
-def train(
-    model,
-    recipe_name,
-    epochs,
-    batch_size,
-    lr,
-    optimizer,
-    weight_decay,
-    momentum,
-    ensemble,
-    warmup,
-    decay,
-    label_smoothing,
-    clean_epochs,
-    precision,
-    seed,
-    device,
-    out,
-    no_compile,
-    steps_per_call,
-    no_augment,
-    faithful_fill,
-    val_size,
-    train_size,
-    data_root,
-    checkpoint_every,
-    resume_dir,
-    overwrite,
-    no_test,
-    nproc,
-    as_json,
-):
+def train(model, recipe_name, out, checkpoint_every, resume_dir, overwrite, no_test, nproc, as_json, **settings):
     """Train MODEL with a recipe; write weights, history and a checkpoint.
 
     MODEL is tuned, cnn or resnet, or a model of your own as MODULE:ATTR (e.g. mymodels:mlp, the Model
@@ -222,35 +144,9 @@ def train(
         cfg = ckpt.config if ckpt is not None else None
         out = mnistfx.run_folder(resume_dir) if parallel is None or parallel.main else resume_dir
     else:
-        given = {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "warmup": warmup,
-            "decay": decay,
-            "label_smoothing": label_smoothing,
-            "clean_epochs": clean_epochs,
-            "precision": precision,
-            "val_size": val_size,
-            "train_size": train_size,
-            "data_root": data_root,
-            "steps_per_call": steps_per_call,
-            "optimizer": optimizer,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "ensemble": ensemble,
-        }
-        cfg = mnistfx.recipe(
-            model,
-            recipe_name,
-            seed=seed,
-            device=device,
-            compile=not no_compile,
-            augment=not no_augment,
-            faithful_fill=faithful_fill,
-            **{k: v for k, v in given.items() if v is not None},
-        )
-        if momentum is not None and cfg.optimizer != "sgd":
+        given = {name: value for name, value in settings.items() if value is not None}
+        cfg = mnistfx.recipe(model, recipe_name, **given)
+        if "momentum" in given and cfg.optimizer != "sgd":
             raise click.UsageError(
                 f"--momentum is sgd's, and this run's optimizer is {cfg.optimizer}: pass --optimizer sgd with it"
             )
@@ -268,7 +164,7 @@ def train(
             elif resume_dir is not None:
                 check_resumable(out, ckpt.finished)
         except mnistfx.RunFolderError as e:
-            raise click.UsageError(str(e)) from None
+            raise click.UsageError(in_flags(str(e))) from None
         raise click.exceptions.Exit(launch(nproc, out))
     mnistfx.use_compile_cache()
     quiet_torch_logs()
@@ -278,7 +174,7 @@ def train(
             cfg,
             out,
             resume_dir is not None,
-            data_root,
+            settings["data_root"],
             checkpoint_every or 0,
             overwrite,
             not no_test,
@@ -474,7 +370,7 @@ def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, ove
                 parallel=parallel,
             )
         except mnistfx.RunFolderError as e:
-            raise click.UsageError(str(e)) from None
+            raise click.UsageError(in_flags(str(e))) from None
 
 
 _RESUME_KEEPS = {"model", "resume_dir", "checkpoint_every", "as_json", "data_root", "no_test", "nproc"}

@@ -135,7 +135,7 @@ def to_json(value: Any, **kwargs: Any) -> str:
 def write_new(path: Path, data: bytes, overwrite: bool, error: type = OSError) -> None:
     """Write ``data`` atomically, refusing (with ``error``) to replace a file unless ``overwrite``."""
     if not overwrite and os.path.lexists(path):
-        raise error(f"{path} exists: pass --overwrite to replace it, or another --out")
+        raise error(f"{path} exists: pass `overwrite=True` to replace it, or another `path`")
     atomic_write_bytes(path, data)
 
 

@@ -269,7 +269,7 @@ def benchmark_ensemble(
         raise ConfigError("members must list at least one ensemble size")
     for k in members:
         check_whole("members", k, 2, MAX_ENSEMBLE)
-    check_whole("batch-size", batch_size, 1, MAX_BATCH_SIZE)
+    check_whole("`batch_size`", batch_size, 1, MAX_BATCH_SIZE)
     check_timing(seconds, repeats)
     dev = resolve_device(device)
     data = data or load_mnist()

@@ -1,12 +1,24 @@
 """Errors that mean the user has something to fix (the CLI prints them as one line).
 
-Importable without torch. Errors about values are also ``ValueError``\\ s, so library code that
-catches ``ValueError`` keeps working.
+A message speaks the library's language: the arguments it names are in backticks as one writes them in
+Python (`` `overwrite=True` ``, `` `compile=False` ``, `` `lr` ``), and :attr:`MnistfxError.fields` lists
+them. The command line shows the same message with its flags in their place (``--overwrite``,
+``--no-compile``, ``--lr``). Importable without torch. Errors about values are also ``ValueError``\\ s, so
+library code that catches ``ValueError`` keeps working.
 """
+
+import re
+
+_ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)(?:=[^`]*)?`")  # `name` or `name=value`
 
 
 class MnistfxError(Exception):
     """A problem the user can fix; its message says what was wrong and what to do."""
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The arguments (and config fields) the message names, in order, e.g. ``("overwrite", "checkpoint_dir")``."""
+        return tuple(dict.fromkeys(_ARGUMENT.findall(str(self))))
 
 
 class ConfigError(MnistfxError, ValueError):

@@ -114,7 +114,7 @@ def test_the_config_names_the_optimiser():
     assert config_optimizer(mnistfx.recipe("tuned", optimizer="sgd", lr=0.05, momentum=0.0)).buffers == ()
     with pytest.raises(mnistfx.ConfigError, match="adam has no weight decay"):
         mnistfx.recipe("tuned", weight_decay=0.01)
-    with pytest.raises(mnistfx.ConfigError, match="weight-decay must be below 1"):
+    with pytest.raises(mnistfx.ConfigError, match="`weight_decay` must be below 1"):
         mnistfx.recipe("tuned", optimizer="adamw", weight_decay=1.0)
     # adamw alone decays as torch.optim.AdamW does by default; sgd alone does not
     params = {"w": torch.ones(3)}

@@ -281,7 +281,7 @@ def test_train_refuses_to_overwrite_a_run(mnist, tmp_path):
     assert events == [] and (tmp_path / CHECKPOINT_FILE).read_bytes() == before  # refused before any work
     mnistfx.check_run_dir(tmp_path / "elsewhere")  # no run there: nothing to protect
     mnistfx.resume(tmp_path, data=mnist)
-    with pytest.raises(mnistfx.RunFolderError, match="holds a finished run .*pass --overwrite"):
+    with pytest.raises(mnistfx.RunFolderError, match="holds a finished run .*pass `overwrite=True`"):
         mnistfx.check_run_dir(tmp_path)  # finished now: its results are protected too
     mnistfx.check_run_dir(tmp_path, overwrite=True)
 

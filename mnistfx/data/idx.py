@@ -61,7 +61,7 @@ def missing_files(raw: Path) -> list[str]:
             missing.append(name)
         elif not path.is_file():
             raise DataError(
-                f"MNIST file {path} is not a regular file: remove it and run `mnistfx data` to fetch "
+                f"MNIST file {path} is not a regular file: remove it and run `fetch_mnist()` to fetch "
                 "MNIST, or pass another data root"
             )
     return missing
@@ -79,7 +79,7 @@ def read_idx(path: Path) -> np.ndarray:
     shape = (count, 28, 28) if magic == 2051 else (count,)
     header = 4 * (1 + len(shape))
     size = header + int(np.prod(shape))
-    fix = "delete it and run `mnistfx data` to fetch it again"
+    fix = "delete it and run `fetch_mnist()` to fetch it again"
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):

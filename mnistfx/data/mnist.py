@@ -54,7 +54,7 @@ def load_mnist(root: StrPath | None = None, *, download: bool = True) -> MNIST:
     missing = missing_files(raw) if raw.is_dir() else list(IDX_FILES)
     if missing:
         if not download:
-            raise DataError(f"MNIST is missing from {raw} ({missing[0]}): run `mnistfx data` to fetch it")
+            raise DataError(f"MNIST is missing from {raw} ({missing[0]}): run `fetch_mnist()` to fetch it")
         fetch_mnist(root)
     arrays = {name: read_idx(raw / name) for name in IDX_FILES}
     return MNIST(
@@ -80,20 +80,20 @@ def verify_mnist(root: StrPath | None = None) -> dict[str, str]:
     for name, (expected, _, _) in IDX_FILES.items():
         path = raw / name
         if not path.is_file():
-            raise DataError(f"MNIST file {path} is missing: run `mnistfx data` to fetch it")
+            raise DataError(f"MNIST file {path} is missing: run `fetch_mnist()` to fetch it")
         got = sha256(
             read_limited(
                 path,
                 file_size(name),
                 what="MNIST file",
                 error=DataError,
-                fix="run `mnistfx data --force` to fetch it again",
+                fix="run `fetch_mnist(force=True)` to fetch it again",
             )
         )
         if got != expected:
             raise DataError(
                 f"MNIST file {path} has sha256 {got[:12]}…, expected {expected[:12]}…: "
-                "run `mnistfx data --force` to fetch it again"
+                "run `fetch_mnist(force=True)` to fetch it again"
             )
         sums[name] = got
     return sums

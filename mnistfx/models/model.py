@@ -186,7 +186,7 @@ def check_model(
             raise ModelError("the loss's extra outputs must be a dict of tensors")
 
 
-def check_finite(tensors: dict, *, source: str, fix: str = "the run diverged: train again with a lower --lr") -> None:
+def check_finite(tensors: dict, *, source: str, fix: str = "the run diverged: train again with a lower `lr`") -> None:
     """Raise :class:`~mnistfx.WeightsError` if a float tensor of ``tensors`` holds NaN or infinity."""
     for k, v in tensors.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):

@@ -20,7 +20,7 @@ def resolve_device(name: Device) -> torch.device:
     except (RuntimeError, TypeError):
         raise ConfigError(f"unknown device {name!r}: use {DEVICES_HINT}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but no CUDA device is available here: use --device cpu")
+        raise ConfigError(f"device {name!r} asked for, but no CUDA device is available here: use `device='cpu'`")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(
             f"device {name!r} asked for, but there are only {torch.cuda.device_count()} CUDA "

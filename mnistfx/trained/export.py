@@ -424,14 +424,14 @@ def _prepare(weights, path, overwrite: bool) -> tuple[Path, Weights]:
     """Check ``path`` (before any work) and load ``weights`` if given as a path."""
     path = Path(path)
     if path.is_dir():
-        raise MnistfxError(f"{path} is a folder: pass a file name for --out")
+        raise MnistfxError(f"{path} is a folder: pass a file name for `path`")
     if not path.parent.is_dir():
-        raise MnistfxError(f"the folder of {path} does not exist: create it, or pass another --out")
+        raise MnistfxError(f"the folder of {path} does not exist: create it, or pass another `path`")
     if os.path.lexists(path):
         if not stat.S_ISREG(os.lstat(path).st_mode):  # a device, FIFO, socket or link is never replaced
-            raise MnistfxError(f"{path} exists and is not a regular file: pass another --out")
+            raise MnistfxError(f"{path} exists and is not a regular file: pass another `path`")
         if not overwrite:
-            raise MnistfxError(f"{path} exists: pass --overwrite to replace it, or another --out")
+            raise MnistfxError(f"{path} exists: pass `overwrite=True` to replace it, or another `path`")
     if not isinstance(weights, Weights):
         weights = load_model_weights(weights)
     return path, weights.to("cpu")
@@ -441,7 +441,7 @@ def _write(path: Path, data: bytes, overwrite: bool) -> None:
     try:
         write_new(path, data, overwrite, MnistfxError)
     except OSError as e:
-        raise MnistfxError(f"cannot write {path} ({e.strerror}): pass a writable --out") from None
+        raise MnistfxError(f"cannot write {path} ({e.strerror}): pass a writable `path`") from None
 
 
 @contextlib.contextmanager

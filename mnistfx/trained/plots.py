@@ -106,7 +106,7 @@ def _save(fig, path) -> Path:
         fig.savefig(buffer, dpi=110, format="png")
         atomic_write_bytes(path, buffer.getvalue())  # whole or not at all
     except OSError as e:
-        raise MnistfxError(f"cannot write {path} ({e.strerror}): pass a writable --out") from None
+        raise MnistfxError(f"cannot write {path} ({e.strerror}): pass a writable `out`") from None
     finally:
         _pyplot().close(fig)
     return path
@@ -163,7 +163,7 @@ def plot_run(
     history = _read_history(run_dir / "history.json")
     out = Path(out) if out is not None else run_dir
     if not out.is_dir():
-        raise MnistfxError(f"{out} is not a folder: pass an existing folder to --out")
+        raise MnistfxError(f"{out} is not a folder: pass an existing folder to `out`")
     dev = resolve_device(device)
     data = data or load_mnist()
     weights = weights.to(dev)

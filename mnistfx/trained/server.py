@@ -468,7 +468,7 @@ def make_server(
         return DigitServer((host, port), predictor, log=log)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            raise MnistfxError(f"port {port} on {host} is in use: pass another --port (0 picks a free one)") from None
+            raise MnistfxError(f"port {port} on {host} is in use: pass another `port` (0 picks a free one)") from None
         if e.errno == errno.EACCES:
             raise MnistfxError(f"port {port} needs privileges to listen on: pass a port above 1023") from None
         raise MnistfxError(

@@ -91,7 +91,7 @@ def load_model_weights(path: StrPath, model: str | None = None) -> Weights:
         if str(meta.get("format", "")).startswith("mnistfx-checkpoint"):
             raise WeightsError(
                 f"{path} is a training checkpoint, not weights: pass the weights.safetensors "
-                "beside it (or continue the run with --resume)"
+                "beside it (or continue the run with `resume`)"
             )
         name = meta.get("model")
     state = {k[len(STATE_PREFIX) :]: params.pop(k) for k in [k for k in params if k.startswith(STATE_PREFIX)]}
@@ -104,7 +104,7 @@ def load_model_weights(path: StrPath, model: str | None = None) -> Weights:
     if not isinstance(name, str) or name not in model_names():
         raise WeightsError(
             f"{path} is for model {printable_name(name)}, which is not built in ({', '.join(MODELS)}) or "
-            "registered here: pass --model MODULE:ATTR to import yours (in Python: mnistfx.register_model)"
+            "registered here: import yours with `import_model` or `register_model`"
         )
     members = meta.get("members")
     if members is not None and not (is_whole(members) and 2 <= members <= MAX_ENSEMBLE):

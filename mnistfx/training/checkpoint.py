@@ -27,7 +27,7 @@ from .optim import config_optimizer
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = "mnistfx-checkpoint/1"
 GENERATORS = ("shuffle", "augment", "dropout")
-_RESTART = "start the run again without --resume"
+_RESTART = "start the run again with `train(config)`"
 _HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "img_per_s"}
 _CPU_RNG_BYTES = torch.Generator().get_state().numel()
 

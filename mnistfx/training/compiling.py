@@ -50,7 +50,7 @@ def compile_step(fn: Callable, device: Device) -> Callable:
                     raise inner from None
             cause = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
             raise MnistfxError(
-                f"torch.compile failed ({cause}): run with --no-compile (a model of one's own must "
+                f"torch.compile failed ({cause}): run with `compile=False` (a model of one's own must "
                 "also trace under torch.compile), or point TORCHINDUCTOR_CACHE_DIR at a writable "
                 "folder with room"
             ) from None

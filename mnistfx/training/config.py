@@ -28,6 +28,25 @@ from ..errors import ConfigError
 from ..runtime.cpu import has_native_bf16
 
 
+def _field(
+    default: Any,
+    help: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    open_lo: bool = False,
+    open_hi: bool = False,
+    choices: tuple[str, ...] | None = None,
+    recipes: bool = False,
+    path: bool = False,
+) -> Any:
+    """A config field that says how the command line offers it: ``help`` (for a flag that flips a boolean's
+    default, what the flag does), the range [``lo``, ``hi``] (each end open or not) or ``choices``,
+    whether the recipes' values belong in its help, whether it names a folder."""
+    meta = {"help": help, "lo": lo, "hi": hi, "open_lo": open_lo, "open_hi": open_hi, "choices": choices}
+    return dataclasses.field(default=default, metadata={**meta, "recipes": recipes, "path": path})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a run; stored with the weights it produces.
@@ -70,87 +89,107 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         data_root: the MNIST folder (default: ``$MNISTFX_DATA`` or the user cache).
         recipe: the name of the recipe the config started from (informational).
+
+    Each field's metadata says how the command line offers it (its flag's help, range or choices):
+    ``mnistfx train``'s options are made from it.
     """
 
     model: str = "tuned"
-    epochs: int = 15
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float | None = None
-    momentum: float = 0.9
-    warmup: float = 0.0
-    decay: float = 0.0
-    label_smoothing: float = 0.0
-    augment: bool = True
-    clean_epochs: int = 0
-    faithful_fill: bool = False
-    precision: str = "fp32"
-    val_size: int = 5000
-    train_size: int | None = None
-    seed: int = 0
-    ensemble: int = 1
-    compile: bool = True
-    steps_per_call: int = 1
-    device: str = "cpu"
-    data_root: str | None = None
+    epochs: int = _field(15, "Passes over the training split", lo=1, hi=MAX_EPOCHS, recipes=True)
+    batch_size: int = _field(32, "Images per step", lo=1, hi=MAX_BATCH_SIZE, recipes=True)
+    lr: float = _field(1e-3, "The optimiser's (peak) learning rate", lo=0.0, open_lo=True, recipes=True)
+    optimizer: str = _field("adam", "adam, adamw or sgd (with momentum)", choices=OPTIMIZERS, recipes=True)
+    weight_decay: float | None = _field(
+        None,
+        "adamw's decoupled weight decay (default 0.01), or sgd's L2 penalty (default 0; the resnet recipe's 5e-4)",
+        lo=0.0,
+        hi=1.0,
+        open_hi=True,
+    )
+    momentum: float = _field(0.9, "sgd's momentum (default 0.9)", lo=0.0, hi=1.0, open_hi=True)
+    warmup: float = _field(
+        0.0, "Fraction of steps, at the start, over which the lr rises from lr/25", lo=0.0, hi=1.0, recipes=True
+    )
+    decay: float = _field(
+        0.0,
+        "Fraction of steps, at the end, over which the lr falls linearly to 0 (0: constant)",
+        lo=0.0,
+        hi=1.0,
+        recipes=True,
+    )
+    label_smoothing: float = _field(0.0, "Cross-entropy label smoothing", lo=0.0, hi=1.0, recipes=True)
+    augment: bool = _field(True, "Train on the images as they are")
+    clean_epochs: int = _field(0, "Train the last N epochs without augmentation", lo=0, recipes=True)
+    faithful_fill: bool = _field(False, "Augment as the notebook did (affine fill mid-grey for tuned)")
+    precision: str = _field("fp32", "bf16: autocast the training forward pass", choices=PRECISIONS, recipes=True)
+    val_size: int = _field(5000, "Training images held out for validation (default 5000)", lo=1)
+    train_size: int | None = _field(None, "Train on only this many images (smoke runs)", lo=1)
+    seed: int = _field(0, "Seed of all randomness (default 0)", lo=-MAX_SEED, hi=MAX_SEED)
+    ensemble: int = _field(
+        1, "Train this many members in one vmapped step (default 1: a single model)", lo=1, hi=MAX_ENSEMBLE
+    )
+    compile: bool = _field(True, "Run the same step eagerly instead of torch.compile")
+    steps_per_call: int = _field(
+        1, "Steps per call of the compiled function", lo=1, hi=MAX_STEPS_PER_CALL, recipes=True
+    )
+    device: str = _field("cpu", "cpu, cuda or cuda:N (default cpu)")
+    data_root: str | None = _field(None, "Data folder (default: $MNISTFX_DATA or ~/.cache/mnistfx)", path=True)
     recipe: str = "default"
 
     def __post_init__(self):
         for name in ("model", "device", "recipe", "optimizer"):
             if not isinstance(getattr(self, name), str):
-                raise ConfigError(f"{name} must be a name (str), not {getattr(self, name)!r}")
+                raise ConfigError(f"`{name}` must be a name (str), not {getattr(self, name)!r}")
         for name in ("augment", "faithful_fill", "compile"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be True or False, not {getattr(self, name)!r}")
+                raise ConfigError(f"`{name}` must be True or False, not {getattr(self, name)!r}")
         if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ConfigError(f"data_root must be a folder name (str) or None, not {self.data_root!r}")
+            raise ConfigError(f"`data_root` must be a folder name (str) or None, not {self.data_root!r}")
         if not MODEL_NAME.fullmatch(self.model):
             raise ConfigError(
                 f"{self.model!r} is not a model name: choose one of {', '.join(MODELS)} or register yours"
             )
         fix = functools.partial(object.__setattr__, self)  # numpy numbers become plain ones (JSON, repr)
-        fix("seed", check_whole("seed", self.seed, -MAX_SEED, MAX_SEED))
-        fix("epochs", check_whole("epochs", self.epochs, 1, MAX_EPOCHS))
-        fix("batch_size", check_whole("batch-size", self.batch_size, 1, MAX_BATCH_SIZE))
+        for name in ("seed", "epochs", "batch_size", "ensemble"):  # whole numbers in their fields' ranges
+            meta = _METADATA[name]
+            fix(name, check_whole(f"`{name}`", getattr(self, name), meta["lo"], meta["hi"]))
         fix(
             "clean_epochs",
-            check_whole("clean-epochs", self.clean_epochs, 0, self.epochs, hi_name=f"epochs ({self.epochs})"),
+            check_whole("`clean_epochs`", self.clean_epochs, 0, self.epochs, hi_name=f"`epochs` ({self.epochs})"),
         )
         for name in ("warmup", "decay", "label_smoothing"):
-            fix(name, check_fraction(name.replace("_", "-"), getattr(self, name)))
+            fix(name, check_fraction(f"`{name}`", getattr(self, name)))
         if self.warmup + self.decay > 1:
             raise ConfigError(
                 f"warmup ({self.warmup}) and decay ({self.decay}) together exceed all the steps: "
                 "make their sum at most 1"
             )
-        check_choice("precision", self.precision, PRECISIONS)
-        fix("lr", check_positive("lr", self.lr))
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("`precision`", self.precision, PRECISIONS)
+        fix("lr", check_positive("`lr`", self.lr))
+        check_choice("`optimizer`", self.optimizer, OPTIMIZERS)
         if self.weight_decay is not None:
-            fix("weight_decay", check_fraction("weight-decay", self.weight_decay))
+            fix("weight_decay", check_fraction("`weight_decay`", self.weight_decay))
             if self.optimizer == "adamw" and self.weight_decay >= 1:
-                raise ConfigError("adamw's weight-decay must be below 1 (each step shrinks by lr times it)")
-        fix("momentum", check_fraction("momentum", self.momentum))
+                raise ConfigError("adamw's `weight_decay` must be below 1 (each step shrinks by lr times it)")
+        fix("momentum", check_fraction("`momentum`", self.momentum))
         if self.momentum >= 1:
-            raise ConfigError(f"momentum must be below 1, not {self.momentum}")
+            raise ConfigError(f"`momentum` must be below 1, not {self.momentum}")
         if self.weight_decay and self.optimizer == "adam":
-            raise ConfigError("adam has no weight decay: use --optimizer adamw (decoupled) or sgd")
-        fix("ensemble", check_whole("ensemble", self.ensemble, 1, MAX_ENSEMBLE))
+            raise ConfigError("adam has no weight decay: use `optimizer='adamw'` (decoupled) or sgd")
         if not is_whole(self.val_size) or not 0 < self.val_size < MNIST_TRAIN_SIZE:
-            raise ConfigError(f"val-size must be between 1 and {MNIST_TRAIN_SIZE - 1}, not {self.val_size!r}")
+            raise ConfigError(f"`val_size` must be between 1 and {MNIST_TRAIN_SIZE - 1}, not {self.val_size!r}")
         fix("val_size", int(self.val_size))
         most = MNIST_TRAIN_SIZE - self.val_size
         if self.train_size is not None:
             if not is_whole(self.train_size) or not 0 < self.train_size <= most:
-                raise ConfigError(f"train-size must be between 1 and {most}, not {self.train_size!r}")
+                raise ConfigError(f"`train_size` must be between 1 and {most}, not {self.train_size!r}")
             fix("train_size", int(self.train_size))
         if self.batch_size > self.n_train:
-            raise ConfigError(f"batch-size {self.batch_size} is larger than the {self.n_train} training images")
+            raise ConfigError(f"`batch_size` {self.batch_size} is larger than the {self.n_train} training images")
         fix(
             "steps_per_call",
             check_whole(
-                "steps-per-call",
+                "`steps_per_call`",
                 self.steps_per_call,
                 1,
                 MAX_STEPS_PER_CALL,
@@ -159,7 +198,7 @@ class TrainConfig:
         )
         if self.compile and self.steps_per_call * self.batch_size > self.n_train:
             raise ConfigError(
-                f"steps-per-call {self.steps_per_call} batches of {self.batch_size} are more than the "
+                f"`steps_per_call` {self.steps_per_call} batches of {self.batch_size} are more than the "
                 f"{self.n_train} training images"
             )
 
@@ -195,6 +234,7 @@ class TrainConfig:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_METADATA = {f.name: f.metadata for f in dataclasses.fields(TrainConfig)}
 
 # Named recipes, by recipe then model.
 # "default": the notebook's recipe (Adam 1e-3, batch 32, augmented) plus one change: the

@@ -37,7 +37,7 @@ import torch.distributed._functional_collectives as funcol
 from ..errors import ConfigError, MnistfxError
 
 _BEFORE = "run the command again (no process had begun training)"
-_AFTER = "continue it with --resume and the run's folder if it wrote a checkpoint, else run the command again"
+_AFTER = "continue it with `resume(run_dir)` if it wrote a checkpoint, else run the command again"
 # A rank waits this long for a peer that neither answers nor dies (ranks never wait on each other longer
 # than a cold compile or an evaluation takes), and for all of them to join.
 TIMEOUT = datetime.timedelta(minutes=5)
@@ -71,7 +71,7 @@ def from_environment() -> Parallel | None:
     except (KeyError, ValueError):
         raise ConfigError(
             "RANK, WORLD_SIZE and LOCAL_RANK must all be whole numbers: start data-parallel runs "
-            "with torchrun or --nproc"
+            "with torchrun or `mnistfx train --nproc`"
         ) from None
     if not 0 <= rank < world or not 0 <= local < world:
         raise ConfigError(
@@ -138,7 +138,8 @@ def check_started(parallel) -> None:
     """``parallel`` must be a :class:`Parallel` of the process group this process joined (:func:`start`)."""
     if not isinstance(parallel, Parallel):
         raise TypeError(
-            f"parallel must be a mnistfx.training.distributed.Parallel (from from_environment()), not {type(parallel).__name__}"
+            "parallel must be a mnistfx.training.distributed.Parallel (from from_environment()), "
+            f"not {type(parallel).__name__}"
         )
     if not dist.is_initialized() or (dist.get_rank(), dist.get_world_size()) != (parallel.rank, parallel.world):
         raise ConfigError(
@@ -154,11 +155,11 @@ def check_config(parallel: Parallel, config, *, resuming: bool = False) -> None:
         fix = (
             f"resume it with a process count that divides {config.batch_size}"
             if resuming
-            else f"choose a --batch-size that is a multiple of {parallel.world}, or another process count"
+            else f"choose a `batch_size` that is a multiple of {parallel.world}, or another process count"
         )
         raise ConfigError(f"{parallel.world} processes cannot share a batch of {config.batch_size} equally: {fix}")
     if config.ensemble > 1:
-        fix = "resume it in one process" if resuming else "drop --ensemble or --nproc"
+        fix = "resume it in one process" if resuming else "set `ensemble=1`, or train in one process"
         raise ConfigError(f"an ensemble trains in one process (its members share each step already): {fix}")
 
 
@@ -248,7 +249,7 @@ def check_same(parallel: Parallel, text: str, what: str) -> None:
 def check_same_work(parallel: Parallel, resuming: bool) -> None:
     """Every rank starts a new run, or every rank resumes one (each rank's first collective, so ranks
     started with different commands stop with one line instead of mismatched collectives)."""
-    check_same(parallel, "resume" if resuming else "train", "work (a new run, or --resume)")
+    check_same(parallel, "resume" if resuming else "train", "work (a new run, or `resume`)")
 
 
 def share_bytes(parallel: Parallel, data: bytes | None) -> bytes:

@@ -86,7 +86,7 @@ class Loop:
         self.loss, self.test = loss, test
         self.members = config.ensemble if config.ensemble > 1 else None
         self.data_root = config.data_root if start is None else data_root
-        self.every = check_whole("checkpoint-every", checkpoint_every, 0, MAX_CHECKPOINT_EVERY)
+        self.every = check_whole("`checkpoint_every`", checkpoint_every, 0, MAX_CHECKPOINT_EVERY)
         self.device = resolve_device(config.device)
         self.model = get_model(config.model)
         check_checkpoint_size(self.model, config)
@@ -252,7 +252,7 @@ class Loop:
         except RuntimeError:
             raise WeightsError(
                 "the checkpoint's random-generator state is damaged (or from another kind of device): "
-                "start the run again without --resume"
+                "start the run again with `train(config)`"
             ) from None
         self.result.history, self.result.compile_seconds = list(start.history), start.compile_seconds
         return (start.epoch + 1, 0) if start.step >= self.config.steps_per_epoch else (start.epoch, start.step)
@@ -321,7 +321,7 @@ class Loop:
             raise MnistfxError(
                 f"training diverged at epoch {epoch}, step {step}: the loss is {loss_sum} "
                 f"(lr {self.config.lr:g} is likely too high) and nothing of it was saved: start "
-                "again with a lower --lr"
+                "again with a lower `lr`"
             )
 
     def _save(self, epoch: int, step: int, perm) -> None:
@@ -360,7 +360,7 @@ class Loop:
                 ) from None
             raise MnistfxError(
                 f"cannot write the checkpoint {path} ({e.strerror}); the previous one is whole: "
-                f"make room, then continue with --resume {self.dir}"
+                f"make room, then continue with `resume({self.dir})`"
             ) from None
         self.saved = True
         self.emit("checkpoint", epoch=epoch, step=step)

@@ -124,10 +124,11 @@ def check_run_dir(path: StrPath, *, overwrite: bool = False) -> None:
     if ckpt is not None and not ckpt.finished:
         raise RunFolderError(
             f"{path} holds an unfinished run (epoch {ckpt.epoch} of {ckpt.config.epochs}): continue "
-            f"it with --resume {path}, start it again with --overwrite, or pass another --out"
+            f"it with `resume({path})`, start it again with `overwrite=True`, or pass another `checkpoint_dir`"
         )
     raise RunFolderError(
-        f"{path} holds a finished run ({', '.join(present)}): pass --overwrite to replace it, or another --out"
+        f"{path} holds a finished run ({', '.join(present)}): pass `overwrite=True` to replace it, "
+        "or another `checkpoint_dir`"
     )
 
 
@@ -156,7 +157,7 @@ def run_lock(path: StrPath) -> Iterator[None]:
         except BlockingIOError:
             os.close(fd)
             raise RunFolderError(
-                f"another mnistfx run is writing into {path}: let it finish, or pass another --out"
+                f"another mnistfx run is writing into {path}: let it finish, or pass another `checkpoint_dir`"
             ) from None
     _HELD[key] = _HELD.get(key, 0) + 1
     try:
@@ -180,10 +181,12 @@ def prepare_run_dir(path: StrPath) -> Path:
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise MnistfxError(f"output path {path} is a file: pass --out with a folder")
+        raise MnistfxError(f"output path {path} is a file: pass `checkpoint_dir` with a folder")
     for name in RUN_FILES:
         if (path / name).exists() and not (path / name).is_file():
-            raise MnistfxError(f"{path / name} is in the way (not a regular file): remove it or pass another --out")
+            raise MnistfxError(
+                f"{path / name} is in the way (not a regular file): remove it or pass another `checkpoint_dir`"
+            )
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):  # a nameless file where the system allows: no name is taken
@@ -215,6 +218,6 @@ def save_run(run: Run, out_dir: StrPath) -> dict[str, Path]:
         except OSError as e:
             raise MnistfxError(
                 f"cannot write the run's files into {out} ({e.strerror}); its checkpoint is whole: "
-                f"make room, then `mnistfx train --resume {out}` writes them"
+                f"make room, then `resume({out})` writes them"
             ) from None
     return paths
