@@ -97,27 +97,27 @@ class TrainConfig:
     model: str = "tuned"
     epochs: int = _field(15, "Passes over the training split", lo=1, hi=MAX_EPOCHS, recipes=True)
     batch_size: int = _field(32, "Images per step", lo=1, hi=MAX_BATCH_SIZE, recipes=True)
-    lr: float = _field(1e-3, "The optimiser's (peak) learning rate", lo=0.0, open_lo=True, recipes=True)
+    lr: float = _field(1e-3, "The optimiser's (peak) learning rate", lo=0, open_lo=True, recipes=True)
     optimizer: str = _field("adam", "adam, adamw or sgd (with momentum)", choices=OPTIMIZERS, recipes=True)
     weight_decay: float | None = _field(
         None,
         "adamw's decoupled weight decay (default 0.01), or sgd's L2 penalty (default 0; the resnet recipe's 5e-4)",
-        lo=0.0,
-        hi=1.0,
+        lo=0,
+        hi=1,
         open_hi=True,
     )
-    momentum: float = _field(0.9, "sgd's momentum (default 0.9)", lo=0.0, hi=1.0, open_hi=True)
+    momentum: float = _field(0.9, "sgd's momentum (default 0.9)", lo=0, hi=1, open_hi=True)
     warmup: float = _field(
-        0.0, "Fraction of steps, at the start, over which the lr rises from lr/25", lo=0.0, hi=1.0, recipes=True
+        0.0, "Fraction of steps, at the start, over which the lr rises from lr/25", lo=0, hi=1, recipes=True
     )
     decay: float = _field(
         0.0,
         "Fraction of steps, at the end, over which the lr falls linearly to 0 (0: constant)",
-        lo=0.0,
-        hi=1.0,
+        lo=0,
+        hi=1,
         recipes=True,
     )
-    label_smoothing: float = _field(0.0, "Cross-entropy label smoothing", lo=0.0, hi=1.0, recipes=True)
+    label_smoothing: float = _field(0.0, "Cross-entropy label smoothing", lo=0, hi=1, recipes=True)
     augment: bool = _field(True, "Train on the images as they are")
     clean_epochs: int = _field(0, "Train the last N epochs without augmentation", lo=0, recipes=True)
     faithful_fill: bool = _field(False, "Augment as the notebook did (affine fill mid-grey for tuned)")
