@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from filelock import FileLock
+from synthetic import synthetic_mnist
 
 import mnistfx
 
@@ -33,6 +34,24 @@ def _shared(tmp_path_factory) -> Path:
 def mnist():
     """The real MNIST, from $MNISTFX_DATA or the user cache; fetched there if absent."""
     return mnistfx.load_mnist()
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """MNIST-like digits made in the test (3,200 training, 500 test images; see synthetic.py): for tests
+    that need digits, not the real MNIST."""
+    return synthetic_mnist(tmp_path_factory.mktemp("synthetic"), n_train=3200, n_test=500)
+
+
+_REAL_DATA = {"mnist", "test_slice", "trained_tuned", "checkpoint_parts"}
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_use_no_real_data(request):
+    """The fast tier (``-m fast``, run by ``make check``) runs without the real MNIST and the network."""
+    if request.node.get_closest_marker("fast"):
+        used = _REAL_DATA & set(request.fixturenames)
+        assert not used, f"a fast test uses {sorted(used)}: the real MNIST"
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +96,41 @@ def trained_tuned(mnist, tmp_path_factory):
             run = mnistfx.train(mnistfx.recipe("tuned", "fast", seed=0, epochs=8), data=mnist, test=False)
             mnistfx.save_run(run, folder)
     return folder / "weights.safetensors"
+
+
+@pytest.fixture(scope="session")
+def weights(tuned_weights):
+    """An untrained `tuned` weights file: what the refusal corpora give commands that need weights."""
+    return tuned_weights
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="session")
+def checkpoint_parts(mnist, tmp_path_factory):
+    """``parts() -> (tensors, metadata)``: fresh copies of a real mid-epoch checkpoint's tensors and decoded
+    metadata (the checkpoint is made once a session), for tests that tamper with one."""
+    import json
+
+    from safetensors.torch import load_file, safe_open
+
+    folder = tmp_path_factory.mktemp("checkpoint")
+
+    def stop(kind, **info):
+        if kind == "checkpoint":
+            raise _Stop
+
+    config = mnistfx.recipe("tuned", epochs=2, train_size=320, val_size=500, compile=False)
+    with pytest.raises(_Stop):
+        mnistfx.train(config, data=mnist, checkpoint_dir=folder / "run", checkpoint_every=4, on_event=stop)
+    path = folder / "run" / "checkpoint.safetensors"
+    with safe_open(path, "pt") as f:
+        meta = json.dumps({k: json.loads(v) for k, v in f.metadata().items()})
+    tensors = load_file(path)
+
+    def parts():
+        return {k: v.clone() for k, v in tensors.items()}, json.loads(meta)
+
+    return parts

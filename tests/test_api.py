@@ -16,6 +16,8 @@ import pytest
 
 import mnistfx
 
+pytestmark = pytest.mark.fast  # no real data, no compiling: `make check` runs these
+
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = sorted((ROOT / "mnistfx").rglob("*.py"))
 

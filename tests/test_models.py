@@ -10,6 +10,7 @@ from mnistfx.models.notebook_cnns import NotebookNet
 
 
 @pytest.mark.parametrize("name, count", [("tuned", 477_738), ("cnn", 2_624_669)])
+@pytest.mark.fast
 def test_parameter_counts(name, count):
     params = mnistfx.get_model(name).init(0)
     assert mnistfx.num_params(params) == count
@@ -20,6 +21,7 @@ def test_parameter_counts(name, count):
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_MODELS)
+@pytest.mark.fast
 def test_init_statistics(name):
     params = mnistfx.get_model(name).init(123)
     for key, p in params.items():
@@ -37,6 +39,7 @@ def test_init_statistics(name):
                 assert abs(p.std().item() / (bound / math.sqrt(3)) - 1) < 0.15, key
 
 
+@pytest.mark.fast
 def test_init_is_a_function_of_the_key():
     model = mnistfx.get_model("tuned")
     a, b, c = model.init(7), model.init(7), model.init(8)
@@ -47,13 +50,14 @@ def test_init_is_a_function_of_the_key():
 
 
 @pytest.mark.parametrize("name", NOTEBOOK_MODELS)
-def test_apply_matches_the_notebook_module(name, test_slice):
+@pytest.mark.fast
+def test_apply_matches_the_notebook_module(name, synthetic):
     model = mnistfx.get_model(name)
     params = model.init(3)
     with torch.random.fork_rng():  # nn.Linear's own init draws from the global RNG
         net = NotebookNet(name).eval()
     net.load_state_dict(to_notebook_state_dict(params))
-    x = model.preprocess(test_slice[0][:64])
+    x = model.preprocess(synthetic.test_images[:64])
     with torch.no_grad():
         torch.testing.assert_close(model.apply(params, x), net(x), rtol=1e-5, atol=1e-5)
 
@@ -65,10 +69,11 @@ def test_notebook_checkpoint_scores_9905_on_the_full_test_set(mnist, notebook_ck
     assert m.correct == 9905 and m.n == 10000
 
 
-def test_dropout_is_keyed_and_drops_at_its_rate(test_slice):
+@pytest.mark.fast
+def test_dropout_is_keyed_and_drops_at_its_rate(synthetic):
     model = mnistfx.get_model("tuned")
     params = model.init(0)
-    x = model.preprocess(test_slice[0][:256])
+    x = model.preprocess(synthetic.test_images[:256])
     with torch.no_grad():
         eval_out = model.apply(params, x)
         a = model.apply(params, x, train=True, key=5)
@@ -82,21 +87,24 @@ def test_dropout_is_keyed_and_drops_at_its_rate(test_slice):
         model.apply(params, x, train=True)
 
 
+@pytest.mark.fast
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'lenet': choose one of tuned, cnn, resnet, or name your own"):
         mnistfx.get_model("lenet")
 
 
-def test_padded_chunks_give_the_same_logits(test_slice):
+@pytest.mark.fast
+def test_padded_chunks_give_the_same_logits(synthetic):
     model = mnistfx.get_model("tuned")
     params = model.init(0)
-    images = test_slice[0][:250]
+    images = synthetic.test_images[:250]
     plain = mnistfx.logits(model, params, images, batch_size=100)
     padded = mnistfx.logits(model, params, images, batch_size=100, forward=lambda p, x: model.apply(p, x))
     assert plain.shape == padded.shape == (250, 10)
     torch.testing.assert_close(plain, padded)
 
 
+@pytest.mark.fast
 def test_bad_images_are_a_clear_error():
     model = mnistfx.get_model("tuned")
     params = model.init(0)

@@ -6,8 +6,9 @@ from torch.nn import functional as F
 import mnistfx
 
 
-def test_adam_matches_torch_optim_adam_over_100_steps(mnist):
-    """Same start, same gradients (from real MNIST batches): the parameters agree to 1e-6."""
+@pytest.mark.fast
+def test_adam_matches_torch_optim_adam_over_100_steps(synthetic):
+    """Same start, same gradients (from batches of digits): the parameters agree to 1e-6."""
     model = mnistfx.get_model("tuned")
     params = params_start = model.init(0)
     opt = mnistfx.adam(lr=1e-3)
@@ -19,8 +20,8 @@ def test_adam_matches_torch_optim_adam_over_100_steps(mnist):
         return F.cross_entropy(model.apply(p, x), y)
 
     for i in range(100):
-        x = model.preprocess(mnist.train_images[32 * i : 32 * (i + 1)])
-        y = mnist.train_labels[32 * i : 32 * (i + 1)]
+        x = model.preprocess(synthetic.train_images[32 * i : 32 * (i + 1)])
+        y = synthetic.train_labels[32 * i : 32 * (i + 1)]
         grads = grad(loss_fn)(params, x, y)
         params, state = opt.update(grads, state, params)
         for k, p in torch_params.items():
@@ -35,6 +36,7 @@ def test_adam_matches_torch_optim_adam_over_100_steps(mnist):
         assert not torch.equal(p, params_start[k]), k
 
 
+@pytest.mark.fast
 def test_update_is_pure():
     params = {"w": torch.ones(3)}
     opt = mnistfx.adam(lr=0.1)
@@ -44,6 +46,7 @@ def test_update_is_pure():
     assert torch.allclose(new["w"], torch.full((3,), 0.9)) and new_state["step"].item() == 1
 
 
+@pytest.mark.fast
 def test_schedule_receives_the_step_count():
     seen = []
     opt = mnistfx.adam(lr=lambda step: seen.append(step.item()) or 0.1 * step)
@@ -56,12 +59,13 @@ def test_schedule_receives_the_step_count():
 
 
 @pytest.mark.parametrize("lr", [0, -1e-3, "0.1"])
+@pytest.mark.fast
 def test_bad_learning_rates_are_refused(lr):
     with pytest.raises(ValueError, match="lr must be a positive number"):
         mnistfx.adam(lr=lr)
 
 
-def _trajectory(mnist, opt, torch_opt_class, steps=60, **torch_kwargs):
+def _trajectory(data, opt, torch_opt_class, steps=60, **torch_kwargs):
     """Parameters after ``steps`` updates from the same gradients of real MNIST batches, ours and torch's."""
     model = mnistfx.get_model("tuned")
     params = model.init(0)
@@ -73,8 +77,8 @@ def _trajectory(mnist, opt, torch_opt_class, steps=60, **torch_kwargs):
         return F.cross_entropy(model.apply(p, x), y)
 
     for i in range(steps):
-        x = model.preprocess(mnist.train_images[32 * i : 32 * (i + 1)])
-        grads = grad(loss_fn)(params, x, mnist.train_labels[32 * i : 32 * (i + 1)])
+        x = model.preprocess(data.train_images[32 * i : 32 * (i + 1)])
+        grads = grad(loss_fn)(params, x, data.train_labels[32 * i : 32 * (i + 1)])
         params, state = opt.update(grads, state, params)
         for k, p in torch_params.items():
             p.grad = grads[k].clone()
@@ -96,14 +100,16 @@ def _trajectory(mnist, opt, torch_opt_class, steps=60, **torch_kwargs):
     ],
     ids=["adamw", "sgd-momentum", "sgd-nesterov-decay", "sgd-plain"],
 )
-def test_adamw_and_sgd_match_torch_optim(mnist, make, torch_class, kwargs):
-    ours, theirs, state = _trajectory(mnist, make(), torch_class, **kwargs)
+@pytest.mark.fast
+def test_adamw_and_sgd_match_torch_optim(synthetic, make, torch_class, kwargs):
+    ours, theirs, state = _trajectory(synthetic, make(), torch_class, **kwargs)
     assert state["step"].item() == 60
     for k, p in ours.items():
         assert (p - theirs[k]).norm() <= 2e-6 * theirs[k].norm(), k
         torch.testing.assert_close(p, theirs[k], rtol=1e-5, atol=1e-5 * theirs[k].abs().max().item(), msg=k)
 
 
+@pytest.mark.fast
 def test_the_config_names_the_optimiser():
     from mnistfx.training.optim import config_optimizer
 
