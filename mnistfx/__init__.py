@@ -1,8 +1,8 @@
 """mnistfx: handwritten-digit recognition (MNIST) in PyTorch, written as pure functions.
 
-The public API is the names below, each importable as ``mnistfx.NAME``; everything else is
-internal. Names are loaded on first use, so ``import mnistfx`` (and the ``mnistfx`` command's
-help) does not import torch.
+The public API is the names below, each importable as ``mnistfx.NAME``; everything else, every
+module of the subpackages included, is internal (import the names from ``mnistfx``). Names are
+loaded on first use, so ``import mnistfx`` (and the ``mnistfx`` command's help) does not import torch.
 """
 
 import importlib
@@ -10,116 +10,44 @@ from typing import TYPE_CHECKING
 
 from .constants import VERSION as __version__
 
-# Public name -> the module that holds it.
-_PUBLIC = {
-    # the data set
-    "MNIST": "data.mnist",
-    "load_mnist": "data.mnist",
-    "verify_mnist": "data.mnist",
-    "fetch_mnist": "data.fetch",
-    "default_root": "data.idx",
-    # models and their parts
-    "MODELS": "constants",
-    "Model": "models.model",
-    "get_model": "models.registry",
-    "register_model": "models.registry",
-    "import_model": "models.registry",
-    "model_names": "models.registry",
-    "check_params": "models.model",
-    "check_state": "models.model",
-    "check_model": "models.model",
-    "check_images": "models.model",
-    "num_params": "models.model",
-    "to_module": "models.torch_module",
-    "random_affine": "data.augment",
-    "as_generator": "rng",
-    "fold_in": "rng",
-    # optimisation
-    "Optimizer": "training.optim",
-    "adam": "training.optim",
-    "adamw": "training.optim",
-    "sgd": "training.optim",
-    "lr_schedule": "training.optim",
-    "make_train_step": "training.step",
-    "make_multi_step": "training.step",
-    "compile_step": "training.compiling",
-    "batch_inputs": "training.batches",
-    "augment_batch": "training.batches",
-    # ensembles
-    "stack": "models.ensemble",
-    "unstack": "models.ensemble",
-    "make_ensemble_step": "models.ensemble",
-    "member_seed": "models.ensemble",
-    # runs
-    "TrainConfig": "training.config",
-    "RECIPES": "training.config",
-    "recipe": "training.config",
-    "train": "training.loop",
-    "resume": "training.loop",
-    "train_val_split": "data.mnist",
-    "Run": "training.runs",
-    "save_run": "training.runs",
-    "default_run_dir": "training.runs",
-    "prepare_run_dir": "training.runs",
-    "run_folder": "training.runs",
-    "check_run_dir": "training.runs",
-    "run_lock": "training.runs",
-    "Checkpoint": "training.checkpoint",
-    "load_checkpoint": "training.checkpoint",
-    "save_checkpoint": "training.checkpoint",
-    # evaluation, weights, images
-    "Metrics": "models.evaluation",
-    "evaluate": "models.evaluation",
-    "evaluate_members": "models.evaluation",
-    "logits": "models.evaluation",
-    "probabilities": "models.evaluation",
-    "predict": "models.evaluation",
-    "metrics_from_predictions": "models.evaluation",
-    "save_weights": "models.weights_file",
-    "load_weights": "models.weights_file",
-    "load_model_weights": "trained.weights",
-    "Weights": "trained.weights",
-    "import_notebook_checkpoint": "models.notebook_checkpoint",
-    "export_notebook_checkpoint": "models.notebook_checkpoint",
-    "read_digit_images": "data.digit_images",
-    "prepare_digit": "data.digit_images",
-    "decode_image": "data.digit_images",
-    # numbers of several digits
-    "read_number": "trained.numbers",
-    "find_digits": "trained.numbers",
-    "Reading": "trained.numbers",
-    "ReadDigit": "trained.numbers",
-    "FoundDigit": "trained.numbers",
-    # other runtimes (ONNX: the optional "export" extra)
-    "export_onnx": "trained.export",
-    "export_program": "trained.export",
-    "load_program": "trained.export",
-    # the drawing page and its API
-    "make_server": "trained.server",
-    "DigitServer": "trained.server",
-    # where it runs, and how fast
-    "resolve_device": "runtime.device",
-    "use_compile_cache": "training.compiling",
-    "environment": "runtime.device",
-    "cpu_description": "runtime.cpu",
-    "benchmark": "bench",
-    "benchmark_ensemble": "bench",
-    "keep_freed_memory": "runtime.device",
-    "to_json": "_io",
-    # pictures (matplotlib, the optional "plot" extra)
-    "plot_run": "trained.plots",
-    "plot_history": "trained.plots",
-    "plot_confusion": "trained.plots",
-    "plot_mistakes": "trained.plots",
-    "plot_members": "trained.plots",
-    # errors
-    "MnistfxError": "errors",
-    "ConfigError": "errors",
-    "DataError": "errors",
-    "WeightsError": "errors",
-    "ModelError": "errors",
-    "RunFolderError": "errors",
+# The module that holds each public name, lowest layer first (see the README's layout).
+# fmt: off
+_MODULES = {
+    "data.idx": "default_root",
+    "data.fetch": "fetch_mnist",
+    "data.mnist": "load_mnist MNIST train_val_split verify_mnist",
+    "data.augment": "random_affine",
+    "data.digit_images": "decode_image prepare_digit read_digit_images",
+    "constants": "MODELS",
+    "rng": "as_generator fold_in",
+    "models.model": "check_images check_model check_params check_state Model num_params",
+    "models.registry": "get_model import_model model_names register_model",
+    "models.ensemble": "make_ensemble_step member_seed stack unstack",
+    "models.torch_module": "to_module",
+    "models.notebook_checkpoint": "export_notebook_checkpoint import_notebook_checkpoint",
+    "models.weights_file": "load_weights save_weights",
+    "models.evaluation": "evaluate evaluate_members logits Metrics metrics_from_predictions predict probabilities",
+    "training.config": "recipe RECIPES TrainConfig",
+    "training.optim": "adam adamw lr_schedule Optimizer sgd",
+    "training.step": "make_multi_step make_train_step",
+    "training.batches": "augment_batch batch_inputs",
+    "training.compiling": "compile_step use_compile_cache",
+    "training.loop": "resume train",
+    "training.checkpoint": "Checkpoint load_checkpoint save_checkpoint",
+    "training.runs": "check_run_dir default_run_dir prepare_run_dir Run run_folder run_lock save_run",
+    "trained.weights": "load_model_weights Weights",
+    "trained.numbers": "find_digits FoundDigit read_number ReadDigit Reading",
+    "trained.export": "export_onnx export_program load_program",
+    "trained.server": "DigitServer make_server",
+    "trained.plots": "plot_confusion plot_history plot_members plot_mistakes plot_run",
+    "runtime.device": "environment keep_freed_memory resolve_device",
+    "runtime.cpu": "cpu_description",
+    "bench": "benchmark benchmark_ensemble",
+    "_io": "to_json",
+    "errors": "ConfigError DataError MnistfxError ModelError RunFolderError WeightsError",
 }
+# fmt: on
+_PUBLIC = {name: module for module, names in _MODULES.items() for name in names.split()}
 
 __all__ = sorted(_PUBLIC)
 
