@@ -196,7 +196,7 @@ def make_average(world: int) -> Callable:
             piece.view(p.shape).to(p.dtype)
             for piece, p in zip(flat.split([p.numel() for p in parts]), parts, strict=True)
         ]
-        averaged = dict(zip(names, out, strict=True))
+        averaged = dict(zip(names, out[: len(names)], strict=True))
         state = {**state, **dict(zip(floats, out[len(names) + 1 :], strict=True))}
         return {k: averaged[k] for k in grads}, out[len(names)], state
 
