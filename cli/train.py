@@ -153,16 +153,13 @@ def train(model, recipe_name, out, checkpoint_every, resume_dir, overwrite, no_t
         out = out or mnistfx.default_run_dir(cfg)
     where["out"] = out
     if nproc and nproc > 1 and parallel is None:  # checked here once, not by each process
-        from mnistfx.training.runs import check_resumable, check_run_dir
+        from mnistfx.training.runs import check_run_start
 
         from .launch import launch
 
         distributed.check_processes(nproc, cfg, resuming=resume_dir is not None)
         try:
-            if resume_dir is None and mnistfx.run_folder(out).is_dir():
-                check_run_dir(out, overwrite=overwrite)
-            elif resume_dir is not None:
-                check_resumable(out, ckpt.finished)
+            check_run_start(out, resuming=ckpt if resume_dir is not None else None, overwrite=overwrite)
         except mnistfx.RunFolderError as e:
             raise click.UsageError(in_flags(str(e))) from None
         raise click.exceptions.Exit(launch(nproc, out))

@@ -22,7 +22,7 @@ from ..constants import VERSION
 from ..errors import MnistfxError, RunFolderError
 from ..models.evaluation import Metrics
 from ..models.weights_file import STATE_PREFIX, save_weights
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint
+from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
 from .config import TrainConfig
 
 try:
@@ -110,8 +110,8 @@ def run_folder(path: StrPath) -> Path:
 def check_run_dir(path: StrPath, *, overwrite: bool = False) -> None:
     """Raise :class:`~mnistfx.RunFolderError` if the folder ``path`` holds a run a new one would replace.
 
-    An unfinished run's checkpoint is progress that ``--resume`` can continue; a finished run's
-    files are results. Either is replaced only with ``overwrite``.
+    An unfinished run's checkpoint is progress that :func:`~mnistfx.resume` can continue; a finished
+    run's files are results. Either is replaced only with ``overwrite``.
     """
     path = Path(path)
     present = [name for name in RUN_FILES if (path / name).exists()]
@@ -138,6 +138,18 @@ def check_resumable(path, finished: bool) -> None:
     path = Path(path)
     if finished and all((path / name).is_file() for name in (WEIGHTS_FILE, HISTORY_FILE)):
         raise RunFolderError(f"{path} holds a finished run, with its weights: there is nothing to resume")
+
+
+def check_run_start(path: StrPath, *, resuming: Checkpoint | None = None, overwrite: bool = False) -> None:
+    """Raise :class:`~mnistfx.RunFolderError` if a run cannot start in the run folder ``path``: a new
+    run (``resuming`` is ``None``) in a folder that holds a run, unless ``overwrite``; or the run of the
+    checkpoint ``resuming`` when it finished and its weights are written. :func:`~mnistfx.train` and
+    :func:`~mnistfx.resume` check this themselves; a launcher checks it once before it starts processes."""
+    path = run_folder(path)
+    if resuming is not None:
+        check_resumable(path, resuming.finished)
+    elif path.is_dir():
+        check_run_dir(path, overwrite=overwrite)
 
 
 @contextlib.contextmanager
