@@ -8,6 +8,7 @@ import pytest
 import mnistfx
 from mnistfx.data import fetch
 from mnistfx.data.idx import IDX_FILES
+from mnistfx_cli.flags import in_flags
 
 # SHA-256 of the decoded uint8 arrays (C order), from SPEC.
 ARRAY_SHA256 = {
@@ -59,8 +60,9 @@ def test_verify_catches_a_flipped_byte(copy_root):
 
 
 def test_missing_data_without_download_says_what_to_run(tmp_path):
-    with pytest.raises(mnistfx.DataError, match="run `mnistfx data`"):
+    with pytest.raises(mnistfx.DataError, match=r"run `fetch_mnist\(\)`") as e:  # in the library's words...
         mnistfx.load_mnist(tmp_path, download=False)
+    assert "run `mnistfx data` to fetch it" in in_flags(str(e.value))  # ...and the command line's
 
 
 def test_restricted_unpickler_reads_numpy_arrays():

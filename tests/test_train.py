@@ -231,7 +231,7 @@ def test_bf16_step_tracks_the_fp32_step(test_slice):
     l16 = make_train_step(model, opt, precision="bf16")(params, {}, opt.init(params), x, y, noise)[3]
     assert l16.dtype == torch.float32 and abs(l16.item() - l32.item()) < 0.02 * l32.item()
     assert l16.item() != l32.item()  # the forward really ran in bf16
-    with pytest.raises(ValueError, match="`precision` must be one of fp32, bf16"):
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
         make_train_step(model, opt, precision="fp16")
 
 
