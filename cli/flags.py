@@ -22,7 +22,7 @@ _ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`]*))?`")
 
 def _flag(match: re.Match) -> str:
     name, value = match.group(1), match.group(2)
-    if name in _FLAG and (value is None or name == "compile"):
+    if name in _FLAG and value is None:
         return _FLAG[name]
     flag = "--" + name.replace("_", "-")
     if value is None:
