@@ -90,6 +90,7 @@ def _cli(*args, timeout=240):
 
 
 SMALL = ("--epochs", "2", "--train-size", "640", "--val-size", "500", "--no-compile", "--no-test")
+LONG = ("--epochs", "50", *SMALL[2:])  # a run that is still training when the test stops it
 
 
 def test_nproc_trains_and_rank_0_alone_writes(tmp_path):
@@ -212,14 +213,7 @@ def test_a_rank_whose_peer_dies_stops_with_one_line(tmp_path):
             "tuned",
             "--nproc",
             "2",
-            "--epochs",
-            "50",
-            "--train-size",
-            "640",
-            "--val-size",
-            "500",
-            "--no-compile",
-            "--no-test",
+            *LONG,
             "--out",
             str(tmp_path / "run"),
         ],
@@ -309,14 +303,7 @@ def test_sigterm_to_the_launcher_is_one_line_that_says_how_to_resume(tmp_path):
             "tuned",
             "--nproc",
             "2",
-            "--epochs",
-            "50",
-            "--train-size",
-            "640",
-            "--val-size",
-            "500",
-            "--no-compile",
-            "--no-test",
+            *LONG,
             "--out",
             str(out),
         ],

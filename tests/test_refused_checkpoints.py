@@ -88,47 +88,23 @@ def run_file_taken_by_a_folder(tmp_path, weights):
     return ["train", "tuned", "--no-compile", "--epochs", "1", "--train-size", "64", "--out", str(tmp_path / "run")]
 
 
+def _finished_run(out):
+    """``mnistfx train`` of a tiny run into ``out``, finished: the command line that made it."""
+    argv = ["train", "tuned", "--no-compile", "--epochs", "1", "--train-size", "64", "--val-size", "500",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    return argv
+
+
 @case("holds a finished run", "pass --overwrite")
 def output_folder_holding_a_finished_run(tmp_path):
-    argv = [
-        "train",
-        "tuned",
-        "--no-compile",
-        "--epochs",
-        "1",
-        "--train-size",
-        "64",
-        "--val-size",
-        "500",
-        "--out",
-        str(tmp_path / "run"),
-    ]
-    assert main(argv) == 0  # a finished run, which the same command must now refuse to replace
-    return argv
+    return _finished_run(tmp_path / "run")  # the same command must now refuse to replace it
 
 
 @case("holds a finished run, with its weights: there is nothing to resume")
 def resume_of_a_finished_run(tmp_path):
-    out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "tuned",
-                "--no-compile",
-                "--epochs",
-                "1",
-                "--train-size",
-                "64",
-                "--val-size",
-                "500",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    return ["train", "--resume", str(out)]
+    _finished_run(tmp_path / "run")
+    return ["train", "--resume", str(tmp_path / "run")]
 
 
 @case("incomplete or damaged", "compile_seconds must be a number of seconds")
