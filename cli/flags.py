@@ -7,7 +7,33 @@ import re
 from collections.abc import Collection, Mapping
 
 # Arguments whose flag is not their own name with dashes, and phrases the command line says otherwise.
-_FLAG = {"path": "--out", "checkpoint_dir": "--out", "out_dir": "--out", "run_dir": "--resume"}
+_FLAG = {
+    "path": "--out",
+    "checkpoint_dir": "--out",
+    "out_dir": "--out",
+    "run_dir": "--resume",
+    "clip": "--dp-clip",
+    "noise_multiplier": "--dp-noise",
+    "delta": "--dp-delta",
+}
+# Arguments of library functions the command line never calls with a value of the user's (the privacy
+# accountant's, the schedules', a step of one's own): they stay as they are.
+_NO_FLAG = {
+    "accountant",
+    "average",
+    "decay_steps",
+    "epsilon",
+    "final",
+    "rise",
+    "sample_rate",
+    "step",
+    "steps",
+    "total_steps",
+    "warmup_steps",
+    "div",
+    "final_div",
+    "step_size",
+}
 _PHRASES = {
     "start the run again with `train(config)`": "start the run again without --resume",
     "continue it with `resume(run_dir)`": "continue it with --resume and the run's folder",
@@ -47,6 +73,8 @@ def in_flags(message: str, here: Collection[str] | None = None, elsewhere: Mappi
     """
 
     def shown(match: re.Match) -> str:
+        if match.group(1) in _NO_FLAG:
+            return match.group(0)
         words = _flag(match.group(1), match.group(2))
         flag = words.split()[0]
         if here is not None and elsewhere and flag not in here and flag in elsewhere:

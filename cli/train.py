@@ -14,7 +14,7 @@ import click
 from click.core import ParameterSource
 
 import mnistfx
-from mnistfx.constants import MAX_CHECKPOINT_EVERY, MAX_NPROC
+from mnistfx.constants import MAX_CHECKPOINT_EVERY, MAX_NPROC, OPTIMIZERS, OWN_OPTIMIZER
 from mnistfx.training.config import RECIPES
 
 from .flags import in_flags
@@ -31,10 +31,31 @@ from .options import (
 
 
 def _epoch_line(e: dict) -> str:
-    return (
-        f"epoch {e['epoch']:>3}  train loss {e['train_loss']:.4f}  val loss {e['val_loss']:.4f}  "
-        f"val acc {100 * e['val_accuracy']:.2f}%  {e['img_per_s']:,.0f} img/s  {e['seconds']:.1f}s"
+    val = (
+        "no validation split"
+        if e["val_loss"] is None
+        else f"val loss {e['val_loss']:.4f}  val acc {100 * e['val_accuracy']:.2f}%"
     )
+    privacy = f"  ε {e['epsilon']:.2f}" if "epsilon" in e else ""
+    return (
+        f"epoch {e['epoch']:>3}  train loss {e['train_loss']:.4f}  {val}{privacy}  "
+        f"{e['img_per_s']:,.0f} img/s  {e['seconds']:.1f}s"
+    )
+
+
+class _MemberValues(click.ParamType):
+    """A number, or one per ensemble member separated by commas (``3e-4,1e-3``), each in a range."""
+
+    name = "X[,X...]"
+
+    def __init__(self, one: click.ParamType):
+        self.one = one
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (float, tuple)):
+            return value
+        parts = [self.one.convert(part.strip(), param, ctx) for part in str(value).split(",")]
+        return parts[0] if len(parts) == 1 else tuple(parts)
 
 
 def _config_option(field: dataclasses.Field):
@@ -53,12 +74,34 @@ def _config_option(field: dataclasses.Field):
     elif field.type.startswith("int"):
         kind = click.IntRange(meta["lo"], meta["hi"])
     elif field.type.startswith("float") and meta["open_lo"] and meta["hi"] is None:  # a positive number
-        return click.option(flag, field.name, type=float, callback=positive, help=help + ".")
+        kind = _Positive()
     elif field.type.startswith("float"):
         kind = click.FloatRange(meta["lo"], meta["hi"], min_open=meta["open_lo"], max_open=meta["open_hi"])
     else:
         kind = click.STRING
+    if meta["per_member"]:
+        kind, help = _MemberValues(kind), help + "; with --ensemble, one per member separated by commas (a sweep)"
+    if field.name == "optimizer":
+        return click.option(flag, field.name, type=kind, callback=_optimizer_name, help=help + ".")
     return click.option(flag, field.name, type=kind, help=help + ".")
+
+
+def _optimizer_name(ctx, param, value):
+    """A click callback: --optimizer is a built-in optimiser's name or MODULE:ATTR."""
+    if value is not None and value not in OPTIMIZERS and not OWN_OPTIMIZER.fullmatch(value):
+        raise click.BadParameter(
+            f"{value!r} is not one of {', '.join(OPTIMIZERS)}, nor MODULE:ATTR naming an optimiser of your own"
+        )
+    return value
+
+
+class _Positive(click.ParamType):
+    """A finite number > 0 (click's ranges let nan and inf through)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        return positive(ctx, param, click.FLOAT.convert(value, param, ctx))
 
 
 def _config_options(command):
@@ -77,8 +120,8 @@ def _config_options(command):
     type=click.Choice(tuple(RECIPES)),
     default="default",
     show_default=True,
-    help="default: the notebook's recipe (15 epochs for tuned); fast: tuned to 99.1 % in under a minute. "
-    "The options below override single values.",
+    help="default: the notebook's recipe (15 epochs for tuned); fast: tuned to 99.1 % in under a minute; "
+    "dp: DP-SGD's published recipes for dpcnn and dpcnn_tanh. The options below override single values.",
 )
 @_config_options
 @click.option("--out", type=click.Path(), help="Output folder (default: runs/MODEL-seedN, runs/MODEL-RECIPE-seedN).")
@@ -105,10 +148,11 @@ def _config_options(command):
 def train(model, recipe_name, out, checkpoint_every, resume_dir, overwrite, no_test, nproc, as_json, **settings):
     """Train MODEL with a recipe; write weights, history and a checkpoint.
 
-    MODEL is tuned, cnn or resnet, or a model of your own as MODULE:ATTR (e.g. mymodels:mlp, the Model
-    mlp in ./mymodels.py; only name code you trust). The checkpoint (checkpoint.safetensors in the
-    output folder) is written after every epoch; `mnistfx train --resume FOLDER` continues an
-    interrupted run from it, bit for bit (name MODULE:ATTR again for a model of your own).
+    MODEL is tuned, cnn, resnet, dpcnn or dpcnn_tanh, or a model of your own as MODULE:ATTR (e.g.
+    mymodels:mlp, the Model mlp in ./mymodels.py; only name code you trust). The checkpoint
+    (checkpoint.safetensors in the output folder) is written after every epoch; `mnistfx train --resume
+    FOLDER` continues an interrupted run from it, bit for bit (name MODULE:ATTR again for a model of
+    your own).
 
     Data-parallel: `--nproc N` on one machine, or `torchrun ... -m mnistfx train ...` (see the README).
     """
@@ -122,6 +166,8 @@ def train(model, recipe_name, out, checkpoint_every, resume_dir, overwrite, no_t
             "Missing argument 'MODEL': name a model (tuned, cnn, resnet or MODULE:ATTR), or pass --resume FOLDER."
         )
     model = None if model is None else named_model(model)
+    spec = settings["optimizer"]
+    optimizer = mnistfx.import_optimizer(spec) if spec is not None and OWN_OPTIMIZER.fullmatch(spec) else None
     where = {"since": time.time()}  # and the run folder, once known: what a stopped rank tells the user
     if parallel is not None:
         signal.signal(signal.SIGTERM, functools.partial(_stopped, parallel.rank, where))
@@ -146,6 +192,8 @@ def train(model, recipe_name, out, checkpoint_every, resume_dir, overwrite, no_t
     else:
         given = {name: value for name, value in settings.items() if value is not None}
         cfg = mnistfx.recipe(model, recipe_name, **given)
+        if optimizer is not None and "lr" not in given:
+            cfg = dataclasses.replace(cfg, lr=optimizer.lr)  # the recipe's rate is for its own optimiser
         if "momentum" in given and cfg.optimizer != "sgd":
             raise click.UsageError(
                 f"--momentum is sgd's, and this run's optimizer is {cfg.optimizer}: pass --optimizer sgd with it"
@@ -177,6 +225,7 @@ def train(model, recipe_name, out, checkpoint_every, resume_dir, overwrite, no_t
             not no_test,
             quiet=as_json,
             parallel=parallel,
+            optimizer=optimizer,
         )
     except BaseException:
         if parallel is not None:  # stopping already: the launcher's SIGTERM must not cut into the error line
@@ -280,8 +329,14 @@ def _result_lines(run) -> list[str]:
     test = (
         f"test accuracy {pct(run.test.accuracy)} ({run.test.correct}/{run.test.n}), " if run.test else "test skipped, "
     )
-    lines = [f"{test}val {pct(run.val.accuracy)}, {run.seconds:.0f}s (compile {run.compile_seconds:.0f}s)"]
+    val = f"val {pct(run.val.accuracy)}" if run.val else "no validation split"
+    lines = [f"{test}{val}, {run.seconds:.0f}s (compile {run.compile_seconds:.0f}s)"]
     members = run.member_test or run.member_val
+    swept = run.config.per_member
+    if run.member_val and swept:  # a sweep: each member's values and validation accuracy
+        for i, m in enumerate(run.member_val):
+            values = "  ".join(f"{name} {run.config.member_values(name)[i]:g}" for name in swept)
+            lines.append(f"member {i}: {values}  val {pct(m.accuracy)}")
     if members:
         accs = [m.accuracy for m in members]
         mean = sum(accs) / len(accs)
@@ -293,7 +348,9 @@ def _result_lines(run) -> list[str]:
     return lines
 
 
-def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, overwrite, test, quiet, parallel):
+def _run_with_progress(
+    con, cfg, out, resuming, data_root, checkpoint_every, overwrite, test, quiet, parallel, optimizer=None
+):
     """Train (or resume) with a progress bar per epoch (on a terminal) and a line per finished epoch
     (unless ``quiet``: with --json, stderr holds only a transient bar and errors)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -356,6 +413,7 @@ def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, ove
                     checkpoint_every=checkpoint_every,
                     test=test,
                     parallel=parallel,
+                    optimizer=optimizer,
                 )
             return mnistfx.train(
                 cfg,
@@ -365,16 +423,23 @@ def _run_with_progress(con, cfg, out, resuming, data_root, checkpoint_every, ove
                 overwrite=overwrite,
                 test=test,
                 parallel=parallel,
+                optimizer=optimizer,
             )
         except mnistfx.RunFolderError as e:
             raise click.UsageError(in_flags(str(e))) from None
 
 
 _RESUME_KEEPS = {"model", "resume_dir", "checkpoint_every", "as_json", "data_root", "no_test", "nproc"}
+# --optimizer MODULE:ATTR names a run's own optimiser again (as MODEL names its own model)
 
 
 def _refuse_settings_with_resume(ctx):
     """--resume continues a run as it was configured: any other setting given is a mistake."""
     for p in ctx.command.params:
-        if p.name not in _RESUME_KEEPS and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE:
+        own_optimizer = p.name == "optimizer" and OWN_OPTIMIZER.fullmatch(ctx.params.get("optimizer") or "")
+        if (
+            p.name not in _RESUME_KEEPS
+            and not own_optimizer
+            and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE
+        ):
             raise click.UsageError(f"--resume continues a run with the settings it was started with: drop {p.opts[0]}")

@@ -23,18 +23,24 @@ _MODULES = {
     "models.model": "check_images check_model check_params check_state Model num_params",
     "models.registry": "get_model import_model model_names register_model",
     "models.ensemble": "make_ensemble_step member_seed stack unstack",
-    "models.torch_module": "to_module",
+    "models.torch_module": "from_module to_module",
     "models.notebook_checkpoint": "export_notebook_checkpoint import_notebook_checkpoint",
     "models.weights_file": "load_weights save_weights",
-    "models.evaluation": "evaluate evaluate_members logits Metrics metrics_from_predictions predict probabilities",
+    "models.evaluation": "evaluate evaluate_members logits Metrics metrics_from_predictions Mistakes predict "
+    "probabilities top_mistakes",
     "training.config": "recipe RECIPES TrainConfig",
-    "training.optim": "adam adamw lr_schedule Optimizer sgd",
+    "training.schedules": "constant cosine one_cycle Schedule step_decay warmup_linear_decay",
+    "training.optim": "adam adamw add_decayed_weights chain clip_by_global_norm config_optimizer lr_schedule "
+    "import_optimizer Optimizer scale_by_adam sgd trace Transform",
+    "training.state": "TrainState",
+    "training.privacy": "make_private_step noise_for_epsilon privacy_spent",
     "training.step": "make_multi_step make_train_step",
     "training.batches": "augment_batch batch_inputs",
     "training.compiling": "compile_step use_compile_cache",
+    "training.trainer": "make_trainer Trainer",
     "training.loop": "resume train",
     "training.checkpoint": "Checkpoint load_checkpoint save_checkpoint",
-    "training.runs": "check_run_dir default_run_dir prepare_run_dir Run run_folder run_lock save_run",
+    "training.runs": "check_run_dir default_run_dir load_history prepare_run_dir Run run_folder run_lock save_run",
     "trained.weights": "load_model_weights Weights",
     "trained.numbers": "find_digits FoundDigit read_number ReadDigit Reading",
     "trained.export": "export_onnx export_program load_program",
@@ -77,17 +83,19 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .models.ensemble import make_ensemble_step, member_seed, stack, unstack
     from .models.evaluation import (
         Metrics,
+        Mistakes,
         evaluate,
         evaluate_members,
         logits,
         metrics_from_predictions,
         predict,
         probabilities,
+        top_mistakes,
     )
     from .models.model import Model, check_images, check_model, check_params, check_state, num_params
     from .models.notebook_checkpoint import export_notebook_checkpoint, import_notebook_checkpoint
     from .models.registry import get_model, import_model, model_names, register_model
-    from .models.torch_module import to_module
+    from .models.torch_module import from_module, to_module
     from .models.weights_file import load_weights, save_weights
     from .rng import as_generator, fold_in
     from .runtime.cpu import cpu_description
@@ -102,6 +110,33 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .training.compiling import compile_step, use_compile_cache
     from .training.config import RECIPES, TrainConfig, recipe
     from .training.loop import resume, train
-    from .training.optim import Optimizer, adam, adamw, lr_schedule, sgd
-    from .training.runs import Run, check_run_dir, default_run_dir, prepare_run_dir, run_folder, run_lock, save_run
+    from .training.optim import (
+        Optimizer,
+        Transform,
+        adam,
+        adamw,
+        add_decayed_weights,
+        chain,
+        clip_by_global_norm,
+        config_optimizer,
+        import_optimizer,
+        lr_schedule,
+        scale_by_adam,
+        sgd,
+        trace,
+    )
+    from .training.privacy import make_private_step, noise_for_epsilon, privacy_spent
+    from .training.runs import (
+        Run,
+        check_run_dir,
+        default_run_dir,
+        load_history,
+        prepare_run_dir,
+        run_folder,
+        run_lock,
+        save_run,
+    )
+    from .training.schedules import Schedule, constant, cosine, one_cycle, step_decay, warmup_linear_decay
+    from .training.state import TrainState
     from .training.step import make_multi_step, make_train_step
+    from .training.trainer import Trainer, make_trainer

@@ -13,9 +13,13 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
     VERSION = "0+unknown"
 
 NOTEBOOK_MODELS = ("tuned", "cnn")  # the notebook's two models, as mnistfx.models.notebook_cnns defines them
-MODELS = (*NOTEBOOK_MODELS, "resnet")  # the built-in models (resnet: mnistfx.models.resnet)
+MODELS = (*NOTEBOOK_MODELS, "resnet", "dpcnn", "dpcnn_tanh")  # built-in (resnet, dpcnn*: mnistfx.models.*)
 MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")  # what a model may be called
 OPTIMIZERS = ("adam", "adamw", "sgd")  # as mnistfx.training.optim defines them
+OWN_OPTIMIZER = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # an optimiser of one's own, as MODULE:ATTR
+OPTIMIZER_NAME = re.compile(r"[A-Za-z_][\w.-]{0,63}")  # what an optimiser passed to train() may be called
+SCHEDULES = ("linear", "cosine", "one-cycle", "step")  # the schedules a TrainConfig names
+PER_MEMBER = ("lr", "weight_decay", "momentum", "label_smoothing")  # may differ between an ensemble's members
 PRECISIONS = ("fp32", "bf16")  # of the training forward pass
 MAX_ENSEMBLE = 64  # members trained in one step
 MAX_NPROC = 256  # data-parallel processes --nproc starts on one machine

@@ -82,6 +82,7 @@ LAYERS = {
     "mnistfx._checks": 0,
     "mnistfx._types": 0,
     "mnistfx._io": 0,
+    "mnistfx._imports": 0,
     "mnistfx.runtime": 0,
     "mnistfx.data": 1,
     "mnistfx.models": 2,
@@ -131,10 +132,11 @@ def test_the_version_lives_in_one_place():
 def test_the_builtin_model_names_are_the_models():
     from mnistfx.constants import NOTEBOOK_MODELS
     from mnistfx.constants import OPTIMIZERS as OPTIMIZER_NAMES
+    from mnistfx.models.dp_cnn import DP_ARCHS
     from mnistfx.models.notebook_cnns import ARCHS
     from mnistfx.training.optim import OPTIMIZERS
 
-    assert mnistfx.MODELS == (*NOTEBOOK_MODELS, "resnet") == mnistfx.model_names()[:3]
+    assert mnistfx.MODELS == (*NOTEBOOK_MODELS, "resnet", *DP_ARCHS) == mnistfx.model_names()[:5]
     assert NOTEBOOK_MODELS == tuple(ARCHS)
     assert OPTIMIZER_NAMES == tuple(OPTIMIZERS)
 

@@ -89,7 +89,7 @@ def test_dropout_is_keyed_and_drops_at_its_rate(synthetic):
 
 @pytest.mark.fast
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model 'lenet': choose one of tuned, cnn, resnet, or name your own"):
+    with pytest.raises(ValueError, match="unknown model .lenet.: choose one of tuned, cnn, resnet, dpcnn, dpcnn_tanh"):
         mnistfx.get_model("lenet")
 
 
@@ -108,7 +108,10 @@ def test_padded_chunks_give_the_same_logits(synthetic):
 def test_bad_images_are_a_clear_error():
     model = mnistfx.get_model("tuned")
     params = model.init(0)
-    with pytest.raises(TypeError, match="must be uint8"):
-        mnistfx.predict(model, params, torch.zeros(2, 28, 28))
+    with pytest.raises(TypeError, match=r"must be uint8 \(0-255\) or float in \[0, 1\], not torch.int64"):
+        mnistfx.predict(model, params, torch.zeros(2, 28, 28, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"float images must hold values in \[0, 1\], not 0..255"):
+        mnistfx.predict(model, params, torch.arange(2 * 784.0).reshape(2, 28, 28) % 256)
+    assert mnistfx.predict(model, params, torch.zeros(2, 28, 28)).shape == (2,)  # float images in [0, 1]
     with pytest.raises(ValueError, match=r"shape \(N, 28, 28\)"):
         mnistfx.predict(model, params, torch.zeros(2, 32, 32, dtype=torch.uint8))

@@ -79,6 +79,21 @@ def batch_larger_than_the_data(tmp_path):
     return _train(tmp_path, "tuned", "--train-size", "3200", "--batch-size", "6400")
 
 
+@case("holds no per-epoch history mnistfx can read", "entry 4: epoch 3, not a whole number from 4 to 10,000")
+def plot_of_a_history_whose_epochs_go_back(tmp_path, weights):
+
+    (tmp_path / "run").mkdir()
+    shutil.copy(weights, tmp_path / "run" / "weights.safetensors")
+    history = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.0, "val_accuracy": 0.5} for e in (1, 2, 3, 3)]
+    (tmp_path / "run" / "history.json").write_text(json.dumps({"history": history}))
+    return ["plot", str(tmp_path / "run")]
+
+
+@case("weights.safetensors does not exist: pass the folder of a run (or a file in it)")
+def plot_of_weights_that_are_not_there(tmp_path):
+    return ["plot", str(tmp_path / "run" / "weights.safetensors")]
+
+
 @case("output path", "is a file: pass --out with a folder")
 def output_path_that_is_a_file(tmp_path):
     (tmp_path / "taken").write_text("mine")
@@ -137,7 +152,7 @@ def path_with_a_newline(tmp_path):
     return ["eval", str(tmp_path / "no\nsuch.safetensors")]
 
 
-@case("holds no per-epoch history mnistfx can draw")
+@case("holds no per-epoch history mnistfx can read", "entry 1: train_loss nan, not a finite number")
 def plot_of_a_run_whose_history_is_damaged(tmp_path, weights):
 
     (tmp_path / "run").mkdir()
@@ -146,7 +161,7 @@ def plot_of_a_run_whose_history_is_damaged(tmp_path, weights):
     return ["plot", str(tmp_path / "run")]
 
 
-@case("holds no per-epoch history mnistfx can draw", "epochs 1-10,000")
+@case("holds no per-epoch history mnistfx can read", "entry 1: train_loss -1e+308", "from -1e+06 to 1e+06")
 def plot_of_a_history_of_extreme_numbers(tmp_path, weights):
 
     (tmp_path / "run").mkdir()

@@ -104,7 +104,7 @@ def pth_that_runs_code_when_unpickled(tmp_path):
     return ["eval", str(path)]
 
 
-@case("unknown model 'lenet': choose one of tuned, cnn, resnet")
+@case("unknown model 'lenet': choose one of tuned, cnn, resnet, dpcnn")
 def unknown_model(tmp_path):
     return _train(tmp_path, "lenet")
 

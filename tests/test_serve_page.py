@@ -83,6 +83,18 @@ def shown(driver):
     return driver.find_element(By.ID, "label").text, values
 
 
+def _covered(image) -> np.ndarray:
+    """What :func:`draw`'s strokes cover of the 280-pixel pad: each inked pixel's 10×10 square, widened by the
+    page's 20-pixel pen (``app.js``: a fourteenth of the pad, round caps) by 5 pixels each way."""
+    ink = np.kron(image.numpy() > 128, np.ones((10, 10), dtype=bool))
+    padded = np.pad(ink, 5)
+    covered = np.zeros_like(ink)
+    for dy in range(11):
+        for dx in range(11):
+            covered |= padded[dy : dy + 280, dx : dx + 280]
+    return covered * 255.0
+
+
 def test_drawn_digits_get_the_right_labels(page, mnist, trained_tuned, tmp_path):
     w = mnistfx.load_model_weights(trained_tuned)
     assert "the tuned model answers" in page.find_element(By.ID, "model").text
@@ -90,8 +102,7 @@ def test_drawn_digits_get_the_right_labels(page, mnist, trained_tuned, tmp_path)
     for image, label in zip(mnist.test_images[:300], mnist.test_labels[:300].tolist(), strict=True):
         if label in chosen:
             continue
-        strokes = np.kron(image.numpy() > 128, np.ones((10, 10))) * 255  # what the strokes will cover
-        probs = w.probabilities(mnistfx.prepare_digit(strokes)[None])[0]
+        probs = w.probabilities(mnistfx.prepare_digit(_covered(image))[None])[0]
         if int(probs.argmax()) == label and probs[label] > 0.7:  # the library reads the drawing surely
             chosen[label] = image
     assert len(chosen) == 10

@@ -67,8 +67,13 @@ def make_ensemble_step(step: Callable) -> Callable:
     ``noise`` with ``x`` and ``y`` shared; the losses (and aux values) get a leading member axis.
 
     The optimiser state's ``"step"`` count is the same for every member; it is passed into the mapped
-    step once (so its functions of the count stay scalars) and returned stacked again.
+    step once (so its functions of the count stay scalars) and returned stacked again. Everything else
+    in it is mapped, its hyperparameters too: members may train with learning rates (weight decay,
+    momentum, label smoothing) of their own.
     """
+
+    if not callable(step):
+        raise TypeError(f"step must be a train step (e.g. from mnistfx.make_train_step), not {type(step).__name__}")
 
     def ensemble_step(params, state, opt_state, x, y, noise):
         count = opt_state["step"]  # (K,): one count per member, all equal

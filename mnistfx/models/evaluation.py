@@ -1,15 +1,22 @@
-"""Evaluation: predictions, accuracy, per-class precision / recall / F1, confusion matrix."""
+"""Evaluation: predictions, accuracy, per-class precision / recall / F1, confusion matrix, the most
+confident mistakes.
+
+Every function here takes images as :func:`~mnistfx.check_images` says: uint8 images hold 0-255,
+float images hold values in [0, 1] (used as they are: an adversarial perturbation of 0.1/255 is not
+rounded away).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.func import vmap
 from torch.nn import functional as F
 
+from .._checks import check_whole, is_whole
 from ..errors import WeightsError
 from .ensemble import unstack
 from .model import Model, blaming, check_images, check_logits, check_params, check_state
@@ -68,12 +75,13 @@ def logits(
     batch_size: int = EVAL_BATCH,
     forward: Callable | None = None,
 ) -> torch.Tensor:
-    """Logits for uint8 images, computed in chunks of ``batch_size``.
+    """Logits for images, computed in chunks of ``batch_size``.
 
     Arguments:
         model: the model.
         params: its parameters; the images are moved to their device.
-        images: uint8 tensor (N, 28, 28), (N, 1, 28, 28) or (N, 784).
+        images: uint8 images of 0-255 or float images of values in [0, 1] (float32, float64,
+            float16 or bfloat16, used unrounded), shaped (N, 28, 28), (N, 1, 28, 28) or (N, 784).
         state: the model's state (a model with state, e.g. batch-norm statistics).
         members: ``params`` (and ``state``) are an ensemble of this many members, stacked.
         batch_size: chunk size.
@@ -83,8 +91,18 @@ def logits(
 
     Returns:
         float32 logits (N, 10) on the parameters' device; (members, N, 10) for an ensemble.
+
+    Raises:
+        TypeError: images of another dtype, or arguments of the wrong type.
+        ValueError: images of another shape or a float image outside [0, 1]; a model with state
+            without ``state``; a ``batch_size`` or ``members`` below 1.
+        WeightsError: ``params`` or ``state`` that are not the model's.
     """
-    images = check_images(images)
+    _check_model_args(model, params, state, members)
+    images = check_images(images, floats=True)
+    check_whole("batch_size", batch_size, 1, error=ValueError)
+    if forward is not None and not callable(forward):
+        raise TypeError(f"forward must be a function (params, x) -> logits, not {type(forward).__name__}")
     pad = forward is not None  # a compiled forward must see one shape; eager needs no padding
     if state is None and model.has_state:
         raise ValueError(
@@ -118,15 +136,29 @@ def logits(
     return torch.cat(out, dim=-2)[..., :n, :]
 
 
+def _check_model_args(model, params, state, members) -> None:
+    """The checks every evaluation function makes on its model, parameters, state and ``members``."""
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a mnistfx.Model, not {type(model).__name__}")
+    if not isinstance(params, dict) or not params:
+        raise TypeError(f"params must be a non-empty dict of tensors, not {type(params).__name__}")
+    if state is not None and not isinstance(state, dict):
+        raise TypeError(f"state must be a dict of tensors, not {type(state).__name__}")
+    if members is not None and not (is_whole(members) and members >= 1):
+        raise ValueError(f"members must be a whole number ≥ 1 (the ensemble's size) or None, not {members!r}")
+
+
 def probabilities(model: Model, params: dict, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """Class probabilities (N, 10) for uint8 images: the softmax of the logits, or for an ensemble
-    (``members=K``) the mean of its members' softmax. Keyword arguments as :func:`logits`."""
+    """Class probabilities (N, 10) for images (uint8 of 0-255, or float in [0, 1]): the softmax of the
+    logits, or for an ensemble (``members=K``) the mean of its members' softmax. Keyword arguments as
+    :func:`logits`."""
     out = logits(model, params, images, **kwargs).softmax(-1)
     return out.mean(0) if kwargs.get("members") is not None else out
 
 
 def predict(model: Model, params: dict, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """Predicted digits (int64, shape (N,)) for uint8 images; keyword arguments as :func:`logits`."""
+    """Predicted digits (int64, shape (N,)) for images (uint8 of 0-255, or float in [0, 1]); keyword
+    arguments as :func:`logits`."""
     return probabilities(model, params, images, **kwargs).argmax(1)
 
 
@@ -142,12 +174,13 @@ def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Ten
         A :class:`Metrics`; its loss is the cross-entropy (an ensemble's: of the mean probabilities).
 
     Raises:
+        TypeError, ValueError: images or labels that are not a batch of images and its digits (see
+            :func:`logits` for the rest).
         WeightsError: the model's output for some image is NaN or infinite (no prediction to score).
     """
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
-        raise ValueError("labels must be a 1-D tensor of digits 0-9")
-    if labels.shape[0] != images.shape[0]:
-        raise ValueError(f"got {images.shape[0]} images but {labels.shape[0]} labels")
+    _check_model_args(model, params, kwargs.get("state"), kwargs.get("members"))
+    images = check_images(images, floats=True)
+    _check_labels(labels, images.shape[0])
     labels = labels.cpu().long()
     if kwargs.get("members") is None:
         out = logits(model, params, images, **kwargs).cpu()
@@ -164,12 +197,98 @@ def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Ten
     return metrics_from_predictions(out.argmax(1), labels, loss=loss)
 
 
+def _check_labels(labels, n: int) -> None:
+    """Refuse ``labels`` unless they are a 1-D integer tensor of ``n`` digits 0-9."""
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.dim() != 1
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+    ):
+        what = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be a 1-D integer tensor of digits 0-9, not {what}")
+    if labels.shape[0] != n:
+        raise ValueError(f"got {n} images but {labels.shape[0]} labels")
+    if n and not 0 <= int(labels.min()) <= int(labels.max()) <= 9:
+        raise ValueError(f"labels must hold digits 0-9, not {int(labels.min())}..{int(labels.max())}")
+
+
 def evaluate_members(
     model: Model, params: dict, images: torch.Tensor, labels: torch.Tensor, *, members: int, state: dict | None = None
 ) -> list[Metrics]:
-    """Each ensemble member's :class:`Metrics` (``params`` and ``state`` stacked, as :func:`evaluate`)."""
+    """Each ensemble member's :class:`Metrics` (``params`` and ``state`` stacked, as :func:`evaluate`).
+
+    Arguments:
+        model, images, labels: as :func:`evaluate` (uint8 images of 0-255, or float images in [0, 1]).
+        params, state: the ensemble's, stacked on a leading member axis.
+        members: the ensemble's size.
+
+    Returns:
+        One :class:`Metrics` per member, in order.
+    """
+    _check_model_args(model, params, state, members)
+    check_params(model, params, members=members)
+    check_state(model, {} if state is None else state, members=members)
+    images = check_images(images, floats=True)
+    _check_labels(labels, images.shape[0])
     states = unstack(state) if state else [{}] * members
     return [evaluate(model, p, images, labels, state=s) for p, s in zip(unstack(params), states, strict=True)]
+
+
+class Mistakes(NamedTuple):
+    """The most confident mistakes, most confident first, as :func:`top_mistakes` finds them.
+
+    Attributes:
+        indices: int64 (k,): where each mistake is among the images.
+        predicted: int64 (k,): the digit predicted.
+        true: int64 (k,): the true digit.
+        confidence: float (k,): the probability given to the predicted digit.
+        total: how many mistakes there are in all (``k`` or more).
+    """
+
+    indices: torch.Tensor
+    predicted: torch.Tensor
+    true: torch.Tensor
+    confidence: torch.Tensor
+    total: int
+
+
+def top_mistakes(probabilities: torch.Tensor, labels: torch.Tensor, k: int) -> Mistakes:
+    """The ``k`` most confident mistakes: the images whose predicted digit (the most probable) is not
+    their label, ordered by the probability of that prediction, highest first (ties: lower index first).
+
+    Arguments:
+        probabilities: float (N, 10), e.g. from :func:`probabilities` (any scores whose largest entry
+            is the prediction).
+        labels: integer tensor (N,) of the true digits 0-9.
+        k: how many to return at most (fewer if there are fewer mistakes).
+
+    Returns:
+        :class:`Mistakes` (``indices``, ``predicted``, ``true``, ``confidence``, ``total``), on the
+        CPU.
+
+    Raises:
+        TypeError: ``probabilities`` is not a float tensor.
+        ValueError: a shape that is not (N, 10), labels that are not N digits, ``k`` below 0, or a
+            probability that is NaN.
+    """
+    if not isinstance(probabilities, torch.Tensor) or not probabilities.is_floating_point():
+        what = probabilities.dtype if isinstance(probabilities, torch.Tensor) else type(probabilities).__name__
+        raise TypeError(f"probabilities must be a float tensor (N, 10), not {what}")
+    if probabilities.dim() != 2 or probabilities.shape[1] != 10:
+        raise ValueError(f"probabilities must have shape (N, 10), not {tuple(probabilities.shape)}")
+    _check_labels(labels, probabilities.shape[0])
+    k = check_whole("k", k, 0, error=ValueError)
+    probs = probabilities.detach().cpu()
+    if bool(probs.isnan().any()):
+        raise ValueError("probabilities hold NaN: there is no prediction to rank (these weights are not usable)")
+    confidence, predicted = probs.max(1)
+    true = labels.cpu().long()
+    wrong = torch.nonzero(predicted != true).flatten()
+    order = confidence[wrong].argsort(descending=True, stable=True)
+    indices = wrong[order][:k]
+    return Mistakes(indices, predicted[indices], true[indices], confidence[indices], len(wrong))
 
 
 def metrics_from_predictions(pred: torch.Tensor, labels: torch.Tensor, *, loss: float = float("nan")) -> Metrics:

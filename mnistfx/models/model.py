@@ -403,8 +403,17 @@ class Model:
                 )
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (N, 28, 28), (N, 1, 28, 28) or (N, 784) -> float (N, 1, 28, 28) as the model expects."""
-        return self.normalize_input(check_images(images).reshape(-1, 1, 28, 28).float() / 255.0)
+        """Images (N, 28, 28), (N, 1, 28, 28) or (N, 784) -> float32 (N, 1, 28, 28) as the model expects.
+
+        The one rule for images (see :func:`check_images`): uint8 images hold 0-255 and are divided
+        by 255; float images (float32, float64, float16, bfloat16) hold values in [0, 1] and are
+        taken as they are (made float32, never rounded to 256 levels). The model's ``normalize``
+        is applied after.
+        """
+        images = check_images(images, floats=True)
+        x = images.reshape(-1, 1, 28, 28)
+        x = x.float() / 255.0 if images.dtype == torch.uint8 else x.float()
+        return self.normalize_input(x)
 
     def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
         """Images scaled to [0, 1] -> the model's input (its ``normalize`` applied, if it has one)."""
@@ -447,21 +456,54 @@ def _check_batch(x) -> None:
 _IMAGE_SHAPES = ((28, 28), (1, 28, 28), (784,))
 
 
-def check_images(images: Any) -> torch.Tensor:
-    """``images`` if it is a uint8 batch of shape (N, 28, 28), (N, 1, 28, 28) or (N, 784).
+def check_images(images: Any, *, floats: bool = False) -> torch.Tensor:
+    """``images`` if it is a batch of images of shape (N, 28, 28), (N, 1, 28, 28) or (N, 784).
+
+    The one rule for images: **uint8 images hold 0-255; float images hold values in [0, 1]**.
+    Evaluation (:func:`~mnistfx.logits`, :func:`~mnistfx.probabilities`, :func:`~mnistfx.predict`,
+    :func:`~mnistfx.evaluate`, :class:`~mnistfx.Weights`, the plots and :meth:`Model.preprocess`)
+    takes both; training data (:func:`~mnistfx.batch_inputs`) is uint8.
+
+    Arguments:
+        images: the tensor to check.
+        floats: also accept float images (float32, float64, float16 or bfloat16), whose every
+            value must be finite and in [0, 1]; by default only uint8 is.
+
+    Returns:
+        ``images``, unchanged.
 
     Raises:
-        TypeError: not a uint8 tensor.
-        ValueError: another shape.
+        TypeError: not a tensor, or of another dtype (an integer tensor other than uint8 included).
+        ValueError: another shape, or a float image with a value outside [0, 1] (or NaN).
     """
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+    if not isinstance(images, torch.Tensor) or not (
+        images.dtype == torch.uint8 or (floats and images.dtype in _FLOAT_IMAGES)
+    ):
         what = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        if floats:
+            fix = (
+                "convert integer images of 0-255 with .to(torch.uint8)"
+                if isinstance(images, torch.Tensor) and not images.is_floating_point() and not images.is_complex()
+                else "pass uint8 images (0-255) or float images in [0, 1]"
+            )
+            raise TypeError(f"images must be uint8 (0-255) or float in [0, 1], not {what}: {fix}")
         raise TypeError(
             f"images must be uint8 (0-255), not {what}: for float images in [0, 1] use Model.normalize_input"
         )
     if tuple(images.shape[1:]) not in _IMAGE_SHAPES:
         raise ValueError(f"images must have shape (N, 28, 28), (N, 1, 28, 28) or (N, 784), not {tuple(images.shape)}")
+    if images.dtype != torch.uint8 and images.numel():
+        low, high = images.aminmax()
+        if not (bool(low >= 0) and bool(high <= 1)):  # NaN fails both comparisons
+            span = "NaN" if bool(images.isnan().any()) else f"{float(low):.4g}..{float(high):.4g}"
+            raise ValueError(
+                f"float images must hold values in [0, 1], not {span}: scale them to [0, 1] (images of "
+                "0-255 divided by 255), or pass uint8 images of 0-255"
+            )
     return images
+
+
+_FLOAT_IMAGES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def num_params(params: dict[str, torch.Tensor]) -> int:

@@ -7,17 +7,19 @@ the command line's ``MODEL`` argument and ``--model`` option).
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
+from .._imports import import_attr
 from ..constants import MODELS, NOTEBOOK_MODELS
 from ..errors import ConfigError, WeightsError
+from .dp_cnn import DP_ARCHS, make_dp_cnn
 from .model import Model
 from .notebook_cnns import reference_model
 from .resnet import make_resnet
 
-_REGISTRY: dict[str, Model] = {**{name: reference_model(name) for name in NOTEBOOK_MODELS}, "resnet": make_resnet()}
+_REGISTRY: dict[str, Model] = {
+    **{name: reference_model(name) for name in NOTEBOOK_MODELS},
+    "resnet": make_resnet(),
+    **{name: make_dp_cnn(name) for name in DP_ARCHS},
+}
 
 
 def register_model(model: Model, *, replace: bool = False) -> Model:
@@ -72,31 +74,7 @@ def import_model(spec: str) -> Model:
     The current folder is searched first, so ``mymodels:mlp`` finds ``./mymodels.py``. Only name a
     module you trust: importing runs its code.
     """
-    module_name, sep, attr = spec.partition(":") if isinstance(spec, str) else ("", "", "")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{spec!r} is not MODULE:ATTR (for example mymodels:mlp, for the Model mlp in mymodels.py)")
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:  # for this import only: later imports must not find files of the current folder first
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        hint = (
-            f": run from the folder that holds {module_name.replace('.', '/')}.py, or install it"
-            if e.name and (module_name + ".").startswith(e.name + ".")
-            else ""
-        )  # else its own import failed
-        raise ConfigError(f"cannot import {module_name!r} for model {spec} ({e}){hint}") from None
-    except (Exception, SystemExit) as e:
-        raise ConfigError(
-            f"importing {module_name!r} for model {spec} failed: {type(e).__name__}: "
-            f"{(str(e).splitlines() or [''])[0][:120]}"
-        ) from None
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
-    model = getattr(module, attr, None)
+    model = import_attr(spec, "model", "mymodels:mlp, for the Model mlp in mymodels.py")
     if not isinstance(model, Model):
         what = "nothing" if model is None else f"of type {type(model).__name__}"
         raise ConfigError(f"{spec} is {what}, not a mnistfx.Model: point at the Model(...) your module makes")

@@ -45,10 +45,12 @@ def save_weights(
 
 
 def load_weights(path: StrPath) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a safetensors file written by :func:`save_weights`.
+    """Read a safetensors file written by :func:`save_weights`: its raw tensors and metadata.
 
     The file's size and kind are checked before it is read, and its header (tensor dtypes,
-    metadata) before any tensor is made.
+    metadata) before any tensor is made; nothing checks that the tensors fit a model. For a run's
+    or :func:`~mnistfx.save_run`'s weights with their model, checked to fit and ready to evaluate,
+    use :func:`~mnistfx.load_model_weights` (it returns a :class:`~mnistfx.Weights`).
 
     Returns:
         ``(params, metadata)``: CPU tensors and the decoded metadata.

@@ -7,19 +7,19 @@ and only when a plot is drawn; without it the error says how to install it.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import torch
 
-from .._checks import is_finite
-from .._io import atomic_write_bytes, read_limited
+from .._checks import check_whole, is_finite
+from .._io import atomic_write_bytes
 from .._types import StrPath
-from ..constants import MAX_EPOCHS
 from ..data.mnist import MNIST, load_mnist
 from ..errors import MnistfxError
-from ..models.evaluation import Metrics, evaluate_members, metrics_from_predictions
+from ..models.evaluation import Metrics, evaluate_members, metrics_from_predictions, top_mistakes
+from ..models.model import check_images
 from ..runtime.device import resolve_device
+from ..training.runs import WEIGHTS_FILE, existing_run_folder, load_history
 from .weights import load_model_weights
 
 
@@ -35,15 +35,34 @@ def _pyplot():
 
 
 def plot_history(history: list[dict], path: StrPath) -> Path:
-    """Train and validation loss, and validation accuracy, per epoch, as a PNG at ``path``."""
+    """Train and validation loss, and validation accuracy, per epoch, as a PNG at ``path``.
+
+    Arguments:
+        history: a run's per-epoch history (:attr:`Run.history <mnistfx.Run>`, or
+            :func:`~mnistfx.load_history`): dicts with ``epoch`` and ``train_loss``, and ``val_loss``
+            and ``val_accuracy`` unless the run had no validation set.
+        path: the PNG to write (atomically).
+
+    Returns:
+        ``path``.
+    """
+    if not isinstance(history, list) or not history or not all(isinstance(h, dict) for h in history):
+        raise TypeError("history must be a non-empty list of per-epoch dicts (a run's history)")
+    for i, h in enumerate(history, 1):
+        if not all(is_finite(h.get(k)) for k in ("epoch", "train_loss")):
+            raise ValueError(f"history entry {i} lacks a finite epoch or train_loss")
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
+    validated = all(is_finite(h.get("val_loss")) and is_finite(h.get("val_accuracy")) for h in history)
     fig, (loss, acc) = plt.subplots(1, 2, figsize=(10, 4))
     loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    if validated:
+        loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+        acc.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", color="C1")
+    else:
+        acc.text(0.5, 0.5, "no validation set", ha="center", va="center", transform=acc.transAxes)
+    loss.set(xlabel="epoch", ylabel="loss", title="loss (train: the training loss; validation: cross-entropy)")
     loss.legend()
-    acc.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", color="C1")
     acc.set(xlabel="epoch", ylabel="%", title="validation accuracy")
     for ax in (loss, acc):
         ax.grid(alpha=0.3)
@@ -51,8 +70,20 @@ def plot_history(history: list[dict], path: StrPath) -> Path:
     return _save(fig, path)
 
 
-def plot_confusion(metrics: Metrics, path: StrPath) -> Path:
-    """The confusion matrix (rows: true digit, columns: predicted) with its counts, as a PNG."""
+def plot_confusion(metrics: Metrics, path: StrPath, *, data_name: str = "test set") -> Path:
+    """The confusion matrix (rows: true digit, columns: predicted) with its counts, as a PNG.
+
+    Arguments:
+        metrics: :class:`~mnistfx.Metrics`, e.g. from :func:`~mnistfx.evaluate`.
+        path: the PNG to write (atomically).
+        data_name: what the images were, for the title (e.g. "validation set").
+
+    Returns:
+        ``path``.
+    """
+    if not isinstance(metrics, Metrics):
+        raise TypeError(f"metrics must be a mnistfx.Metrics, not {type(metrics).__name__}")
+    data_name = _check_data_name(data_name)
     plt = _pyplot()
     counts = metrics.confusion.numpy()
     fig, ax = plt.subplots(figsize=(6.5, 6))
@@ -68,34 +99,66 @@ def plot_confusion(metrics: Metrics, path: StrPath) -> Path:
         yticks=range(10),
         xlabel="predicted",
         ylabel="true",
-        title=f"test set: {metrics.correct:,} / {metrics.n:,} right ({100 * metrics.accuracy:.2f} %)",
+        title=f"{data_name}: {metrics.correct:,} / {metrics.n:,} right ({100 * metrics.accuracy:.2f} %)",
     )
     return _save(fig, path)
 
 
 def plot_mistakes(
-    images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, path: StrPath, *, most: int = 48
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    probs: torch.Tensor,
+    path: StrPath,
+    *,
+    most: int = 48,
+    data_name: str = "test set",
 ) -> Path:
-    """The wrongly classified digits, most confident mistakes first, each with its true label,
-    the prediction and its probability, as a PNG grid."""
+    """The wrongly classified digits, most confident mistakes first (:func:`~mnistfx.top_mistakes`),
+    each with its true label, the prediction and its probability, as a PNG grid.
+
+    Arguments:
+        images: the images, uint8 of 0-255 or float in [0, 1] (see :func:`~mnistfx.check_images`),
+            (N, 28, 28), (N, 1, 28, 28) or (N, 784); drawn black (0) to white (255 or 1.0).
+        labels: their true digits, an integer tensor (N,).
+        probs: the class probabilities (N, 10), e.g. from :func:`~mnistfx.probabilities`.
+        path: the PNG to write (atomically).
+        most: how many mistakes to draw at most.
+        data_name: what the images are, for the title (e.g. "validation set", "PGD examples").
+
+    Returns:
+        ``path``.
+    """
+    images = check_images(images, floats=True)
+    check_whole("most", most, 1, error=ValueError)
+    data_name = _check_data_name(data_name)
+    if not isinstance(probs, torch.Tensor) or probs.shape[:1] != images.shape[:1]:
+        raise ValueError(
+            f"probs must be a tensor (N, 10) for the {images.shape[0]} images, not "
+            f"{tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__}"
+        )
+    mistakes = top_mistakes(probs, labels, most)  # checks probs and labels
     plt = _pyplot()
-    conf, pred = probs.max(1)
-    wrong = torch.nonzero(pred != labels).flatten()
-    wrong = wrong[conf[wrong].argsort(descending=True)][:most]
+    top = 255 if images.dtype == torch.uint8 else 1.0
     cols = 8
-    rows = max(1, -(-len(wrong) // cols))
+    rows = max(1, -(-len(mistakes.indices) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, wrong.tolist(), strict=False):
-        ax.imshow(images[i].numpy(), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{int(labels[i])}→{int(pred[i])} {100 * float(conf[i]):.0f}%", fontsize=8, color="C3")
+    for ax, i, true, pred, conf in zip(axes.flat, *(t.tolist() for t in mistakes[:4]), strict=False):
+        ax.imshow(images[i].reshape(28, 28).float().cpu().numpy(), cmap="gray", vmin=0, vmax=top)
+        ax.set_title(f"{true}→{pred} {100 * conf:.0f}%", fontsize=8, color="C3")
     fig.suptitle(
-        f"{len(torch.nonzero(pred != labels))} mistakes on the test set, most confident first "
+        f"{mistakes.total} mistakes on the {data_name} ({len(images):,} images), most confident first "
         "(true→predicted, probability)",
         fontsize=9,
     )
     return _save(fig, path)
+
+
+def _check_data_name(data_name) -> str:
+    if not isinstance(data_name, str) or not data_name.strip() or len(data_name) > 80 or not data_name.isprintable():
+        raise ValueError(f"data_name must be a short line of text (e.g. 'test set'), not {data_name!r:.60}")
+    return data_name
 
 
 def _save(fig, path) -> Path:
@@ -112,8 +175,26 @@ def _save(fig, path) -> Path:
     return path
 
 
-def plot_members(member_accuracies: list[float], ensemble_accuracy: float, path: StrPath) -> Path:
-    """A bar per ensemble member's test accuracy, and the ensemble's beside them, as a PNG."""
+def plot_members(
+    member_accuracies: list[float], ensemble_accuracy: float, path: StrPath, *, data_name: str = "test set"
+) -> Path:
+    """A bar per ensemble member's accuracy, and the ensemble's beside them, as a PNG.
+
+    Arguments:
+        member_accuracies: each member's accuracy, in [0, 1].
+        ensemble_accuracy: the ensemble's, in [0, 1].
+        path: the PNG to write (atomically).
+        data_name: what the accuracies were measured on, for the axis (e.g. "validation set").
+
+    Returns:
+        ``path``.
+    """
+    if not isinstance(member_accuracies, (list, tuple)) or not member_accuracies:
+        raise TypeError("member_accuracies must be a non-empty list of accuracies in [0, 1]")
+    for a in (*member_accuracies, ensemble_accuracy):
+        if not (is_finite(a) and 0 <= a <= 1):
+            raise ValueError(f"accuracies must be numbers in [0, 1], not {a!r:.40}")
+    data_name = _check_data_name(data_name)
     plt = _pyplot()
     k = len(member_accuracies)
     fig, ax = plt.subplots(figsize=(max(5.5, 0.7 * k + 3.0), 4.0))
@@ -126,7 +207,7 @@ def plot_members(member_accuracies: list[float], ensemble_accuracy: float, path:
     bottom = max(0.0, low - span)  # the differences are what matters: start the axis near them
     ax.set_ylim(bottom, high + 0.15 * (high - bottom))  # room for the labels above the bars
     ax.set_xlabel("member")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"{data_name} accuracy (%)")
     ax.set_title(
         f"{k} members alone: mean {sum(values[:-1]) / k:.2f} %\ntheir ensemble (mean of probabilities): "
         f"{values[-1]:.2f} %",
@@ -148,7 +229,8 @@ def plot_run(
     beside the ensemble), from its ``weights.safetensors`` and ``history.json``.
 
     Arguments:
-        run_dir: the folder ``mnistfx train`` wrote.
+        run_dir: the folder ``mnistfx train`` wrote, or any file in it (its ``weights.safetensors``,
+            ``history.json`` or checkpoint).
         out: where to write the PNGs (default: the run folder).
         data: MNIST already loaded (default: :func:`~mnistfx.load_mnist`).
         device: where to evaluate.
@@ -156,15 +238,21 @@ def plot_run(
 
     Returns:
         The paths written.
+
+    Raises:
+        MnistfxError: no such run folder, matplotlib missing, or ``out`` not a folder.
+        WeightsError: the run's weights are missing or unusable.
     """
-    run_dir = Path(run_dir)
+    folder = existing_run_folder(run_dir)
+    if data is not None and not isinstance(data, MNIST):
+        raise TypeError(f"data must be a mnistfx.MNIST (from load_mnist) or None, not {type(data).__name__}")
+    dev = resolve_device(device)
     _pyplot()  # before any work: say how to install it
-    weights = load_model_weights(run_dir / "weights.safetensors", model=model)
-    history = _read_history(run_dir / "history.json")
-    out = Path(out) if out is not None else run_dir
+    weights = load_model_weights(folder / WEIGHTS_FILE, model=model)
+    history = load_history(folder)
+    out = Path(out) if out is not None else folder
     if not out.is_dir():
         raise MnistfxError(f"{out} is not a folder: pass an existing folder to `out`")
-    dev = resolve_device(device)
     data = data or load_mnist()
     weights = weights.to(dev)
     probs = weights.probabilities(data.test_images).cpu()
@@ -185,35 +273,3 @@ def plot_run(
         )
         paths.append(plot_members([m.accuracy for m in members], metrics.accuracy, out / "members.png"))
     return paths
-
-
-_HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy")
-_MAX_LOSS = 1e6  # cross-entropy far past any run's first epoch; larger numbers are no history to draw
-
-
-def _drawable(entry) -> bool:
-    """One epoch of a history, with numbers a plot can hold (matplotlib fails on finite extremes)."""
-    return (
-        isinstance(entry, dict)
-        and all(is_finite(entry.get(k)) for k in _HISTORY_KEYS)
-        and float(entry["epoch"]).is_integer()
-        and 1 <= entry["epoch"] <= MAX_EPOCHS
-        and 0 <= entry["val_accuracy"] <= 1
-        and all(0 <= entry[k] <= _MAX_LOSS for k in ("train_loss", "val_loss"))
-    )
-
-
-def _read_history(path: Path) -> list[dict]:
-    """The per-epoch history from a run's ``history.json``, every entry checked."""
-    fix = "pass the folder of a run that `mnistfx train` wrote"
-    raw = read_limited(path, 16 << 20, what="history", fix=fix, error=MnistfxError)
-    try:
-        history = json.loads(raw).get("history")
-    except (ValueError, RecursionError, AttributeError):
-        history = None
-    if not isinstance(history, list) or not 0 < len(history) <= MAX_EPOCHS or not all(map(_drawable, history)):
-        raise MnistfxError(
-            f"{path} holds no per-epoch history mnistfx can draw (epochs 1-{MAX_EPOCHS:,}, losses "
-            f"0-{_MAX_LOSS:g}, accuracies 0-1): {fix}"
-        )
-    return history

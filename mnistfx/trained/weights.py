@@ -4,6 +4,7 @@ a :class:`Weights`, which evaluates and predicts (what the CLI's eval, serve, re
 from __future__ import annotations
 
 import dataclasses
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ from .._checks import is_whole
 from .._types import Device, StrPath
 from ..constants import MAX_ENSEMBLE, MODELS
 from ..errors import WeightsError
-from ..models.evaluation import Metrics, evaluate, probabilities
+from ..models.evaluation import Metrics, evaluate, logits, probabilities
 from ..models.model import Model, check_finite, check_params, check_state, check_state_usable
 from ..models.notebook_checkpoint import import_notebook_checkpoint
 from ..models.registry import get_model, guess_model, model_names
+from ..models.torch_module import FunctionalModule, to_module
 from ..models.weights_file import _FIX, STATE_PREFIX, load_weights, printable_name
 
 
@@ -45,8 +47,39 @@ class Weights:
         return dataclasses.replace(self, params=move(self.params), state=move(self.state))
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, 10) for uint8 images (an ensemble's: the mean of its members')."""
+        """Class probabilities (N, 10) for images, uint8 of 0-255 or float in [0, 1] (see
+        :func:`~mnistfx.check_images`); an ensemble's: the mean of its members'."""
         return probabilities(self.model, self.params, images, state=self.state, members=self.members)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """:func:`~mnistfx.logits` of these weights for images (uint8 of 0-255 or float in [0, 1]):
+        (N, 10), or (members, N, 10) for an ensemble."""
+        return logits(self.model, self.params, images, state=self.state, members=self.members)
+
+    def to_module(self, member: int | None = None) -> FunctionalModule:
+        """These weights as an ordinary ``nn.Module`` (see :func:`~mnistfx.to_module`), in eval mode,
+        on the weights' device; it pickles as its parameters and the model's name.
+
+        Arguments:
+            member: for an ensemble, which member (0 to ``members - 1``); ``None`` for a single model.
+
+        Returns:
+            The module: ``module(model.preprocess(images))`` gives the logits.
+
+        Raises:
+            ValueError: an ensemble without ``member``, or ``member`` for a single model or out of range.
+        """
+        if self.members is None:
+            if member is not None:
+                raise ValueError(f"these are one model's weights, not an ensemble's: pass no member, not {member!r}")
+            return to_module(self.model, self.params, self.state)
+        if member is None or not (is_whole(member) and 0 <= member < self.members):
+            raise ValueError(
+                f"these are an ensemble's weights: pass member, a whole number from 0 to {self.members - 1}, "
+                f"not {member!r}"
+            )
+        take = lambda d: {k: v[member] for k, v in d.items()}  # noqa: E731
+        return to_module(self.model, take(self.params), take(self.state))
 
     def checked_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """:meth:`probabilities`, refusing unusable weights (any probability not finite) with a
@@ -59,12 +92,18 @@ class Weights:
         return probs
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> Metrics:
-        """:func:`~mnistfx.evaluate` of these weights."""
+        """:func:`~mnistfx.evaluate` of these weights on images (uint8 of 0-255 or float in [0, 1])
+        and their labels."""
         return evaluate(self.model, self.params, images, labels, state=self.state, members=self.members)
 
 
 def load_model_weights(path: StrPath, model: str | None = None) -> Weights:
-    """Load weights and the model they belong to, checking that they fit.
+    """Load weights and the model they belong to, checking that they fit: a :class:`Weights`, ready
+    to evaluate (what ``mnistfx eval`` reads).
+
+    The lower-level :func:`~mnistfx.load_weights` reads any safetensors file that
+    :func:`~mnistfx.save_weights` wrote and returns its raw ``(tensors, metadata)``, checking the file
+    but not that the tensors fit a model; this function builds on it.
 
     Reads mnistfx safetensors files (a single model's or an ensemble's), and also the original
     notebook's ``.pth`` checkpoints (with ``torch.load(weights_only=True)``, which refuses pickled
@@ -81,6 +120,10 @@ def load_model_weights(path: StrPath, model: str | None = None) -> Weights:
     Raises:
         WeightsError: unreadable file, unknown model, or weights that do not fit the model.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file's path (str or os.PathLike), not {type(path).__name__}")
+    if model is not None and not isinstance(model, str):
+        raise TypeError(f"model must be a model's name (str) or None, not {type(model).__name__}")
     path = Path(path)
     name: Any  # whatever the file says: checked below
     if path.is_file() and zipfile.is_zipfile(path):

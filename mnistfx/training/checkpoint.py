@@ -9,26 +9,30 @@ is checked whole when read: a position that cannot belong to its run is refused.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .._checks import check_whole, is_finite
 from .._types import StrPath
+from ..constants import OPTIMIZERS
 from ..errors import ConfigError, MnistfxError, WeightsError
 from ..models.model import check_finite, check_params, check_state, check_state_usable
 from ..models.registry import get_model
 from ..models.weights_file import WEIGHTS_MAX_BYTES, parse_weights, read_weights, save_weights
 from .config import TrainConfig
-from .optim import config_optimizer
+from .optim import Optimizer, config_optimizer
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
-FORMAT = "mnistfx-checkpoint/1"
-GENERATORS = ("shuffle", "augment", "dropout")
+FORMAT = "mnistfx-checkpoint/2"  # 2: the optimiser state holds its hyperparameters; the optimiser is recorded
+GENERATORS = ("shuffle", "augment", "dropout", "gaussian")
 _RESTART = "start the run again with `train(config)`"
 _HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "seconds", "img_per_s"}
+_OPTIONAL_HISTORY_KEYS = {"epsilon"}  # a private run's privacy spent so far
+_VAL_KEYS = {"val_loss", "val_accuracy"}  # None when the run holds out no validation images
 _CPU_RNG_BYTES = torch.Generator().get_state().numel()
 
 
@@ -43,12 +47,16 @@ class Checkpoint:
             (validated and in ``history``).
         params: the parameters (an ensemble's stacked on a leading member axis).
         state: the model's state (``{}`` for a model without state).
-        opt_state: the optimiser state (``step`` and its buffers, e.g. Adam's ``mu`` and ``nu``).
+        opt_state: the optimiser state (``step``, ``hyper`` and its buffers, e.g. Adam's ``mu`` and ``nu``).
         rng: the state of each generator in :data:`GENERATORS`, as uint8 tensors.
         perm: the epoch's order of training images (while the epoch is unfinished).
         loss_sum: the sum of the epoch's step losses so far.
         history: the finished epochs' history entries.
         compile_seconds: the time the first step of the run took to compile.
+        optimizer: what the optimiser was (:meth:`~mnistfx.Optimizer.describe`); a run continues only with
+            the same one.
+        own_step: whether the run trains with a step of its own (``train``'s ``step``): it continues only
+            with one again.
     """
 
     config: TrainConfig
@@ -62,6 +70,8 @@ class Checkpoint:
     loss_sum: torch.Tensor
     history: list
     compile_seconds: float = 0.0
+    optimizer: dict = field(default_factory=dict)
+    own_step: bool = False
 
     @property
     def finished(self) -> bool:
@@ -88,16 +98,18 @@ def save_checkpoint(path: StrPath, ckpt: Checkpoint) -> None:
         "step": ckpt.step,
         "history": ckpt.history,
         "compile_seconds": ckpt.compile_seconds,
+        "optimizer": ckpt.optimizer,
+        "own_step": ckpt.own_step,
         "torch_version": torch.__version__,
     }
     save_weights(path, tensors, meta)
 
 
-def check_checkpoint_size(model, config: TrainConfig) -> None:
+def check_checkpoint_size(model, config: TrainConfig, opt: Optimizer) -> None:
     """Refuse, before any work, a run whose checkpoint would be larger than mnistfx reads back."""
     n = sum(math.prod(shape) for shape in model.shapes().values())
     state = sum(math.prod(shape) for shape in model.state_shapes().values())
-    size = 4 * config.ensemble * (n * (1 + len(config_optimizer(config).buffers)) + state)
+    size = 4 * config.ensemble * (n * (1 + len(opt.buffers)) + state)
     if size > WEIGHTS_MAX_BYTES:
         raise ConfigError(
             f"the checkpoint of {config.ensemble} {config.model} would be {size:,} bytes, more than "
@@ -123,13 +135,15 @@ def checkpoint_file(path) -> Path:
     return path
 
 
-def load_checkpoint(path: StrPath, *, data: bytes | None = None) -> Checkpoint:
+def load_checkpoint(path: StrPath, *, data: bytes | None = None, optimizer: Optimizer | None = None) -> Checkpoint:
     """Read and check a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
 
     Arguments:
         path: the checkpoint file, or the run folder that holds ``checkpoint.safetensors``.
         data: the file's bytes, already read (data-parallel ranks check those rank 0 read);
             ``path`` then only names it in errors.
+        optimizer: the optimiser the run trained with, when it was not the config's own (``train``'s
+            ``optimizer``): it must be the one the checkpoint records, and its state must fit.
 
     Raises:
         MnistfxError: there is no checkpoint there.
@@ -142,6 +156,10 @@ def load_checkpoint(path: StrPath, *, data: bytes | None = None) -> Checkpoint:
     except WeightsError as e:
         reason = str(e).split(": pass")[0]
         raise WeightsError(f"cannot resume from {path}: {reason}; {_RESTART}") from None
+    if meta.get("format") == "mnistfx-checkpoint/1":
+        raise WeightsError(
+            f"{path} was written by mnistfx 0.1, whose optimiser state this version does not continue: {_RESTART}"
+        )
     if meta.get("format") != FORMAT:
         raise WeightsError(
             f"{path} is not an mnistfx training checkpoint: pass the folder of a run that `mnistfx train` wrote"
@@ -159,7 +177,11 @@ def load_checkpoint(path: StrPath, *, data: bytes | None = None) -> Checkpoint:
             loss_sum=tensors.pop("loss_sum"),
             history=meta["history"],
             compile_seconds=_seconds(meta.get("compile_seconds", 0.0)),
+            optimizer=meta["optimizer"],
+            own_step=meta["own_step"],
         )
+        if not isinstance(ckpt.own_step, bool):
+            raise TypeError("own_step must be true or false")
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise WeightsError(
             f"checkpoint {path} is incomplete or damaged ({type(e).__name__}: {e}): {_RESTART}"
@@ -167,11 +189,13 @@ def load_checkpoint(path: StrPath, *, data: bytes | None = None) -> Checkpoint:
     cfg = ckpt.config
     model = get_model(cfg.model)
     members = cfg.ensemble if cfg.ensemble > 1 else None
-    for part in config_optimizer(cfg).buffers:
+    opt = _optimizer_of(path, ckpt, optimizer)
+    for part in ("hyper", *opt.buffers):
         ckpt.opt_state[part] = _take(tensors, f"opt/{part}/")
     if tensors:
         raise WeightsError(f"checkpoint {path} has an unexpected tensor {next(iter(tensors))}: {_RESTART}")
     source = f"checkpoint {path}"
+    hyper = ckpt.opt_state.pop("hyper")
     check_params(model, ckpt.params, source=source, dtype=torch.float32, members=members)
     check_state(model, ckpt.state, source=source, members=members)
     for part, values in ckpt.opt_state.items():
@@ -181,11 +205,48 @@ def load_checkpoint(path: StrPath, *, data: bytes | None = None) -> Checkpoint:
             )
     for part in (ckpt.params, ckpt.state, *(v for k, v in ckpt.opt_state.items() if k != "step")):
         check_finite(part, source=source, fix=f"the file is damaged; {_RESTART}")
+    hyper_shape = (cfg.ensemble,) if members else ()
+    if set(hyper) != set(opt.hyper) | ({"label_smoothing"} if "label_smoothing" in cfg.per_member else set()) or any(
+        v.dtype != torch.float32 or tuple(v.shape) != hyper_shape or not bool(torch.isfinite(v).all()) or (v < 0).any()
+        for v in hyper.values()
+    ):
+        raise WeightsError(f"checkpoint {path} holds other hyperparameters than its optimiser's: {_RESTART}")
+    ckpt.opt_state["hyper"] = hyper
     check_state_usable(model, ckpt.state, source=source, fix=f"the file is damaged; {_RESTART}")
     problem = _position_problem(ckpt) or _state_problem(ckpt)
     if problem:
         raise WeightsError(f"checkpoint {path} does not fit its run ({problem}): the file is damaged; {_RESTART}")
     return ckpt
+
+
+def _optimizer_of(path: Path, ckpt: Checkpoint, given: Optimizer | None) -> Optimizer:
+    """The optimiser the checkpoint's run continues with: ``given``, or its config's; refused unless it is the
+    one the checkpoint records."""
+    cfg = ckpt.config
+    if given is None and cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(
+            f"the run in {path.parent} trained with an optimiser of its own ({cfg.optimizer}): pass it again, as "
+            "`optimizer`"
+        )
+    opt = config_optimizer(cfg) if given is None else given
+    if not isinstance(opt, Optimizer):
+        raise TypeError(f"optimizer must be a mnistfx.Optimizer (see mnistfx.chain), not {type(opt).__name__}")
+    recorded = ckpt.optimizer
+    if json.loads(json.dumps(opt.describe())) != recorded:
+        have = f"{opt.describe()['name']} ({_short(opt.describe())})"
+        was = f"{recorded.get('name')} ({_short(recorded)})" if isinstance(recorded, dict) else repr(recorded)[:80]
+        raise ConfigError(
+            f"the run in {path.parent} trained with {was}, not {have}: resume it with the optimiser it started with"
+        )
+    return opt
+
+
+def _short(description: dict) -> str:
+    """An optimiser's hyperparameters and schedule, in a few words."""
+    hyper = description.get("hyper", {})
+    words = [f"{k} {v:g}" for k, v in hyper.items() if isinstance(v, (int, float))] if isinstance(hyper, dict) else []
+    schedule = description.get("schedule", {})
+    return ", ".join([*words, f"schedule {schedule.get('name') if isinstance(schedule, dict) else '?'}"])
 
 
 def _seconds(value) -> float:
@@ -231,7 +292,11 @@ def _state_problem(ckpt: Checkpoint) -> str | None:
     if any(bool((nu < 0).any()) for nu in ckpt.opt_state.get("nu", {}).values()):
         return "an Adam second moment below zero"
     for entry in ckpt.history:
-        if not isinstance(entry, dict) or set(entry) != _HISTORY_KEYS or not all(map(is_finite, entry.values())):
+        if (
+            not isinstance(entry, dict)
+            or not _HISTORY_KEYS <= set(entry) <= _HISTORY_KEYS | _OPTIONAL_HISTORY_KEYS
+            or not all(is_finite(v) or (v is None and k in _VAL_KEYS and not cfg.val_size) for k, v in entry.items())
+        ):
             return "a history entry that is not an epoch's numbers"
     return None
 

@@ -1,357 +1,84 @@
 """Training runs: :func:`train` runs a config from scratch, :func:`resume` continues a run from its
-checkpoint; both end with the validation and full test-set metrics in a :class:`~mnistfx.Run`. The
-loop between is :class:`Loop`: it sets a run up, trains it epoch by epoch (from a checkpoint if
-given), evaluates it, and writes its checkpoints.
+checkpoint; both end with the validation and full test-set metrics in a :class:`~mnistfx.Run`.
 
-The whole pure step (see :mod:`mnistfx.training.step`) is compiled once: every batch has the same shape
-(the last partial batch of an epoch is dropped) and the learning rate is computed inside it from
-its step-count tensor. Evaluation runs eagerly: on 5,000 images a compiled forward would save
-about 0.05 s per epoch and cost 10-20 s of compiling on a cold cache. Data lives on the device
-as one uint8 tensor and batches are index gathers. Nothing in the loop waits for the device
-except the progress reports.
+Between, a run is its :class:`~mnistfx.TrainState` passed through the functions of its
+:class:`~mnistfx.training.trainer.Trainer` (one epoch, an evaluation, a checkpoint), top to bottom in
+:func:`_train_loop`; this module adds the run folder (made, locked, written atomically), the history
+and the progress reports.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import math
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from .._checks import check_whole
 from .._types import StrPath
-from ..constants import MAX_CHECKPOINT_EVERY
-from ..data.mnist import MNIST, load_mnist, train_val_split
-from ..errors import ConfigError, MnistfxError, WeightsError
-from ..models.ensemble import make_ensemble_step, member_seed, stack, unstack
-from ..models.evaluation import evaluate, evaluate_members
-from ..models.model import blaming
+from ..constants import MAX_CHECKPOINT_EVERY, OWN_OPTIMIZER
+from ..data.mnist import MNIST, load_mnist
+from ..errors import ConfigError, MnistfxError
 from ..models.registry import get_model
 from ..models.weights_file import read_weights
-from ..rng import fold_in
-from ..runtime.device import keep_freed_memory, resolve_device
+from ..runtime.device import resolve_device
 from . import distributed
-from .batches import batch_inputs
 from .checkpoint import (
     CHECKPOINT_FILE,
-    GENERATORS,
     Checkpoint,
     check_checkpoint_size,
     checkpoint_file,
     load_checkpoint,
     save_checkpoint,
 )
-from .compiling import compile_step
 from .config import TrainConfig
-from .optim import config_optimizer
+from .optim import Optimizer, config_optimizer
 from .runs import HISTORY_FILE, WEIGHTS_FILE, Run, check_resumable, check_run_dir, prepare_run_dir, run_folder, run_lock
-from .step import check_trainable, make_multi_step, make_train_step
-
-
-def _to(tree, device):
-    """A dict of tensors (nested dicts too) on ``device``."""
-    return tree.to(device) if isinstance(tree, torch.Tensor) else {k: _to(v, device) for k, v in tree.items()}
+from .state import TrainState
+from .trainer import Trainer, check_settings, make_trainer
 
 
 def _ignore(kind, **info):
     pass
 
 
-class Loop:
-    """One run: checked and set up when made, trained by :meth:`run` (from ``start`` if given)."""
+class _Folder:
+    """A run's folder: made if needed, locked, checked; its checkpoint written atomically. A folder the run
+    made is removed if the run fails before writing into it."""
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        start: Checkpoint | None,
-        data,
-        on_event,
-        checkpoint_dir,
-        checkpoint_every,
-        *,
-        data_root=None,
-        overwrite: bool = False,
-        loss=None,
-        test: bool = True,
-        parallel=None,
-    ):
-        self.t_start = time.perf_counter()  # parallel: checked by train / resume before their first collective
-        self.parallel, self.main = parallel, parallel is None or parallel.main
-        self.config, self.start, self.data, self.overwrite = config, start, data, overwrite
-        self.loss, self.test = loss, test
-        self.members = config.ensemble if config.ensemble > 1 else None
-        self.data_root = config.data_root if start is None else data_root
-        self.every = check_whole("`checkpoint_every`", checkpoint_every, 0, MAX_CHECKPOINT_EVERY)
-        self.device = resolve_device(config.device)
-        self.model = get_model(config.model)
-        check_checkpoint_size(self.model, config)
-        if parallel is not None:
-            distributed.check_config(parallel, config, resuming=start is not None)
-            checkpoint_dir = checkpoint_dir if parallel.main else None
-        self.emit = on_event or _ignore
-        self.checkpoint_dir, self.made_dir = checkpoint_dir, False
+    def __init__(self, path: StrPath | None, *, saved: bool):
+        self.path, self.made = path, False
         self.dir: Path | None = None
-        self.saved = start is not None  # whether the folder holds a checkpoint of this run
-        self.stale: list = []  # an overwritten run's results, removed before this run's first checkpoint
+        self.saved = saved  # whether the folder holds a checkpoint of this run
+        self.stale: list[Path] = []  # an overwritten run's results, removed before this run's first checkpoint
 
-    def run(self) -> Run:
-        """Train under the run folder's lock (if there is a folder); a folder this run made and left
-        empty (it failed before its first checkpoint) is removed. Ranks of a data-parallel run first
-        :func:`~mnistfx.training.distributed.agree` that each is ready."""
-        try:
-            with contextlib.ExitStack() as stack:
-                try:
-                    self._prepare(stack)
-                except MnistfxError as e:
-                    if self.parallel is None:
-                        raise
-                    distributed.agree(self.parallel, e)
-                if self.parallel is not None:
-                    distributed.agree(self.parallel, None)
-                    settings = {k: v for k, v in self.config.to_dict().items() if k != "data_root"}  # may differ
-                    distributed.check_same(self.parallel, json.dumps(settings, sort_keys=True), "settings")
-                return self._run()
-        except BaseException:
-            if self.made_dir:
-                with contextlib.suppress(OSError):
-                    self.dir.rmdir()  # type: ignore[union-attr]  # made_dir: there is one  # only if empty: an error if the run wrote anything
-            raise
-
-    def _prepare(self, stack: contextlib.ExitStack) -> None:
-        """Take the device, the run folder (made if needed, locked, checked) and the data."""
-        if self.parallel is not None:
-            self.device = distributed.device_for(self.parallel, self.device)
-        if self.checkpoint_dir is not None:
-            made = not os.path.lexists(self.checkpoint_dir)
-            self.dir = folder = prepare_run_dir(self.checkpoint_dir)
-            self.made_dir = made  # once it exists: removed if the run fails before writing into it
-            stack.enter_context(run_lock(folder))
-            if self.start is None:
-                check_run_dir(folder, overwrite=self.overwrite)
-                self.stale = [folder / name for name in (WEIGHTS_FILE, HISTORY_FILE) if (folder / name).exists()]
-            else:
-                check_resumable(folder, self.start.finished)
-        self.emit("config", config=self.config, resumed=self.start is not None)
-        if self.data is None:
-            self.emit("loading")
-            self.data = load_mnist(self.data_root)
-
-    def _run(self) -> Run:
-        cfg, model, device = self.config, self.model, self.device
-        train_idx, val_idx = train_val_split(cfg.seed, cfg.val_size)
-        train_idx = train_idx[: cfg.n_train]
-        train_x = self.data.train_images[train_idx].to(device)
-        train_y = self.data.train_labels[train_idx].to(device)
-        val_x, val_y = self.data.train_images[val_idx].to(device), self.data.train_labels[val_idx]
-
-        n_steps = cfg.steps_per_epoch
-        self.opt = config_optimizer(cfg)
-        if self.members and device.type == "cpu":
-            keep_freed_memory()
-        average = None if self.parallel is None else distributed.make_average(self.parallel.world)
-        self.rows = (
-            None
-            if self.parallel is None
-            else distributed.shard_rows(self.parallel, cfg.group, cfg.batch_size).to(device)
-        )
-        step = make_multi_step(
-            make_train_step(
-                model,
-                self.opt,
-                loss=self.loss,
-                label_smoothing=cfg.label_smoothing,
-                precision=cfg.precision,
-                average=average,
-            ),
-            cfg.group,
-        )
-        if self.members:
-            step = make_ensemble_step(step)
-        self.step = compile_step(step, device) if cfg.compile else step
-        self.generators = {
-            name: torch.Generator(device=device).manual_seed(fold_in(cfg.seed, name)) for name in GENERATORS
-        }
-        self.result = Run(cfg, {}, processes=1 if self.parallel is None else self.parallel.world)
-        first_epoch, first_step = self._initial_state()
-        first = lambda tree: unstack(tree)[0] if self.members and tree else tree  # noqa: E731 (a member's part)
-        check_trainable(model, first(self.params), first(self.state), train_x, train_y, loss=self.loss)
-        self.compiling = cfg.compile
-        self.emit(
-            "start", steps_per_epoch=n_steps, epochs=cfg.epochs, device=str(device), epoch=first_epoch, step=first_step
-        )
-
-        for epoch in range(first_epoch, cfg.epochs + 1):
-            t_epoch = time.perf_counter()
-            begin = first_step if epoch == first_epoch else 0
-            t_epoch += self._train_epoch(epoch, begin, train_x, train_y)
-            train_seconds = time.perf_counter() - t_epoch
-            if not self.main:
-                continue  # only rank 0 evaluates, reports and writes
-            val = self._evaluate(val_x, val_y)
-            entry = {
-                "epoch": epoch,
-                "train_loss": (self.loss_sum / n_steps).item(),
-                "val_loss": val.loss,
-                "val_accuracy": val.accuracy,
-                "seconds": round(time.perf_counter() - t_epoch, 3),
-                "img_per_s": round((n_steps - begin) * cfg.batch_size / train_seconds, 1),
-            }
-            self.result.history.append(entry)
-            self.result.val = val
-            self.emit("epoch", **entry)
-            self._save(epoch, n_steps, None)
-
-        run = self.result
-        run.params, run.state = self.params, self.state
-        if not self.main:
-            return run
-        run.val = run.val or self._evaluate(val_x, val_y)
-        if self.members:
-            run.member_val = evaluate_members(model, self.params, val_x, val_y, members=self.members, state=self.state)
-        if self.test:
-            run.test = self._evaluate(self.data.test_images, self.data.test_labels)
-            if self.members:
-                run.member_test = evaluate_members(
-                    model,
-                    self.params,
-                    self.data.test_images,
-                    self.data.test_labels,
-                    members=self.members,
-                    state=self.state,
-                )
-            self.emit("test", accuracy=run.test.accuracy, loss=run.test.loss)
-        run.seconds = time.perf_counter() - self.t_start
-        return run
-
-    def _evaluate(self, images, labels):
-        return evaluate(self.model, self.params, images, labels, state=self.state, members=self.members)
-
-    def _initial_state(self) -> tuple[int, int]:
-        """Set the parameters and optimiser state, fresh or from the checkpoint; return where to start."""
-        device, start, seed = self.device, self.start, self.config.seed
-        if start is None:
-            seeds = [seed] if self.members is None else [member_seed(seed, i) for i in range(self.members)]
-            params = [{k: v.to(device) for k, v in self.model.init(fold_in(s, "init")).items()} for s in seeds]
-            states = [self.model.init_state(p) for p in params]
-            opt_states = [self.opt.init(p) for p in params]
-            self.params, self.state, self.opt_state = (
-                (xs[0] if self.members is None else stack(xs)) for xs in (params, states, opt_states)
-            )
-            return 1, 0
-        self.params, self.state, self.opt_state = (
-            _to(part, device) for part in (start.params, start.state, start.opt_state)
-        )
-        try:
-            for name, g in self.generators.items():
-                g.set_state(start.rng[name])
-        except RuntimeError:
-            raise WeightsError(
-                "the checkpoint's random-generator state is damaged (or from another kind of device): "
-                "start the run again with `train(config)`"
-            ) from None
-        self.result.history, self.result.compile_seconds = list(start.history), start.compile_seconds
-        return (start.epoch + 1, 0) if start.step >= self.config.steps_per_epoch else (start.epoch, start.step)
-
-    def _train_epoch(self, epoch: int, begin: int, train_x, train_y) -> float:
-        """Steps ``begin + 1`` to the end of ``epoch``; returns the seconds spent compiling."""
-        cfg, n_steps, batch, group = self.config, self.config.steps_per_epoch, self.config.batch_size, self.config.group
-        g = self.generators
-        if begin:  # resumed mid-epoch: the checkpoint holds the epoch's order and its loss so far
-            start = self.start
-            assert start is not None and start.perm is not None and start.loss_sum is not None
-            self.perm, self.loss_sum = start.perm.to(self.device), start.loss_sum.to(self.device)
-        else:
-            self.perm = torch.randperm(train_x.shape[0], generator=g["shuffle"], device=self.device)
-            self.loss_sum = torch.zeros((), device=self.device)
-        augment = cfg.augment and epoch <= cfg.epochs - cfg.clean_epochs
-        compile_seconds, t_epoch = 0.0, time.perf_counter()
-        report_every = max(1, n_steps // 100)
-        for i in range(begin, n_steps, group):
-            end = i + group  # this call does steps i+1 .. end of the epoch, from one gather and warp
-            idx = self.perm[i * batch : end * batch]
-            x, noise = batch_inputs(
-                self.model,
-                train_x,
-                idx,
-                aug_key=g["augment"],
-                drop_key=g["dropout"],
-                augment=augment,
-                faithful_fill=cfg.faithful_fill,
-                members=self.members,
-                rows=self.rows,
-            )
-            y = train_y[idx] if self.rows is None else train_y[idx[self.rows]]
-            if self.compiling:
-                self.emit("compiling")
-                t_compile = time.perf_counter()
-            with blaming(self.model, f"train step (epoch {epoch}, step {end})"), distributed.guard(self.parallel):
-                self.params, self.state, self.opt_state, losses, _ = self.step(
-                    self.params, self.state, self.opt_state, x, y, noise
-                )
-            if self.members:
-                losses = losses.mean(0)  # the members' mean loss of each step
-            self.loss_sum = self.loss_sum + losses.detach().sum()
-            if self.compiling:
-                self.compiling = False
-                compile_seconds = self.result.compile_seconds = time.perf_counter() - t_compile
-            if end // report_every > i // report_every or end == n_steps:
-                self._check_finite(epoch, end)
-                elapsed = time.perf_counter() - t_epoch - compile_seconds  # img/s counts training, not compiling
-                self.emit(
-                    "step",
-                    epoch=epoch,
-                    step=end,
-                    loss=losses[-1].item(),
-                    img_per_s=(end - begin) * batch / max(elapsed, 1e-9),
-                )
-            done = (epoch - 1) * n_steps + end
-            if self.every and done // self.every > (done - group) // self.every and end < n_steps:
-                self._save(epoch, end, self.perm)
-        return compile_seconds
-
-    def _check_finite(self, epoch: int, step: int) -> None:
-        """Stop a run whose loss is no longer finite (one wait for the device; the sum covers every step)."""
-        loss_sum = self.loss_sum.item()
-        if not math.isfinite(loss_sum):
-            raise MnistfxError(
-                f"training diverged at epoch {epoch}, step {step}: the loss is {loss_sum} "
-                f"(lr {self.config.lr:g} is likely too high) and nothing of it was saved: start "
-                "again with a lower `lr`"
-            )
-
-    def _save(self, epoch: int, step: int, perm) -> None:
-        """Write the checkpoint (if the run has a folder) and tell the caller."""
-        self._check_finite(epoch, step)  # on every rank: each says why the run stops
-        if self.dir is None:
+    def open(self, stack: contextlib.ExitStack, start: Checkpoint | None, overwrite: bool) -> None:
+        """Make (if needed), lock and check the folder for a new run, or for continuing ``start``."""
+        if self.path is None:
             return
+        made = not os.path.lexists(self.path)
+        self.dir = folder = prepare_run_dir(self.path)
+        self.made = made  # once it exists: removed if the run fails before writing into it
+        stack.enter_context(run_lock(folder))
+        if start is None:
+            check_run_dir(folder, overwrite=overwrite)
+            self.stale = [folder / name for name in (WEIGHTS_FILE, HISTORY_FILE) if (folder / name).exists()]
+        else:
+            check_resumable(folder, start.finished)
+
+    def write(self, ckpt: Checkpoint) -> None:
+        """Write ``ckpt`` into the folder (an overwritten run's results go first: beside this run's checkpoint
+        they would pass for its results, and a finished checkpoint beside weights cannot be resumed)."""
+        assert self.dir is not None
         path = self.dir / CHECKPOINT_FILE
         try:
-            # an overwritten run's weights must not outlive its checkpoint: beside this run's, they would
-            # pass for its results (and a finished checkpoint beside weights cannot be resumed)
             for stale in self.stale:
                 stale.unlink(missing_ok=True)
             self.stale = []
-            save_checkpoint(
-                path,
-                Checkpoint(
-                    self.config,
-                    epoch,
-                    step,
-                    self.params,
-                    self.state,
-                    self.opt_state,
-                    {k: g.get_state() for k, g in self.generators.items()},
-                    perm,
-                    self.loss_sum,
-                    self.result.history,
-                    self.result.compile_seconds,
-                ),
-            )
+            save_checkpoint(path, ckpt)
         except OSError as e:
             if not self.saved:
                 raise MnistfxError(
@@ -363,7 +90,163 @@ class Loop:
                 f"make room, then continue with `resume({self.dir})`"
             ) from None
         self.saved = True
-        self.emit("checkpoint", epoch=epoch, step=step)
+
+    def discard_if_empty(self) -> None:
+        if self.made and self.dir is not None:
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()  # only if empty: an error if the run wrote anything
+
+
+def _run(
+    config: TrainConfig,
+    start: Checkpoint | None,
+    *,
+    data: MNIST | None,
+    on_event: Callable | None,
+    checkpoint_dir: StrPath | None,
+    checkpoint_every: int,
+    data_root: StrPath | None = None,
+    overwrite: bool = False,
+    loss: Callable | None = None,
+    test: bool = True,
+    parallel: distributed.Parallel | None = None,
+    optimizer: Optimizer | None = None,
+    step: Callable | None = None,
+    on_epoch: Callable | None = None,
+) -> Run:
+    """Check everything that can be checked, take the run folder (under its lock) and the data, then train.
+    Ranks of a data-parallel run first :func:`~mnistfx.training.distributed.agree` that each is ready."""
+    t_start = time.perf_counter()
+    every = check_whole("`checkpoint_every`", checkpoint_every, 0, MAX_CHECKPOINT_EVERY)
+    resolve_device(config.device)
+    model = get_model(config.model)
+    opt = optimizer if optimizer is not None else config_optimizer(config)
+    check_settings(config, opt, step=step, loss=loss, parallel=parallel)
+    check_checkpoint_size(model, config, opt)
+    if parallel is not None:
+        distributed.check_config(parallel, config, resuming=start is not None)
+        checkpoint_dir = checkpoint_dir if parallel.main else None
+    emit = on_event or _ignore
+    folder = _Folder(checkpoint_dir, saved=start is not None)
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                folder.open(stack, start, overwrite)
+                emit("config", config=config, resumed=start is not None)
+                if data is None:
+                    emit("loading")
+                    data = load_mnist(config.data_root if start is None else data_root)
+            except MnistfxError as e:
+                if parallel is None:
+                    raise
+                distributed.agree(parallel, e)
+            if parallel is not None:
+                distributed.agree(parallel, None)
+                settings = {k: v for k, v in config.to_dict().items() if k != "data_root"}  # may differ
+                distributed.check_same(parallel, json.dumps(settings, sort_keys=True), "settings")
+            assert data is not None
+            trainer = make_trainer(config, data=data, optimizer=opt, step=step, loss=loss, parallel=parallel)
+            run = _train_loop(trainer, start, data, folder, emit, every=every, test=test, on_epoch=on_epoch)
+            run.seconds = time.perf_counter() - t_start
+            return run
+    except BaseException:
+        folder.discard_if_empty()
+        raise
+
+
+def _train_loop(
+    trainer: Trainer,
+    start: Checkpoint | None,
+    data: MNIST,
+    folder: _Folder,
+    emit: Callable,
+    *,
+    every: int,
+    test: bool,
+    on_epoch: Callable | None,
+) -> Run:
+    """The run: a state, epoch after epoch through the trainer, each epoch validated, recorded and saved;
+    at the end the validation and test metrics. Only rank 0 of a data-parallel run evaluates and writes."""
+    cfg, n_steps = trainer.config, trainer.config.steps_per_epoch
+    main = trainer.parallel is None or trainer.parallel.main
+    run = Run(cfg, {}, processes=1 if trainer.parallel is None else trainer.parallel.world)
+    run.optimizer = trainer.opt.describe()
+    state = trainer.init_state() if start is None else trainer.restore(start)
+    if start is not None:
+        run.history, run.compile_seconds = list(start.history), start.compile_seconds
+    trainer.check(state)
+    finished_epoch = state.step >= n_steps
+    emit(
+        "start",
+        steps_per_epoch=n_steps,
+        epochs=cfg.epochs,
+        device=str(trainer.device),
+        epoch=state.epoch + finished_epoch,
+        step=0 if finished_epoch else state.step,
+    )
+
+    def save(now: TrainState) -> None:
+        if folder.dir is not None:
+            folder.write(trainer.checkpoint(now, run.history, run.compile_seconds))
+            emit("checkpoint", epoch=now.epoch, step=now.step)
+
+    def report(kind: str, **info) -> None:
+        if kind == "compiled":
+            run.compile_seconds = info["seconds"]
+        else:
+            emit(kind, **info)
+
+    compiling = cfg.compile
+    while not (state.epoch >= cfg.epochs and state.step >= n_steps):
+        t_epoch = time.perf_counter()
+        state, metrics = trainer.train_epoch(state, report=report, save=save, save_every=every, compiling=compiling)
+        compiling = False
+        if not main:
+            continue  # only rank 0 evaluates, reports and writes
+        val = trainer.evaluate(state, trainer.val_x, trainer.val_y) if cfg.val_size else None
+        entry = {
+            "epoch": state.epoch,
+            "train_loss": metrics["train_loss"],
+            "val_loss": val and val.loss,
+            "val_accuracy": val and val.accuracy,
+            "seconds": round(time.perf_counter() - t_epoch - metrics["compile_seconds"], 3),
+            "img_per_s": round(metrics["img_per_s"], 1),
+        }
+        epsilon = trainer.epsilon(state.epoch * n_steps)
+        if epsilon is not None:
+            entry["epsilon"] = epsilon
+        run.history.append(entry)
+        run.val = val
+        emit("epoch", **entry)
+        save(state)
+        if on_epoch is not None:
+            on_epoch(state, dict(entry))
+
+    run.params, run.state = state.params, state.model_state
+    if not main:
+        return run
+    if cfg.val_size:
+        run.val = run.val or trainer.evaluate(state, trainer.val_x, trainer.val_y)
+        if trainer.members:
+            run.member_val = trainer.evaluate_members(state, trainer.val_x, trainer.val_y)
+    if test:
+        run.test = trainer.evaluate(state, data.test_images, data.test_labels)
+        if trainer.members:
+            run.member_test = trainer.evaluate_members(state, data.test_images, data.test_labels)
+        emit("test", accuracy=run.test.accuracy, loss=run.test.loss)
+    return run
+
+
+def _check_hooks(optimizer, step, on_epoch) -> None:
+    """``train``'s and ``resume``'s optimiser, step and hook, checked when called."""
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            f"optimizer must be a mnistfx.Optimizer (mnistfx.adam(...), mnistfx.chain(...)), not "
+            f"{type(optimizer).__name__}"
+        )
+    for name, value in (("step", step), ("on_epoch", on_epoch)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be a function, not {type(value).__name__}")
 
 
 def train(
@@ -377,6 +260,9 @@ def train(
     loss: Callable | None = None,
     test: bool = True,
     parallel: distributed.Parallel | None = None,
+    optimizer: Optimizer | None = None,
+    step: Callable | None = None,
+    on_epoch: Callable[[TrainState, dict], None] | None = None,
 ) -> Run:
     """Train a model from scratch as ``config`` says, then evaluate it on the full test set.
 
@@ -404,6 +290,18 @@ def train(
         parallel: train data-parallel as this rank (see :mod:`mnistfx.training.distributed`; the process group
             must be started): rank 0 alone writes ``checkpoint_dir``, reports and evaluates, and the
             other ranks' :class:`Run` has no metrics.
+        optimizer: an :class:`~mnistfx.Optimizer` to train with instead of the one the config describes
+            (its ``optimizer``, ``lr``, ``weight_decay``, ``momentum`` and schedule fields); the config
+            then names it (``optimizer`` becomes its name) and the run records it whole
+            (:meth:`~mnistfx.Optimizer.describe`). Per-member values in the config set its hyperparameters.
+            Pass the same one to :func:`resume`.
+        step: a pure train step of your own, with :func:`~mnistfx.make_train_step`'s signature, built with
+            the run's optimiser (``optimizer``, or :func:`mnistfx.config_optimizer` of the config). It is
+            compiled, vmapped over an ensemble, checkpointed and resumed as the built-in one. A step
+            with a ``gaussian_size`` attribute receives that many standard normal numbers per step in
+            ``noise["gaussian"]``, from a generator of the run (e.g. DP-SGD's noise).
+        on_epoch: called as ``on_epoch(state, metrics)`` after each epoch (once its checkpoint is written)
+            with the run's :class:`~mnistfx.TrainState` and the epoch's history entry.
 
     Returns:
         A :class:`~mnistfx.Run` with the parameters (and state), per-epoch history and validation /
@@ -418,21 +316,31 @@ def train(
         raise TypeError(f"config must be a TrainConfig (see mnistfx.recipe), not {type(config).__name__}")
     if not isinstance(test, bool):
         raise TypeError(f"test must be True or False, not {test!r}")
+    _check_hooks(optimizer, step, on_epoch)
+    if optimizer is not None:
+        config = dataclasses.replace(
+            config,
+            optimizer=config.optimizer if OWN_OPTIMIZER.fullmatch(config.optimizer) else optimizer.name,
+            lr=config.lr if "lr" in config.per_member else optimizer.lr,
+        )
     if parallel is not None:
         distributed.check_started(parallel)
         distributed.check_same_work(parallel, False)
-    return Loop(
+    return _run(
         config,
         None,
-        data,
-        on_event,
-        checkpoint_dir,
-        checkpoint_every,
+        data=data,
+        on_event=on_event,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
         overwrite=overwrite,
         loss=loss,
         test=test,
         parallel=parallel,
-    ).run()
+        optimizer=optimizer,
+        step=step,
+        on_epoch=on_epoch,
+    )
 
 
 def resume(
@@ -445,6 +353,9 @@ def resume(
     loss: Callable | None = None,
     test: bool = True,
     parallel: distributed.Parallel | None = None,
+    optimizer: Optimizer | None = None,
+    step: Callable | None = None,
+    on_epoch: Callable[[TrainState, dict], None] | None = None,
 ) -> Run:
     """Continue the run whose checkpoint is in ``run_dir``, as :func:`train` would have gone on.
 
@@ -453,18 +364,29 @@ def resume(
     is checked as untrusted input, and no path is taken from it: MNIST is read from ``data_root``
     (default: :func:`~mnistfx.default_root`), not from the folder the run was started with.
     Other arguments as for :func:`train`; with ``parallel``, rank 0 reads the checkpoint and sends it to
-    the other ranks, which check it as their own.
+    the other ranks, which check it as their own. A run that trained with an ``optimizer`` of its own
+    continues only with the same one (the checkpoint records it), and a run with a ``step`` of its own
+    with a step again.
     """
+    _check_hooks(optimizer, step, on_epoch)
     if parallel is None:
-        ckpt = load_checkpoint(run_dir)
+        ckpt = load_checkpoint(run_dir, optimizer=optimizer)
     else:
         distributed.check_started(parallel)
         distributed.check_same_work(parallel, True)
         raw = distributed.on_main(parallel, lambda: read_weights(checkpoint_file(run_dir)))
         ckpt = load_checkpoint(
-            checkpoint_file(run_dir) if parallel.main else run_dir, data=distributed.share_bytes(parallel, raw)
+            checkpoint_file(run_dir) if parallel.main else run_dir,
+            data=distributed.share_bytes(parallel, raw),
+            optimizer=optimizer,
         )
     run_dir = run_folder(run_dir)
+    if ckpt.own_step != (step is not None):
+        raise ConfigError(
+            f"the run in {run_dir} trained with a step of its own: pass it again, as `step`"
+            if ckpt.own_step
+            else f"the run in {run_dir} trained with the built-in step: continue it without `step`"
+        )
     try:
         resolve_device(ckpt.config.device)
     except ConfigError:
@@ -472,15 +394,18 @@ def resume(
             f"{run_dir} was trained on {ckpt.config.device}, which is not available here: resume it "
             "where that device is (its checkpoint holds that device's random state)"
         ) from None
-    return Loop(
+    return _run(
         ckpt.config,
         ckpt,
-        data,
-        on_event,
-        run_dir,
-        checkpoint_every,
+        data=data,
+        on_event=on_event,
+        checkpoint_dir=run_dir,
+        checkpoint_every=checkpoint_every,
         data_root=data_root,
         loss=loss,
         test=test,
         parallel=parallel,
-    ).run()
+        optimizer=optimizer,
+        step=step,
+        on_epoch=on_epoch,
+    )

@@ -8,17 +8,20 @@ into its folder no other process can.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .._io import atomic_write_bytes, remove_stale_temps, to_json
+from .._checks import is_finite, is_whole
+from .._io import atomic_write_bytes, read_limited, remove_stale_temps, to_json
 from .._types import StrPath
-from ..constants import VERSION
+from ..constants import MAX_EPOCHS, VERSION
 from ..errors import MnistfxError, RunFolderError
 from ..models.evaluation import Metrics
 from ..models.weights_file import STATE_PREFIX, save_weights
@@ -50,6 +53,8 @@ class Run:
         member_val, member_test: an ensemble's metrics of each member.
         seconds: wall time of the whole run; compile_seconds: of the first (compiling) step.
         processes: the data-parallel processes that trained it (1: one process).
+        optimizer: the optimiser it trained with (:meth:`~mnistfx.Optimizer.describe`: name,
+            hyperparameters, transforms, schedule).
     """
 
     config: TrainConfig
@@ -63,6 +68,7 @@ class Run:
     seconds: float = 0.0
     compile_seconds: float = 0.0
     processes: int = 1
+    optimizer: dict = field(default_factory=dict)
 
     def metadata(self) -> dict:
         """What :func:`save_run` stores beside the weights: config, accuracies, times, versions."""
@@ -79,6 +85,7 @@ class Run:
             "seconds": round(self.seconds, 2),
             "compile_seconds": round(self.compile_seconds, 2),
             "processes": self.processes,
+            "optimizer": self.optimizer,
             "mnistfx_version": VERSION,
             "torch_version": torch.__version__,
         }
@@ -212,16 +219,40 @@ def prepare_run_dir(path: StrPath) -> Path:
     return path
 
 
-def save_run(run: Run, out_dir: StrPath) -> dict[str, Path]:
+def save_run(run: Run, out_dir: StrPath, *, overwrite: bool = False) -> dict[str, Path]:
     """Write ``weights.safetensors`` (with :meth:`Run.metadata`) and ``history.json`` (:meth:`Run.summary`)
-    into ``out_dir``, each atomically.
+    into ``out_dir``, each atomically, under the folder's lock.
+
+    A folder that already holds a run's results (``weights.safetensors`` or ``history.json``) is
+    refused unless ``overwrite``, as :func:`~mnistfx.train` refuses it. The checkpoint that
+    :func:`~mnistfx.train` or :func:`~mnistfx.resume` wrote there is no result and stays beside them.
+
+    Arguments:
+        run: a :class:`Run`, from :func:`~mnistfx.train` or :func:`~mnistfx.resume`.
+        out_dir: the run folder (created if needed).
+        overwrite: replace the results already there.
 
     Returns:
         The paths written, by kind: ``"weights"`` and ``"history"``.
+
+    Raises:
+        RunFolderError: ``out_dir`` holds a run's results (without ``overwrite``), or another process
+            is writing into it.
+        MnistfxError: ``out_dir`` is a file or cannot be written.
     """
+    if not isinstance(run, Run):
+        raise TypeError(f"save_run takes a mnistfx.Run (from train or resume), not {type(run).__name__}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, not {overwrite!r}")
     out = prepare_run_dir(out_dir)
     paths = {"weights": out / WEIGHTS_FILE, "history": out / HISTORY_FILE}
     with run_lock(out):
+        present = [p.name for p in paths.values() if p.exists()]
+        if present and not overwrite:
+            raise RunFolderError(
+                f"{out} holds a finished run ({', '.join(present)}): pass `overwrite=True` to replace it, "
+                "or another `out_dir`"
+            )
         try:
             save_weights(
                 paths["weights"], {**run.params, **{STATE_PREFIX + k: v for k, v in run.state.items()}}, run.metadata()
@@ -233,6 +264,108 @@ def save_run(run: Run, out_dir: StrPath) -> dict[str, Path]:
                 f"make room, then `resume({out})` writes them"
             ) from None
     return paths
+
+
+HISTORY_MAX_BYTES = 16 << 20  # 10,000 epochs of a 64-member sweep's numbers are a few MB
+MAX_LOSS = 1e6  # cross-entropy far past any run's first epoch; larger numbers are no history
+_FIX_HISTORY = "pass the folder of a run that `mnistfx train` wrote"
+# the numbers every epoch of mnistfx's history may hold: (lowest, highest); None: no bound
+_HISTORY_NUMBERS: dict[str, tuple[float | None, float | None]] = {
+    "train_loss": (-MAX_LOSS, MAX_LOSS),  # a loss of one's own may be negative
+    "val_loss": (0.0, MAX_LOSS),  # cross-entropy
+    "val_accuracy": (0.0, 1.0),
+    "seconds": (0.0, None),
+    "img_per_s": (0.0, None),
+}
+
+
+def existing_run_folder(path: StrPath) -> Path:
+    """The run folder ``path`` names: itself, or the folder of a file in it (``weights.safetensors``,
+    ``history.json``, the checkpoint); :class:`~mnistfx.MnistfxError` if there is no such folder."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a run folder must be a path (str or os.PathLike), not {type(path).__name__}")
+    path = Path(path)
+    if path.is_file():
+        return path.parent
+    if not path.is_dir():
+        raise MnistfxError(f"{path} does not exist: pass the folder of a run (or a file in it)")
+    return path
+
+
+def load_history(run_dir: StrPath) -> list[dict]:
+    """The per-epoch history of a run, read from its ``history.json`` (as :func:`save_run` wrote it),
+    every entry checked.
+
+    The file's size is checked before it is read. Each entry must have a whole ``epoch`` from 1 to
+    10,000 (increasing from entry to entry) and a finite ``train_loss`` within ±1e6; ``val_loss``
+    (0 to 1e6) and ``val_accuracy`` (0 to 1) are finite numbers, or ``None`` or absent for a run
+    without validation; ``seconds`` and ``img_per_s`` finite numbers ≥ 0; any other field a finite
+    number, ``None``, a short string or a list of finite numbers (or ``None``).
+
+    Arguments:
+        run_dir: the run folder, or any file in it (e.g. its ``weights.safetensors``), or the
+            ``history.json`` itself.
+
+    Returns:
+        A list of dicts, one per epoch, oldest first.
+
+    Raises:
+        MnistfxError: no such folder, a file that is missing, too large or not JSON, or an entry
+            that breaks the rules above (the message names it).
+    """
+    folder = existing_run_folder(run_dir)
+    path = Path(run_dir) if Path(run_dir).is_file() and Path(run_dir).suffix == ".json" else folder / HISTORY_FILE
+    raw = read_limited(path, HISTORY_MAX_BYTES, what="history", fix=_FIX_HISTORY, error=MnistfxError)
+    try:
+        history = json.loads(raw).get("history")
+    except (ValueError, RecursionError, AttributeError):
+        history = None
+    if not isinstance(history, list) or not 0 < len(history) <= MAX_EPOCHS:
+        raise MnistfxError(
+            f"{path} holds no per-epoch history mnistfx can read (a list of 1 to {MAX_EPOCHS:,} epochs): {_FIX_HISTORY}"
+        )
+    last = 0
+    for i, entry in enumerate(history, 1):
+        problem = _history_problem(entry, last)
+        if problem:
+            raise MnistfxError(
+                f"{path} holds no per-epoch history mnistfx can read (entry {i}: {problem}): {_FIX_HISTORY}"
+            )
+        last = entry["epoch"]
+    return history
+
+
+def _history_problem(entry, last: int) -> str | None:
+    """What is wrong with one epoch's history entry (``last``: the epoch before it), if anything."""
+    if not isinstance(entry, dict) or not all(isinstance(k, str) and 0 < len(k) <= 64 for k in entry):
+        return "not a map of field names to values"
+    epoch: Any = entry.get("epoch")
+    if not (is_whole(epoch) and last < epoch <= MAX_EPOCHS):
+        return f"epoch {_shown(epoch)}, not a whole number from {last + 1} to {MAX_EPOCHS:,}"
+    for key, (lo, hi) in _HISTORY_NUMBERS.items():
+        value: Any = entry.get(key)
+        if value is None and key != "train_loss":
+            continue
+        if not (is_finite(value) and (lo is None or value >= lo) and (hi is None or value <= hi)):
+            bounds = f"from {lo:g} to {hi:g}" if hi is not None else f"≥ {lo:g}"
+            return f"{key} {_shown(value)}, not a finite number {bounds}"
+    for key, value in entry.items():
+        if key in _HISTORY_NUMBERS or key == "epoch":
+            continue
+        ok = (
+            value is None
+            or is_finite(value)
+            or (isinstance(value, str) and len(value) <= 200)
+            or (isinstance(value, list) and len(value) <= 4096 and all(v is None or is_finite(v) for v in value))
+        )
+        if not ok:
+            return f"{key} {_shown(value)}, not a finite number, a short string or a list of numbers"
+    return None
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _not_a_file(path: StrPath) -> Path:

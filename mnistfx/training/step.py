@@ -36,7 +36,8 @@ def make_train_step(
         opt: a pure optimiser (e.g. :func:`~mnistfx.adam`).
         loss: ``loss(logits, y) -> loss`` or ``-> (loss, aux)`` with ``aux`` a dict of tensors the step
             returns as they are (default: cross-entropy with ``label_smoothing``).
-        label_smoothing: the default loss's label smoothing.
+        label_smoothing: the default loss's label smoothing; a ``"label_smoothing"`` hyperparameter in the
+            optimiser state (an ensemble's members each with their own) takes its place.
         precision: ``"bf16"`` runs the forward pass under bf16 autocast (the loss, gradients
             and update stay float32); ``"fp32"`` does not.
         average: ``average(grads, loss, state) -> (grads, loss, state)``, applied before the update:
@@ -50,27 +51,38 @@ def make_train_step(
         raise TypeError(f"loss must be a function (logits, y) -> loss, not {type(loss).__name__}")
     if loss is not None and label_smoothing:
         raise ValueError("label_smoothing belongs to the default loss: put it in your loss function instead")
-    if loss is None:
+    own_loss = loss
 
-        def loss(logits, y):
-            return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-
-    def loss_fn(params, state, x, y, noise):
+    def loss_fn(params, state, x, y, noise, smoothing):
         with torch.autocast(x.device.type, torch.bfloat16, enabled=precision == "bf16"):
             logits, new_state = model.forward(params, state, x, train=True, noise=noise)
         new_state = {k: v.to(state[k].dtype) for k, v in new_state.items()}
-        out = loss(logits.float(), y)
+        if own_loss is not None:
+            out = own_loss(logits.float(), y)
+        elif smoothing is None:
+            out = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        else:
+            out = smoothed_cross_entropy(logits.float(), y, smoothing)
         value, aux = out if isinstance(out, tuple) else (out, {})
         return value, (new_state, aux)
 
     def step(params, state, opt_state, x, y, noise):
-        grads, (value, (state, aux)) = grad_and_value(loss_fn, has_aux=True)(params, state, x, y, noise)
+        smoothing = opt_state["hyper"].get("label_smoothing") if own_loss is None else None
+        grads, (value, (state, aux)) = grad_and_value(loss_fn, has_aux=True)(params, state, x, y, noise, smoothing)
         if average is not None:
             grads, value, state = average(grads, value, state)
         params, opt_state = opt.update(grads, opt_state, params)
         return params, state, opt_state, value, aux
 
     return step
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, smoothing: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with label smoothing given as a tensor (``F.cross_entropy``'s takes a float): the mean of
+    ``(1 - smoothing) * -log p[y] + smoothing * mean_c(-log p[c])``, as ``torch.nn.CrossEntropyLoss`` defines it."""
+    logp = torch.log_softmax(logits, dim=-1)
+    nll = -logp.gather(-1, y[:, None]).squeeze(-1)
+    return ((1 - smoothing) * nll - smoothing * logp.mean(-1)).mean()
 
 
 def make_multi_step(step: Callable, k: int) -> Callable:
