@@ -181,10 +181,12 @@ def train(model, recipe_name, out, checkpoint_every, resume_dir, overwrite, no_t
     if resume_dir is not None:
         # only rank 0 may see the run folder: it checks the checkpoint, then sends it to the others
         ckpt = (
-            _resume_checkpoint(resume_dir, model)
+            _resume_checkpoint(resume_dir, model, optimizer)
             if parallel is None
             else distributed.on_main(
-                parallel, lambda: _resume_checkpoint(resume_dir, model), (mnistfx.MnistfxError, click.UsageError)
+                parallel,
+                lambda: _resume_checkpoint(resume_dir, model, optimizer),
+                (mnistfx.MnistfxError, click.UsageError),
             )
         )
         cfg = ckpt.config if ckpt is not None else None
@@ -192,9 +194,9 @@ def train(model, recipe_name, out, checkpoint_every, resume_dir, overwrite, no_t
     else:
         given = {name: value for name, value in settings.items() if value is not None}
         cfg = mnistfx.recipe(model, recipe_name, **given)
-        if optimizer is not None and "lr" not in given:
-            cfg = dataclasses.replace(cfg, lr=optimizer.lr)  # the recipe's rate is for its own optimiser
-        if "momentum" in given and cfg.optimizer != "sgd":
+        if optimizer is not None:
+            _refuse_optimizer_settings(given)
+        if "momentum" in given and cfg.optimizer not in ("sgd", spec):
             raise click.UsageError(
                 f"--momentum is sgd's, and this run's optimizer is {cfg.optimizer}: pass --optimizer sgd with it"
             )
@@ -310,9 +312,10 @@ def _watch_stops(rank: int, where: dict) -> None:
     threading.Thread(target=watch, daemon=True, name="mnistfx-stop-watch").start()
 
 
-def _resume_checkpoint(resume_dir, model):
-    """The checkpoint of the run ``resume_dir`` holds, which must be of ``model`` if one is named."""
-    ckpt = mnistfx.load_checkpoint(resume_dir)  # a folder, or the checkpoint file itself
+def _resume_checkpoint(resume_dir, model, optimizer):
+    """The checkpoint of the run ``resume_dir`` holds, which must be of ``model`` if one is named (and of the
+    optimiser of its own given, if it had one)."""
+    ckpt = mnistfx.load_checkpoint(resume_dir, optimizer=optimizer)  # a folder, or the checkpoint file itself
     if model is not None and model != ckpt.config.model:
         raise click.UsageError(
             f"{resume_dir} is a run of {ckpt.config.model}, not {model}: drop MODEL or name {ckpt.config.model}"
@@ -427,6 +430,22 @@ def _run_with_progress(
             )
         except mnistfx.RunFolderError as e:
             raise click.UsageError(in_flags(str(e))) from None
+
+
+# the settings an optimiser of one's own brings itself (one per member of a sweep may still be given)
+_OPTIMIZER_SETTINGS = ("lr", "weight_decay", "momentum", "schedule", "warmup", "decay", "gamma")
+
+
+def _refuse_optimizer_settings(given: dict) -> None:
+    for name in _OPTIMIZER_SETTINGS:
+        if name in given and not isinstance(given[name], tuple):
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(
+                f"an optimiser of your own (--optimizer MODULE:ATTR) brings its own {flag[2:]}: drop {flag} (with "
+                f"--ensemble, {flag} A,B,... gives each member its own value)"
+                if name in ("lr", "weight_decay", "momentum")
+                else f"an optimiser of your own (--optimizer MODULE:ATTR) brings its own schedule: drop {flag}"
+            )
 
 
 _RESUME_KEEPS = {"model", "resume_dir", "checkpoint_every", "as_json", "data_root", "no_test", "nproc"}

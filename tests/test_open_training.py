@@ -345,3 +345,29 @@ def test_private_training_reports_its_privacy_and_resumes_as_it_started(mnist, t
     again = mnistfx.resume(tmp_path / "at-4", data=mnist, test=False)
     assert all(torch.equal(again.params[k], full.params[k]) for k in full.params)
     assert again.history[-1]["epsilon"] == full.history[-1]["epsilon"]
+
+
+def test_an_optimiser_or_step_of_ones_own_that_cannot_train_is_refused_in_one_line(mnist, tmp_path):
+    cfg = mnistfx.recipe("tuned", epochs=1, train_size=640, val_size=500, compile=False)
+
+    def narrow(updates, buffers, params, hyper, step):  # broadcasts into the parameters if not checked
+        return {k: g[..., :1] for k, g in updates.items()}, {}
+
+    def grows(updates, buffers, params, hyper, step):  # a buffer that is not shaped like its parameter
+        return updates, {"acc": {k: v[None] for k, v in buffers["acc"].items()}}
+
+    for bad, words in (
+        (mnistfx.chain("narrow", Transform("narrow", narrow)), "narrow's transform narrow must return one update"),
+        (mnistfx.chain("grows", Transform("grows", grows, ("acc",))), "returned state of other names, shapes"),
+    ):
+        with pytest.raises(mnistfx.ConfigError, match=words):
+            mnistfx.train(cfg, data=mnist, optimizer=bad, checkpoint_dir=tmp_path / "run", test=False)
+        assert not (tmp_path / "run").exists()  # refused before anything was written
+    step = mnistfx.make_train_step(mnistfx.get_model("tuned"), mnistfx.config_optimizer(cfg))
+    step.gaussian_size = 10**12  # would draw 4 TB of noise per step
+    with pytest.raises(mnistfx.ConfigError, match="gaussian_size attribute must be a whole number from 0 to"):
+        mnistfx.make_trainer(cfg, data=mnist, step=step)
+    with pytest.raises(TypeError, match="optimizer must be a mnistfx.Optimizer"):
+        mnistfx.make_trainer(cfg, data=mnist, optimizer="adam")
+    with pytest.raises(mnistfx.ConfigError, match="adam has no hyperparameter `momentum` to give each member"):
+        mnistfx.train(mnistfx.recipe("tuned", ensemble=2, momentum=(0.5, 0.9), val_size=500), data=mnist)

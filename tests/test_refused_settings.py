@@ -24,6 +24,41 @@ def an_ensemble_of_none(tmp_path):
     return _train(tmp_path, "tuned", "--ensemble", "0")
 
 
+@case("--lr has 3 values for 2 member(s)", "one per member")
+def a_sweep_of_the_wrong_length(tmp_path):
+    return _train(tmp_path, "tuned", "--ensemble", "2", "--lr", "1e-3,2e-3,3e-3")
+
+
+@case("--lr has 2 values for 1 member(s)", "--ensemble 2")
+def a_sweep_without_an_ensemble(tmp_path):
+    return _train(tmp_path, "tuned", "--lr", "1e-3,2e-3")
+
+
+@case("--lr", "'' is not a valid float")
+def a_sweep_with_an_empty_value(tmp_path):
+    return _train(tmp_path, "tuned", "--ensemble", "2", "--lr", "1e-3,,2e-3")
+
+
+@case("one-cycle schedule rises over --warmup (0.01)", "choose another --warmup, or more --epochs")
+def a_one_cycle_without_steps_to_rise(tmp_path):
+    return _train(tmp_path, "tuned", "--schedule", "one-cycle", "--warmup", "0.01")
+
+
+@case("--dp-noise must be 0", "between 0.1 and 1000, not 1e-300")
+def a_noise_the_accountant_cannot_take(tmp_path):
+    return _train(tmp_path, "dpcnn", "--dp-noise", "1e-300")
+
+
+@case("DP-SGD trains in one process here", "or without --dp-noise")
+def private_training_in_two_processes(tmp_path):
+    return _train(tmp_path, "dpcnn", "--dp-noise", "1.1", "--batch-size", "32", "--nproc", "2")
+
+
+@case("has state (batch norm), which mixes the examples")
+def private_training_of_a_model_with_batch_norm(tmp_path):
+    return _train(tmp_path, "resnet", "--dp-noise", "1.1", "--label-smoothing", "0", "--batch-size", "32")
+
+
 @case("adam has no weight decay", "--optimizer adamw")
 def weight_decay_with_adam(tmp_path):
     return _train(tmp_path, "tuned", "--weight-decay", "0.01")

@@ -190,7 +190,8 @@ def load_checkpoint(path: StrPath, *, data: bytes | None = None, optimizer: Opti
     model = get_model(cfg.model)
     members = cfg.ensemble if cfg.ensemble > 1 else None
     opt = _optimizer_of(path, ckpt, optimizer)
-    for part in ("hyper", *opt.buffers):
+    parts = ("hyper", *opt.buffers) if opt is not None else {k.split("/")[1] for k in tensors if k.startswith("opt/")}
+    for part in parts:
         ckpt.opt_state[part] = _take(tensors, f"opt/{part}/")
     if tensors:
         raise WeightsError(f"checkpoint {path} has an unexpected tensor {next(iter(tensors))}: {_RESTART}")
@@ -206,9 +207,17 @@ def load_checkpoint(path: StrPath, *, data: bytes | None = None, optimizer: Opti
     for part in (ckpt.params, ckpt.state, *(v for k, v in ckpt.opt_state.items() if k != "step")):
         check_finite(part, source=source, fix=f"the file is damaged; {_RESTART}")
     hyper_shape = (cfg.ensemble,) if members else ()
-    if set(hyper) != set(opt.hyper) | ({"label_smoothing"} if "label_smoothing" in cfg.per_member else set()) or any(
-        v.dtype != torch.float32 or tuple(v.shape) != hyper_shape or not bool(torch.isfinite(v).all()) or (v < 0).any()
-        for v in hyper.values()
+    own = set(hyper) - {"label_smoothing"} | {"lr"} if opt is None else set(opt.hyper)  # None: any optimiser's
+    if (
+        set(hyper) != own | ({"label_smoothing"} if "label_smoothing" in cfg.per_member else set())
+        or any(
+            v.dtype != torch.float32
+            or tuple(v.shape) != hyper_shape
+            or not bool(torch.isfinite(v).all())
+            or (v < 0).any()
+            for v in hyper.values()
+        )
+        or not bool((hyper["lr"] > 0).all())
     ):
         raise WeightsError(f"checkpoint {path} holds other hyperparameters than its optimiser's: {_RESTART}")
     ckpt.opt_state["hyper"] = hyper
@@ -219,10 +228,12 @@ def load_checkpoint(path: StrPath, *, data: bytes | None = None, optimizer: Opti
     return ckpt
 
 
-def _optimizer_of(path: Path, ckpt: Checkpoint, given: Optimizer | None) -> Optimizer:
+def _optimizer_of(path: Path, ckpt: Checkpoint, given: Optimizer | None) -> Optimizer | None:
     """The optimiser the checkpoint's run continues with: ``given``, or its config's; refused unless it is the
-    one the checkpoint records."""
+    one the checkpoint records. ``None`` for a run with an optimiser of its own read by :func:`read_position`."""
     cfg = ckpt.config
+    if given is _ANY:
+        return None if cfg.optimizer not in OPTIMIZERS else config_optimizer(cfg)
     if given is None and cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(
             f"the run in {path.parent} trained with an optimiser of its own ({cfg.optimizer}): pass it again, as "
@@ -239,6 +250,15 @@ def _optimizer_of(path: Path, ckpt: Checkpoint, given: Optimizer | None) -> Opti
             f"the run in {path.parent} trained with {was}, not {have}: resume it with the optimiser it started with"
         )
     return opt
+
+
+_ANY: Optimizer = object()  # type: ignore[assignment]  # read_position's "whatever the optimiser"
+
+
+def read_position(path: StrPath) -> Checkpoint:
+    """A checkpoint read and checked as :func:`load_checkpoint` does, but for any optimiser, also one of the
+    run's own that is not at hand: for where a run stands (its epoch, whether it finished), not to resume."""
+    return load_checkpoint(path, optimizer=_ANY)
 
 
 def _short(description: dict) -> str:

@@ -236,10 +236,15 @@ class TrainConfig:
             raise ConfigError(f"`val_size` must be between 0 and {MNIST_TRAIN_SIZE - 1}, not {self.val_size!r}")
         fix("val_size", int(self.val_size))
         if self.dp_noise is not None:
-            if not (is_finite(self.dp_noise) and 0 <= self.dp_noise <= 1000):
-                raise ConfigError(f"`dp_noise` must be a number between 0 and 1000, not {self.dp_noise!r}")
+            if not (is_finite(self.dp_noise) and (self.dp_noise == 0 or 0.1 <= self.dp_noise <= 1000)):
+                raise ConfigError(
+                    f"`dp_noise` must be 0 (no noise, no privacy) or a number between 0.1 and 1000, not "
+                    f"{self.dp_noise!r}"
+                )
             fix("dp_noise", float(self.dp_noise))
         fix("dp_clip", check_positive("`dp_clip`", self.dp_clip))
+        if self.dp_clip > 1e6:
+            raise ConfigError(f"`dp_clip` must be at most 1e6 (a gradient norm), not {self.dp_clip!r}")
         if self.dp_noise is not None and any(self.member_values("label_smoothing")):
             raise ConfigError("DP-SGD trains with plain cross-entropy: leave `label_smoothing` at 0")
         if not (is_finite(self.dp_delta) and 0 < self.dp_delta < 1):
@@ -267,6 +272,7 @@ class TrainConfig:
                 f"`steps_per_call` {self.steps_per_call} batches of {self.batch_size} are more than the "
                 f"{self.n_train} training images"
             )
+        self._check_schedule()
 
     def _per_member(self, name: str) -> Any:
         """Field ``name`` checked: one value, or (for an ensemble) a tuple of one value per member."""
@@ -275,7 +281,7 @@ class TrainConfig:
             if self.ensemble < 2 or len(value) != self.ensemble:
                 raise ConfigError(
                     f"`{name}` has {len(value)} values for {self.ensemble} member(s): give one value, or one per "
-                    f"member of an ensemble (`ensemble={len(value)}`)"
+                    + (f"member of an ensemble (`ensemble={len(value)}`)" if len(value) > 1 else "member")
                 )
             return tuple(self._one(name, v) for v in value)
         return self._one(name, value)
@@ -306,6 +312,16 @@ class TrainConfig:
     def per_member(self) -> tuple[str, ...]:
         """The fields whose values differ between the members (a sweep in one run)."""
         return tuple(name for name in PER_MEMBER if isinstance(getattr(self, name), tuple))
+
+    def _check_schedule(self) -> None:
+        """Refuse a one-cycle schedule that has no step to rise or to fall over."""
+        total = self.epochs * self.steps_per_epoch
+        rise = self.warmup or 0.3
+        if self.schedule == "one-cycle" and not 0 < rise * total - 1 < total - 1:
+            raise ConfigError(
+                f"the one-cycle schedule rises over `warmup` ({rise:g}) of the {total} steps, which leaves no step to "
+                "rise or to fall over: choose another `warmup`, or more `epochs`"
+            )
 
     @property
     def n_train(self) -> int:

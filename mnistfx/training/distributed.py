@@ -161,6 +161,9 @@ def check_config(parallel: Parallel, config, *, resuming: bool = False) -> None:
     if config.ensemble > 1:
         fix = "resume it in one process" if resuming else "set `ensemble=1`, or train in one process"
         raise ConfigError(f"an ensemble trains in one process (its members share each step already): {fix}")
+    if config.dp_noise is not None:
+        fix = "resume it in one process" if resuming else "train it in one process, or without `dp_noise`"
+        raise ConfigError(f"DP-SGD trains in one process here: {fix}")
 
 
 def check_processes(nproc: int, config, *, resuming: bool = False) -> None:

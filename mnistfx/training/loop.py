@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .optim import Optimizer, config_optimizer
 from .runs import HISTORY_FILE, WEIGHTS_FILE, Run, check_resumable, check_run_dir, prepare_run_dir, run_folder, run_lock
 from .state import TrainState
-from .trainer import Trainer, check_settings, make_trainer
+from .trainer import Trainer, check_hooks, check_settings, make_trainer
 
 
 def _ignore(kind, **info):
@@ -237,18 +237,6 @@ def _train_loop(
     return run
 
 
-def _check_hooks(optimizer, step, on_epoch) -> None:
-    """``train``'s and ``resume``'s optimiser, step and hook, checked when called."""
-    if optimizer is not None and not isinstance(optimizer, Optimizer):
-        raise TypeError(
-            f"optimizer must be a mnistfx.Optimizer (mnistfx.adam(...), mnistfx.chain(...)), not "
-            f"{type(optimizer).__name__}"
-        )
-    for name, value in (("step", step), ("on_epoch", on_epoch)):
-        if value is not None and not callable(value):
-            raise TypeError(f"{name} must be a function, not {type(value).__name__}")
-
-
 def train(
     config: TrainConfig,
     *,
@@ -292,8 +280,9 @@ def train(
             other ranks' :class:`Run` has no metrics.
         optimizer: an :class:`~mnistfx.Optimizer` to train with instead of the one the config describes
             (its ``optimizer``, ``lr``, ``weight_decay``, ``momentum`` and schedule fields); the config
-            then names it (``optimizer`` becomes its name) and the run records it whole
-            (:meth:`~mnistfx.Optimizer.describe`). Per-member values in the config set its hyperparameters.
+            then names it (``optimizer`` becomes its name, ``lr`` its rate, and the schedule fields claim
+            none) and the run records it whole (:meth:`~mnistfx.Optimizer.describe`). Per-member values in
+            the config set its hyperparameters.
             Pass the same one to :func:`resume`.
         step: a pure train step of your own, with :func:`~mnistfx.make_train_step`'s signature, built with
             the run's optimiser (``optimizer``, or :func:`mnistfx.config_optimizer` of the config). It is
@@ -316,12 +305,17 @@ def train(
         raise TypeError(f"config must be a TrainConfig (see mnistfx.recipe), not {type(config).__name__}")
     if not isinstance(test, bool):
         raise TypeError(f"test must be True or False, not {test!r}")
-    _check_hooks(optimizer, step, on_epoch)
+    check_hooks(optimizer, step, on_epoch)
     if optimizer is not None:
+        # the config names the optimiser and claims no rate or schedule of its own (run.optimizer records them)
         config = dataclasses.replace(
             config,
             optimizer=config.optimizer if OWN_OPTIMIZER.fullmatch(config.optimizer) else optimizer.name,
             lr=config.lr if "lr" in config.per_member else optimizer.lr,
+            weight_decay=config.weight_decay if "weight_decay" in config.per_member else None,
+            schedule="linear",
+            warmup=0.0,
+            decay=0.0,
         )
     if parallel is not None:
         distributed.check_started(parallel)
@@ -368,7 +362,7 @@ def resume(
     continues only with the same one (the checkpoint records it), and a run with a ``step`` of its own
     with a step again.
     """
-    _check_hooks(optimizer, step, on_epoch)
+    check_hooks(optimizer, step, on_epoch)
     if parallel is None:
         ckpt = load_checkpoint(run_dir, optimizer=optimizer)
     else:

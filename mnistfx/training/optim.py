@@ -126,6 +126,17 @@ class Optimizer:
         new_state: dict[str, Any] = {"step": step, "hyper": hyper}
         for t in self.transforms:
             updates, buffers = t.apply(updates, {b: state[b] for b in t.buffers}, params, hyper, step)
+            if (
+                not isinstance(updates, dict)
+                or updates.keys() != params.keys()
+                or any(u.shape != params[k].shape for k, u in updates.items())
+                or not isinstance(buffers, dict)
+                or set(buffers) != set(t.buffers)
+            ):
+                raise ValueError(
+                    f"{self.name}'s transform {t.name} must return one update per parameter, shaped like it, and "
+                    f"its buffers {', '.join(t.buffers) or '(none)'}"
+                )
             new_state.update(buffers)
         rate = hyper["lr"] if self.schedule is None else hyper["lr"] * self.schedule(step)
         return {k: p - rate * updates[k] for k, p in params.items()}, new_state
@@ -345,7 +356,8 @@ def config_optimizer(config: TrainConfig) -> Optimizer:
     lr = config.first("lr")
     wd = config.first("weight_decay")
     if config.optimizer == "sgd":
-        return sgd(lr, config.first("momentum"), weight_decay=wd or 0.0, schedule=schedule)
+        # with momenta per member, every member has the buffer (a member's 0 is plain SGD through it)
+        return sgd(lr, max(config.member_values("momentum")), weight_decay=wd or 0.0, schedule=schedule)
     if config.optimizer == "adamw":
         return adamw(lr, weight_decay=1e-2 if wd is None else wd, schedule=schedule)
     return adam(lr, schedule=schedule)

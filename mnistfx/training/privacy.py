@@ -196,8 +196,8 @@ def noise_for_epsilon(
         ConfigError: an argument out of range, or an ``epsilon`` that needs σ above 1000.
         MnistfxError: ``dp-accounting`` is not installed.
     """
-    if not (is_finite(epsilon) and epsilon > 0):
-        raise ConfigError(f"`epsilon` must be a positive number, not {epsilon!r}")
+    if not (is_finite(epsilon) and 0 < epsilon <= 100):
+        raise ConfigError(f"`epsilon` must be a number in (0, 100] (above 100 it promises nothing), not {epsilon!r}")
     q, steps, delta = _check_accounting(sample_rate, steps, delta)
     check_choice("`accountant`", accountant, ACCOUNTANTS)
     epsilon = float(epsilon)
@@ -224,8 +224,14 @@ def _epsilon(sigma: float, q: float, steps: int, delta: float, accountant: str) 
         dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
     )
     acc = dp_accounting.rdp.RdpAccountant() if accountant == "rdp" else dp_accounting.pld.PLDAccountant()
-    acc.compose(event)
-    return float(acc.get_epsilon(delta))
+    try:
+        acc.compose(event)
+        return float(acc.get_epsilon(delta))
+    except (ArithmeticError, ValueError):  # e.g. a noise multiplier of 1e-300 divides by zero inside it
+        raise ConfigError(
+            f"the {accountant} accountant cannot account for a noise multiplier of {sigma:g} over {steps} steps: "
+            "choose one between 0.1 and 1000"
+        ) from None
 
 
 def _check_accounting(sample_rate, steps, delta) -> tuple[float, int, float]:

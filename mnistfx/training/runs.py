@@ -25,7 +25,7 @@ from ..constants import MAX_EPOCHS, VERSION
 from ..errors import MnistfxError, RunFolderError
 from ..models.evaluation import Metrics
 from ..models.weights_file import STATE_PREFIX, save_weights
-from .checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint
+from .checkpoint import CHECKPOINT_FILE, Checkpoint, read_position
 from .config import TrainConfig
 
 try:
@@ -125,7 +125,7 @@ def check_run_dir(path: StrPath, *, overwrite: bool = False) -> None:
     if overwrite or not present:
         return
     try:
-        ckpt = load_checkpoint(path / CHECKPOINT_FILE) if CHECKPOINT_FILE in present else None
+        ckpt = read_position(path / CHECKPOINT_FILE) if CHECKPOINT_FILE in present else None
     except MnistfxError:  # load_checkpoint turns every failure into one
         ckpt = None  # damaged: there is nothing to continue, but the folder still holds a run's files
     if ckpt is not None and not ckpt.finished:

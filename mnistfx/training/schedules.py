@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .._checks import check_fraction, check_whole
+from ..errors import ConfigError
 
 ScheduleFn = Callable[[torch.Tensor], "torch.Tensor | float"]
 
@@ -61,8 +62,8 @@ class WarmupLinearDecay(Schedule):
         factor = torch.ones_like(step)
         if self.warmup_steps > 0:
             factor = factor * (0.04 + 0.96 * torch.clamp(step / self.warmup_steps, max=1.0))
-        if self.decay_steps > 0:
-            factor = factor * torch.clamp((self.total_steps - step + 1) / self.decay_steps, max=1.0)
+        if self.decay_steps > 0:  # 0 after the last step, never below
+            factor = factor * torch.clamp((self.total_steps - step + 1) / self.decay_steps, 0.0, 1.0)
         return factor
 
 
@@ -131,12 +132,12 @@ def warmup_linear_decay(total_steps: int, decay_steps: int, warmup_steps: int = 
     ``total_steps`` (mnistfx's default shape; see :class:`WarmupLinearDecay`).
 
     Raises:
-        ValueError: a count is not a whole number, or warm-up and decay together exceed the total.
+        ConfigError: a count is not a whole number, or warm-up and decay together exceed the total.
     """
     total = _steps("total_steps", total_steps, 1)
     decay, warmup = _steps("decay_steps", decay_steps), _steps("warmup_steps", warmup_steps)
     if decay + warmup > total:
-        raise ValueError(f"`warmup_steps` + `decay_steps` ({warmup + decay}) exceed `total_steps` ({total})")
+        raise ConfigError(f"`warmup_steps` + `decay_steps` ({warmup + decay}) exceed `total_steps` ({total})")
     return WarmupLinearDecay(total, decay, warmup)
 
 
@@ -145,7 +146,7 @@ def cosine(total_steps: int, warmup_steps: int = 0, final: float = 0.0) -> Sched
     warm-up (see :class:`Cosine`).
 
     Raises:
-        ValueError: a bad count, or ``final`` outside [0, 1].
+        ConfigError: a bad count, or ``final`` outside [0, 1].
     """
     total = _steps("total_steps", total_steps, 1)
     warmup = check_whole("`warmup_steps`", warmup_steps, 0, total - 1)
@@ -158,15 +159,18 @@ def one_cycle(total_steps: int, rise: float = 0.3, div: float = 25.0, final_div:
     ``final_div`` the start over the end.
 
     Raises:
-        ValueError: a bad count, ``rise`` not in (0, 1), or a divisor below 1.
+        ConfigError: a bad count, ``rise`` not in (0, 1), or a divisor below 1.
     """
     total = _steps("total_steps", total_steps, 2)
     rise = check_fraction("`rise`", rise)
     if not 0 < rise * total - 1 < total - 1:
-        raise ValueError(f"`rise` {rise} leaves no step to rise or to fall over {total} steps: choose one in (0, 1)")
+        raise ConfigError(
+            f"`rise` {rise} leaves no step to rise or to fall over {total} steps: choose one in "
+            f"({2 / total:.3g}, {1 - 1 / total:.3g}), or more steps"
+        )
     for name, value in (("div", div), ("final_div", final_div)):
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 1 <= value < math.inf):
-            raise ValueError(f"`{name}` must be a number ≥ 1, not {value!r}")
+            raise ConfigError(f"`{name}` must be a number ≥ 1, not {value!r}")
     return OneCycle(total, rise, float(div), float(final_div))
 
 
@@ -174,12 +178,12 @@ def step_decay(step_size: int, gamma: float = 0.1) -> Schedule:
     """Multiply the rate by ``gamma`` after every ``step_size`` updates (see :class:`StepDecay`).
 
     Raises:
-        ValueError: ``step_size`` not a whole number ≥ 1, or ``gamma`` outside (0, 1].
+        ConfigError: ``step_size`` not a whole number ≥ 1, or ``gamma`` outside (0, 1].
     """
     size = _steps("step_size", step_size, 1)
     gamma = check_fraction("`gamma`", gamma)
     if gamma == 0:
-        raise ValueError("`gamma` must be above 0 (0 would stop training after the first interval)")
+        raise ConfigError("`gamma` must be above 0 (0 would stop training after the first interval)")
     return StepDecay(size, gamma)
 
 

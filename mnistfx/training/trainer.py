@@ -130,12 +130,14 @@ class Trainer:
         )
 
     def check(self, state: TrainState) -> None:
-        """:func:`~mnistfx.training.step.check_trainable` on the state's (first member's) parameters: a
-        model that cannot train fails here, in one line, before a step is compiled."""
+        """:func:`~mnistfx.training.step.check_trainable` on the state's (first member's) parameters and
+        :func:`check_optimizer` on its optimiser: a model or optimiser that cannot train fails here, in one
+        line, before a step is compiled."""
         first = (lambda tree: unstack(tree)[0] if tree else tree) if self.members else (lambda tree: tree)
         check_trainable(
             self.model, first(state.params), first(state.model_state), self.train_x, self.train_y, loss=self.loss
         )
+        check_optimizer(self.opt, first(state.params), first(state.opt_state))
 
     def train_epoch(
         self,
@@ -217,13 +219,13 @@ class Trainer:
                 compiling, compile_seconds = False, time.perf_counter() - t_compile
                 report("compiled", seconds=compile_seconds)
             if end // report_every > i // report_every or end == n_steps:
-                self.check_finite(loss_sum, epoch, end)
+                self.check_finite(loss_sum, epoch, end, opt_state)
                 elapsed = time.perf_counter() - t_epoch - compile_seconds  # img/s counts training, not compiling
                 speed = (end - begin) * batch / max(elapsed, 1e-9)
                 report("step", epoch=epoch, step=end, loss=losses[-1].item(), img_per_s=speed)
             done = (epoch - 1) * n_steps + end
             if save is not None and save_every and done // save_every > (done - group) // save_every and end < n_steps:
-                self.check_finite(loss_sum, epoch, end)
+                self.check_finite(loss_sum, epoch, end, opt_state)
                 save(now(end, perm))
         train_seconds = time.perf_counter() - t_epoch - compile_seconds
         metrics = {
@@ -234,11 +236,11 @@ class Trainer:
         }
         return now(n_steps, None), metrics
 
-    def check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+    def check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int, opt_state: dict) -> None:
         """Stop a run whose loss is no longer finite (one wait for the device; the sum covers every step)."""
         value = loss_sum.item()
         if not math.isfinite(value):
-            rates = ", ".join(f"{lr:g}" for lr in dict.fromkeys(self.config.member_values("lr")))
+            rates = ", ".join(f"{lr:g}" for lr in dict.fromkeys(opt_state["hyper"]["lr"].flatten().tolist()))
             raise MnistfxError(
                 f"training diverged at epoch {epoch}, step {step}: the loss is {value} "
                 f"(lr {rates} is likely too high) and nothing of it was saved: start again with a lower `lr`"
@@ -279,6 +281,37 @@ class Trainer:
             compile_seconds,
             self.opt.describe(),
             self.own_step,
+        )
+
+
+def check_optimizer(opt: Optimizer, params: dict, opt_state: dict) -> None:
+    """One update of ``opt`` from zero gradients, eagerly: it must run and return parameters and a state of
+    the names, shapes and dtypes it was given (an optimiser of one's own fails here in one line, not deep
+    in a compiled step or in a checkpoint that cannot be read back).
+
+    Raises:
+        ConfigError: the update failed, or returned something else.
+    """
+
+    def kinds(tree) -> object:
+        if isinstance(tree, torch.Tensor):
+            return (tuple(tree.shape), tree.dtype)
+        return {k: kinds(v) for k, v in tree.items()} if isinstance(tree, dict) else type(tree).__name__
+
+    grads = {k: torch.zeros_like(p) for k, p in params.items()}
+    try:
+        with torch.no_grad():
+            new_params, new_state = opt.update(grads, opt_state, params)
+    except Exception as e:
+        raise ConfigError(
+            f"the optimiser {opt.name} failed on its first update: {type(e).__name__}: "
+            f"{(str(e).splitlines() or [''])[0][:160]}"
+        ) from None
+    if kinds(new_params) != kinds(params) or kinds(new_state) != kinds(opt_state):
+        what = "parameters" if kinds(new_params) != kinds(params) else "state"
+        raise ConfigError(
+            f"the optimiser {opt.name} returned {what} of other names, shapes or dtypes than it was given: make "
+            "each transform return one tensor per parameter, shaped like it, and buffers shaped like the parameters"
         )
 
 
@@ -325,6 +358,7 @@ def make_trainer(
         raise TypeError(f"config must be a TrainConfig (see mnistfx.recipe), not {type(config).__name__}")
     if not isinstance(data, MNIST):
         raise TypeError(f"data must be MNIST (from mnistfx.load_mnist), not {type(data).__name__}")
+    check_hooks(optimizer, step)
     cfg = config
     model = get_model(cfg.model)
     opt = optimizer if optimizer is not None else config_optimizer(cfg)
@@ -350,8 +384,12 @@ def make_trainer(
             average=None if parallel is None else distributed.make_average(parallel.world),
         )
     gaussian = getattr(step, "gaussian_size", 0)
-    if isinstance(gaussian, bool) or not isinstance(gaussian, int) or gaussian < 0:
-        raise TypeError(f"the step's gaussian_size attribute must be a whole number ≥ 0, not {gaussian!r}")
+    most = 16 * sum(math.prod(shape) for shape in model.shapes().values())  # DP-SGD needs one per parameter
+    if isinstance(gaussian, bool) or not isinstance(gaussian, int) or not 0 <= gaussian <= most:
+        raise ConfigError(
+            f"the step's gaussian_size attribute must be a whole number from 0 to {most:,} (16 per parameter of "
+            f"{model.name}), not {gaussian!r}"
+        )
     multi = make_multi_step(step, cfg.group)
     if members:
         multi = make_ensemble_step(multi)
@@ -372,6 +410,23 @@ def make_trainer(
         loss=loss,
         own_step=own_step,
     )
+
+
+def check_hooks(optimizer: Optimizer | None, step: Callable | None, on_epoch: Callable | None = None) -> None:
+    """An optimiser, a step and an epoch hook of one's own, checked when given.
+
+    Raises:
+        TypeError: ``optimizer`` is not an :class:`~mnistfx.Optimizer`, or ``step`` or ``on_epoch`` not a
+            function.
+    """
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            f"optimizer must be a mnistfx.Optimizer (mnistfx.adam(...), mnistfx.chain(...)), not "
+            f"{type(optimizer).__name__}"
+        )
+    for name, value in (("step", step), ("on_epoch", on_epoch)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be a function, not {type(value).__name__}")
 
 
 def check_settings(
