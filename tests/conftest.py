@@ -35,8 +35,10 @@ _LONGEST_FIRST = (
     "test_ensemble.py",
     "test_resnet.py",
     "test_export.py",
+    "test_open_training.py",
     "test_own_models.py",
     "test_train.py",
+    "test_seams.py",
 )
 
 

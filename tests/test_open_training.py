@@ -367,6 +367,10 @@ def test_an_optimiser_or_step_of_ones_own_that_cannot_train_is_refused_in_one_li
     step.gaussian_size = 10**12  # would draw 4 TB of noise per step
     with pytest.raises(mnistfx.ConfigError, match="gaussian_size attribute must be a whole number from 0 to"):
         mnistfx.make_trainer(cfg, data=mnist, step=step)
+    step.gaussian_size = 0
+    private = mnistfx.recipe("dpcnn", epochs=1, train_size=640, val_size=500, dp_noise=1.1, compile=False)
+    with pytest.raises(mnistfx.ConfigError, match="`dp_noise` trains with the built-in DP-SGD step"):
+        mnistfx.make_trainer(private, data=mnist, step=step)
     with pytest.raises(TypeError, match="optimizer must be a mnistfx.Optimizer"):
         mnistfx.make_trainer(cfg, data=mnist, optimizer="adam")
     with pytest.raises(mnistfx.ConfigError, match="adam has no hyperparameter `momentum` to give each member"):

@@ -441,14 +441,20 @@ def check_settings(
 
     Raises:
         ConfigError: per-member values of hyperparameters ``opt`` lacks, a per-member label smoothing with
-            a loss of one's own, or DP-SGD with data parallelism, a loss of one's own or no accountant.
+            a loss of one's own, or DP-SGD with a step of one's own, data parallelism, a loss of one's own or no
+            accountant.
     """
     member_hyper(config, opt)
     if "label_smoothing" in config.per_member and loss is not None:
         raise ConfigError(
             "a `label_smoothing` per member belongs to the default loss: put it in your loss function instead"
         )
-    if config.dp_noise is not None and step is None:
+    if config.dp_noise is not None and step is not None:
+        raise ConfigError(
+            "`dp_noise` trains with the built-in DP-SGD step (and reports its privacy): leave out `step`, or "
+            "`dp_noise` to train with a step of your own"
+        )
+    if config.dp_noise is not None:
         if parallel is not None:
             raise ConfigError(
                 "DP-SGD trains in one process here: train it without data parallelism, or without `dp_noise`"
