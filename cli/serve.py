@@ -1,5 +1,7 @@
 """``mnistfx serve``: a page to draw digits on, and its JSON API, for trained weights."""
 
+import signal
+
 import click
 
 import mnistfx
@@ -35,6 +37,9 @@ def serve(weights, host, port, model_spec, device):
     click.echo(f"serving {name} from {printable(weights)} at {server.url} (Ctrl-C stops)")
     if not server.local_only:
         click.echo("note: other machines can reach this server; it has no login", err=True)
+    # Ctrl-C stops it even when started by a process that ignores SIGINT (a shell's background job, some
+    # supervisors): a child inherits the ignoring, and Python then installs no KeyboardInterrupt of its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
