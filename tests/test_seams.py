@@ -2,7 +2,6 @@
 confident mistakes, and models to and from ``nn.Module`` (pickled, and made of pytorch/examples' MNIST
 ``Net``). Everything on real MNIST slices."""
 
-import io
 import json
 import pickle
 
@@ -174,16 +173,11 @@ def test_to_module_pickles_and_gives_the_same_outputs_after(name, mnist):
     params = model.init(7)
     state = model.init_state(params)
     module = mnistfx.to_module(model, params, state)
-    loaded = pickle.loads(pickle.dumps(module))
-    buffer = io.BytesIO()
-    torch.save(module, buffer)  # torch.save pickles too
-    buffer.seek(0)
-    also = torch.load(buffer, weights_only=False)
+    loaded = pickle.loads(pickle.dumps(module))  # what multiprocessing and torch.save do with it
     x = model.preprocess(mnist.test_images[:16])
     with torch.no_grad():
-        for other in (loaded, also):
-            assert not other.training and other.mnistfx_model.name == model.name
-            assert torch.equal(other(x), module(x))
+        assert not loaded.training and loaded.mnistfx_model.name == model.name
+        assert torch.equal(loaded(x), module(x))
 
 
 def test_a_module_of_a_model_with_local_functions_says_why_it_cannot_be_pickled():
