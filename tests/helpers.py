@@ -33,3 +33,33 @@ def same_bits(a: dict, b: dict) -> bool:
         and a[k].cpu().numpy().tobytes() == b[k].cpu().numpy().tobytes()
         for k in a
     )
+
+
+def optimiser_trajectories(data, opt, make_torch_opt, steps, before_torch_step=None):
+    """``tuned``'s parameters after ``steps`` updates of ``opt`` and of ``make_torch_opt(parameters)`` from the
+    same gradients (batches of 32 of ``data``): ``(ours, torch's, our optimiser state)``. ``before_torch_step``
+    sees torch's parameters, their gradients set, before each of its steps (e.g. to clip them)."""
+    from torch.func import grad
+    from torch.nn import functional as F
+
+    import mnistfx
+
+    model = mnistfx.get_model("tuned")
+    params = model.init(0)
+    state = opt.init(params)
+    theirs = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    reference = make_torch_opt(theirs.values())
+
+    def loss_fn(p, x, y):
+        return F.cross_entropy(model.apply(p, x), y)
+
+    for i in range(steps):
+        x = model.preprocess(data.train_images[32 * i : 32 * (i + 1)])
+        grads = grad(loss_fn)(params, x, data.train_labels[32 * i : 32 * (i + 1)])
+        params, state = opt.update(grads, state, params)
+        for k, p in theirs.items():
+            p.grad = grads[k].clone()
+        if before_torch_step:
+            before_torch_step(list(theirs.values()))
+        reference.step()
+    return params, {k: p.detach() for k, p in theirs.items()}, state

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from torch.func import grad
+from helpers import optimiser_trajectories
 from torch.nn import functional as F
 
 import mnistfx
@@ -66,25 +66,8 @@ def test_the_default_schedule_is_unchanged_and_schedules_describe_themselves():
 
 def _trajectories(data, opt, torch_opt, steps, before_torch_step=None):
     """Parameters of `tuned` after ``steps`` updates from the same gradients of real batches: ours, torch's."""
-    model = mnistfx.get_model("tuned")
-    params = model.init(0)
-    state = opt.init(params)
-    theirs = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    reference = torch_opt(theirs.values())
-
-    def loss_fn(p, x, y):
-        return F.cross_entropy(model.apply(p, x), y)
-
-    for i in range(steps):
-        x = model.preprocess(data.train_images[32 * i : 32 * (i + 1)])
-        grads = grad(loss_fn)(params, x, data.train_labels[32 * i : 32 * (i + 1)])
-        params, state = opt.update(grads, state, params)
-        for k, p in theirs.items():
-            p.grad = grads[k].clone()
-        if before_torch_step:
-            before_torch_step(list(theirs.values()))
-        reference.step()
-    return params, {k: p.detach() for k, p in theirs.items()}
+    ours, theirs, _ = optimiser_trajectories(data, opt, torch_opt, steps, before_torch_step)
+    return ours, theirs
 
 
 def _assert_close(ours, theirs, rel):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import optimiser_trajectories
 from torch.func import grad
 from torch.nn import functional as F
 
@@ -67,23 +68,7 @@ def test_bad_learning_rates_are_refused(lr):
 
 def _trajectory(data, opt, torch_opt_class, steps=100, **torch_kwargs):
     """Parameters after ``steps`` updates from the same gradients of real MNIST batches, ours and torch's."""
-    model = mnistfx.get_model("tuned")
-    params = model.init(0)
-    state = opt.init(params)
-    torch_params = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    torch_opt = torch_opt_class(torch_params.values(), **torch_kwargs)
-
-    def loss_fn(p, x, y):
-        return F.cross_entropy(model.apply(p, x), y)
-
-    for i in range(steps):
-        x = model.preprocess(data.train_images[32 * i : 32 * (i + 1)])
-        grads = grad(loss_fn)(params, x, data.train_labels[32 * i : 32 * (i + 1)])
-        params, state = opt.update(grads, state, params)
-        for k, p in torch_params.items():
-            p.grad = grads[k].clone()
-        torch_opt.step()
-    return params, {k: p.detach() for k, p in torch_params.items()}, state
+    return optimiser_trajectories(data, opt, lambda p: torch_opt_class(p, **torch_kwargs), steps)
 
 
 @pytest.mark.parametrize(
