@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mnistfx-installed
 
-.PHONY: setup data train test test-all check bench clean
+.PHONY: setup data train test test-all check docs bench clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -30,6 +30,10 @@ check: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m fast
 
+# the documentation site, built strictly: a warning or a broken reference fails it (open docs/_build/html/index.html)
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -n -b html docs docs/_build/html
+
 bench: data
 	$(BIN)/mnistfx bench
 
@@ -37,4 +41,4 @@ test-all: data
 	$(BIN)/python -m pytest -q -m ''
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache docs/_build

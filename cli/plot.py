@@ -9,7 +9,7 @@ from .options import data_root_option, device_option, model_option, named_model,
 
 @click.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--out", type=click.Path(), help="Folder for the PNGs (default: the run folder).")
+@click.option("--out", type=click.Path(), help="Folder for the PNGs, made if absent (default: the run folder).")
 @model_option
 @device_option
 @data_root_option

@@ -154,7 +154,8 @@ def train(model, recipe_name, out, checkpoint_every, resume_dir, overwrite, no_t
     FOLDER` continues an interrupted run from it, bit for bit (name MODULE:ATTR again for a model of
     your own).
 
-    Data-parallel: `--nproc N` on one machine, or `torchrun ... -m mnistfx train ...` (see the README).
+    Data-parallel: `--nproc N` on one machine, or `torchrun ... -m mnistfx train ...`
+    (docs/library/data-parallel.md).
     """
     from mnistfx.training import distributed
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from .constants import VERSION as __version__
 
-# The module that holds each public name, lowest layer first (see the README's layout).
+# The module that holds each public name, lowest layer first (docs/design.md, Layout).
 # fmt: off
 _MODULES = {
     "data.idx": "default_root",
@@ -37,6 +37,7 @@ _MODULES = {
     "training.step": "make_multi_step make_train_step",
     "training.batches": "augment_batch batch_inputs",
     "training.compiling": "compile_step use_compile_cache",
+    "training.distributed": "Parallel start_parallel",
     "training.trainer": "make_trainer Trainer",
     "training.loop": "resume train",
     "training.checkpoint": "Checkpoint load_checkpoint save_checkpoint",
@@ -109,6 +110,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from .training.compiling import compile_step, use_compile_cache
     from .training.config import RECIPES, TrainConfig, recipe
+    from .training.distributed import Parallel, start_parallel
     from .training.loop import resume, train
     from .training.optim import (
         Optimizer,

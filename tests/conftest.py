@@ -34,6 +34,7 @@ _LONGEST_FIRST = (
     "test_distributed.py",
     "test_ensemble.py",
     "test_resnet.py",
+    "test_docs.py",
     "test_export.py",
     "test_open_training.py",
     "test_own_models.py",

@@ -205,13 +205,19 @@ def test_plot_draws_the_runs_pictures(trained, tmp_path, capsys):
     from PIL import Image
 
     run, _ = trained
-    code, out, err = run_cli(capsys, "plot", str(run), "--out", str(tmp_path))
+    figures = tmp_path / "figures"  # a new folder: made
+    code, out, err = run_cli(capsys, "plot", str(run), "--out", str(figures))
     assert code == 0, err
     for name in ("history.png", "confusion.png", "mistakes.png"):
-        assert f"wrote {tmp_path / name}" in out
-        with Image.open(tmp_path / name) as image:
+        assert f"wrote {figures / name}" in out
+        with Image.open(figures / name) as image:
             assert image.format == "PNG" and min(image.size) > 300
-    assert not list(tmp_path.glob(".*tmp"))
+    assert not list(figures.glob(".*tmp"))
+    (tmp_path / "file").write_text("not a folder")
+    for out in (tmp_path / "file", tmp_path / "no" / "such"):
+        code, _, err = run_cli(capsys, "plot", str(run), "--out", str(out))
+        assert_one_line_error(code, err, f"{out} is not a folder", "--out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "file"]
 
 
 def test_plot_without_matplotlib_says_how_to_install_it(trained, tmp_path, capsys, monkeypatch):

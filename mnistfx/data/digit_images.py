@@ -171,11 +171,11 @@ def decode_image(
     """Decode an image file's bytes (PNG, JPEG, BMP, GIF, WebP, PPM) to gray, as ``predict`` reads files.
 
     The size, the structure and the pixel count its header claims are checked before decoding;
-    JPEGs are decoded at a reduced scale and large images shrunk to about :data:`DECODE_SIDE`
+    JPEGs are decoded at a reduced scale and large images shrunk to about ``DECODE_SIDE``
     pixels a side; EXIF orientation is applied.
 
     Arguments:
-        data: the file's bytes (at most :data:`IMAGE_MAX_BYTES`).
+        data: the file's bytes (at most ``IMAGE_MAX_BYTES``).
         source: what to call the image in an error (its path, an upload's name).
         fix: what the user can do, ending every error.
         max_pixels: the most pixels the header may claim (decoding costs about 40 ns a pixel).

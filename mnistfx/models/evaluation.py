@@ -32,7 +32,9 @@ class Metrics:
         accuracy: fraction correct, in [0, 1].
         loss: mean cross-entropy.
         confusion: int64 tensor (10, 10); row = true class, column = predicted class.
-        precision, recall, f1: float64 tensors (10,), per class.
+        precision: float64 tensor (10,), per class.
+        recall: float64 tensor (10,), per class.
+        f1: float64 tensor (10,), per class.
         n: number of images.
     """
 

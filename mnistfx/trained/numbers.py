@@ -132,7 +132,7 @@ def find_digits(image: ImageInput, *, invert: bool | None = None, source: str | 
         A list of :class:`FoundDigit`, boxes in the image's own pixels.
 
     Raises:
-        MnistfxError: the image cannot be read, shows no digit, or more than :data:`MAX_DIGITS` marks.
+        MnistfxError: the image cannot be read, shows no digit, or more than ``MAX_DIGITS`` marks.
     """
     gray, alpha, (width, height), source = _load(image, source)
     if alpha is not None:  # transparent is paper

@@ -7,6 +7,7 @@ and only when a plot is drawn; without it the error says how to install it.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import torch
@@ -55,15 +56,15 @@ def plot_history(history: list[dict], path: StrPath) -> Path:
     epochs = [h["epoch"] for h in history]
     validated = all(is_finite(h.get("val_loss")) and is_finite(h.get("val_accuracy")) for h in history)
     fig, (loss, acc) = plt.subplots(1, 2, figsize=(10, 4))
-    loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (the loss trained on)")
     if validated:
-        loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+        loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation (cross-entropy)")
         acc.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", color="C1")
     else:
         acc.text(0.5, 0.5, "no validation set", ha="center", va="center", transform=acc.transAxes)
-    loss.set(xlabel="epoch", ylabel="loss", title="loss (train: the training loss; validation: cross-entropy)")
-    loss.legend()
-    acc.set(xlabel="epoch", ylabel="%", title="validation accuracy")
+    loss.set(xlabel="epoch", ylabel="loss", title="loss per epoch")
+    loss.legend(loc="upper right")
+    acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
     for ax in (loss, acc):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
@@ -231,7 +232,8 @@ def plot_run(
     Arguments:
         run_dir: the folder ``mnistfx train`` wrote, or any file in it (its ``weights.safetensors``,
             ``history.json`` or checkpoint).
-        out: where to write the PNGs (default: the run folder).
+        out: the folder to write the PNGs into (made if absent, in a folder that exists; default: the run
+            folder).
         data: MNIST already loaded (default: :func:`~mnistfx.load_mnist`).
         device: where to evaluate.
         model: the model's name, for weights of a model of one's own (registered).
@@ -251,8 +253,13 @@ def plot_run(
     weights = load_model_weights(folder / WEIGHTS_FILE, model=model)
     history = load_history(folder)
     out = Path(out) if out is not None else folder
+    if not os.path.lexists(out) and out.parent.is_dir():
+        try:
+            out.mkdir()  # the folder named for the pictures (its parent must exist)
+        except OSError as e:
+            raise MnistfxError(f"cannot make the folder {out} ({e.strerror}): pass a folder you can write to") from None
     if not out.is_dir():
-        raise MnistfxError(f"{out} is not a folder: pass an existing folder to `out`")
+        raise MnistfxError(f"{out} is not a folder, nor a new one in a folder: pass a folder to `out`")
     data = data or load_mnist()
     weights = weights.to(dev)
     probs = weights.probabilities(data.test_images).cpu()

@@ -119,7 +119,7 @@ class Busy(MnistfxError):
 
 
 class DigitServer(ThreadingHTTPServer):
-    """The HTTP server of :func:`make_server`: a thread per connection, at most :data:`MAX_CONNECTIONS`."""
+    """The HTTP server of :func:`make_server`: a thread per connection, at most ``MAX_CONNECTIONS``."""
 
     daemon_threads = True
     request_queue_size = MAX_CONNECTIONS  # the listen backlog: a burst waits in the kernel, not refused

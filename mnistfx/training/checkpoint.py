@@ -48,7 +48,7 @@ class Checkpoint:
         params: the parameters (an ensemble's stacked on a leading member axis).
         state: the model's state (``{}`` for a model without state).
         opt_state: the optimiser state (``step``, ``hyper`` and its buffers, e.g. Adam's ``mu`` and ``nu``).
-        rng: the state of each generator in :data:`GENERATORS`, as uint8 tensors.
+        rng: the state of each generator in ``GENERATORS``, as uint8 tensors.
         perm: the epoch's order of training images (while the epoch is unfinished).
         loss_sum: the sum of the epoch's step losses so far.
         history: the finished epochs' history entries.

@@ -84,7 +84,7 @@ class TrainConfig:
         schedule: ``"linear"`` (``warmup`` and ``decay`` above), ``"cosine"`` (after ``warmup``, down to 0),
             ``"one-cycle"`` (``torch.optim.lr_scheduler.OneCycleLR``'s shape, rising over ``warmup`` or 0.3
             of the steps) or ``"step"`` (times ``gamma`` after every epoch): see
-            :mod:`mnistfx.training.schedules`.
+            ``mnistfx.training.schedules``.
         gamma: the step schedule's factor.
         label_smoothing: cross-entropy label smoothing (0: none).
         augment: random rotation ±15°, shift ±10 %, scale 0.9-1.1 on every training batch.
@@ -396,7 +396,7 @@ RECIPES = {
             precision="bf16",
         ),
     },
-    "dp": {  # DP-SGD (see the README): the published recipes, ε ≤ 3 at δ = 1e-5 on all 60,000 images
+    "dp": {  # DP-SGD (docs/results.md): the published recipes, ε ≤ 3 at δ = 1e-5 on all 60,000 images
         # JAX's and TF Privacy's MNIST examples: 96.6 % at σ 1.1, clip 1, batch 256, 60 epochs, SGD 0.15
         "dpcnn": TrainConfig(
             model="dpcnn",

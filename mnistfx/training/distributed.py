@@ -108,6 +108,25 @@ def start(parallel: Parallel) -> None:
         ) from None
 
 
+def start_parallel() -> Parallel | None:
+    """Join the data-parallel run this process was started in, by torchrun (or ``mnistfx train --nproc``):
+    read its place from the environment and join the other processes. Call it once in every process, then
+    pass what it returns to :func:`~mnistfx.train` or :func:`~mnistfx.resume` as ``parallel``.
+
+    Returns:
+        This process's :class:`~mnistfx.Parallel`, or ``None`` in a process that runs alone (then train as
+        usual).
+
+    Raises:
+        ConfigError: torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) that do not fit.
+        MnistfxError: the other processes cannot be reached at the address torchrun gave.
+    """
+    parallel = from_environment()
+    if parallel is not None:
+        start(parallel)
+    return parallel
+
+
 def _check_address(parallel: Parallel) -> None:
     """Refuse a ``MASTER_ADDR`` that does not resolve, or a ``MASTER_PORT`` that is no port, at once: the
     rendezvous would retry it until its timeout."""
@@ -138,13 +157,12 @@ def check_started(parallel) -> None:
     """``parallel`` must be a :class:`Parallel` of the process group this process joined (:func:`start`)."""
     if not isinstance(parallel, Parallel):
         raise TypeError(
-            "parallel must be a mnistfx.training.distributed.Parallel (from from_environment()), "
-            f"not {type(parallel).__name__}"
+            f"parallel must be a mnistfx.Parallel (from mnistfx.start_parallel()), not {type(parallel).__name__}"
         )
     if not dist.is_initialized() or (dist.get_rank(), dist.get_world_size()) != (parallel.rank, parallel.world):
         raise ConfigError(
             f"rank {parallel.rank} of {parallel.world} has not joined its process group: call "
-            "mnistfx.training.distributed.start(parallel) first, in a process torchrun started"
+            "mnistfx.start_parallel() first, in a process torchrun started"
         )
 
 

@@ -275,8 +275,8 @@ def train(
         loss: the loss function of :func:`~mnistfx.make_train_step` (default: cross-entropy with the
             config's label smoothing); pass the same one to :func:`resume`.
         test: evaluate on the test set at the end (``False`` for sweeps, which must not look at it).
-        parallel: train data-parallel as this rank (see :mod:`mnistfx.training.distributed`; the process group
-            must be started): rank 0 alone writes ``checkpoint_dir``, reports and evaluates, and the
+        parallel: train data-parallel as this rank, from :func:`~mnistfx.start_parallel` in a process
+            torchrun started: rank 0 alone writes ``checkpoint_dir``, reports and evaluates, and the
             other ranks' :class:`Run` has no metrics.
         optimizer: an :class:`~mnistfx.Optimizer` to train with instead of the one the config describes
             (its ``optimizer``, ``lr``, ``weight_decay``, ``momentum`` and schedule fields); the config

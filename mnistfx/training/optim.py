@@ -62,7 +62,7 @@ class Optimizer:
         name: e.g. ``"adam"`` (recorded with runs, with :meth:`describe`).
         transforms: the chain applied to the gradients, in order.
         lr: the learning rate's default (a hyperparameter: each state may hold its own).
-        schedule: a function of the step count scaling ``lr`` (see :mod:`mnistfx.training.schedules`),
+        schedule: a function of the step count scaling ``lr`` (see ``mnistfx.training.schedules``),
             or ``None`` for a constant rate.
     """
 
@@ -266,7 +266,7 @@ def adam(
         lr: the learning rate.
         betas: the decay rates of the first and second moment estimates.
         eps: added to the denominator for numerical stability.
-        schedule: scales ``lr`` at each step (see :mod:`mnistfx.training.schedules`); ``None``: constant.
+        schedule: scales ``lr`` at each step (see ``mnistfx.training.schedules``); ``None``: constant.
 
     Returns:
         An :class:`Optimizer` whose state holds ``step``, ``hyper`` (``lr``), ``mu`` and ``nu``.

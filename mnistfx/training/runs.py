@@ -50,7 +50,8 @@ class Run:
         val: metrics on the validation split after the last epoch.
         test: metrics on the full 10,000-image test set (``None`` if it was not evaluated);
             an ensemble's from the mean of its members' probabilities.
-        member_val, member_test: an ensemble's metrics of each member.
+        member_val: an ensemble's metrics of each member, on the validation split.
+        member_test: an ensemble's metrics of each member, on the test set.
         seconds: wall time of the whole run; compile_seconds: of the first (compiling) step.
         processes: the data-parallel processes that trained it (1: one process).
         optimizer: the optimiser it trained with (:meth:`~mnistfx.Optimizer.describe`: name,

@@ -129,7 +129,7 @@ def constant() -> Schedule:
 
 def warmup_linear_decay(total_steps: int, decay_steps: int, warmup_steps: int = 0) -> Schedule:
     """Linear warm-up from 1/25 over ``warmup_steps``, linear decay to 0 over the last ``decay_steps`` of
-    ``total_steps`` (mnistfx's default shape; see :class:`WarmupLinearDecay`).
+    ``total_steps`` (mnistfx's default shape; see ``WarmupLinearDecay``).
 
     Raises:
         ConfigError: a count is not a whole number, or warm-up and decay together exceed the total.
@@ -143,7 +143,7 @@ def warmup_linear_decay(total_steps: int, decay_steps: int, warmup_steps: int = 
 
 def cosine(total_steps: int, warmup_steps: int = 0, final: float = 0.0) -> Schedule:
     """Cosine decay from 1 to ``final`` (a fraction of the peak) at ``total_steps``, after an optional linear
-    warm-up (see :class:`Cosine`).
+    warm-up (see ``Cosine``).
 
     Raises:
         ConfigError: a bad count, or ``final`` outside [0, 1].
@@ -155,7 +155,7 @@ def cosine(total_steps: int, warmup_steps: int = 0, final: float = 0.0) -> Sched
 
 def one_cycle(total_steps: int, rise: float = 0.3, div: float = 25.0, final_div: float = 1e4) -> Schedule:
     """A one-cycle schedule, as ``torch.optim.lr_scheduler.OneCycleLR`` with cosine annealing (see
-    :class:`OneCycle`): ``rise`` is the fraction of steps spent rising, ``div`` the peak over the start,
+    ``OneCycle``): ``rise`` is the fraction of steps spent rising, ``div`` the peak over the start,
     ``final_div`` the start over the end.
 
     Raises:
@@ -175,7 +175,7 @@ def one_cycle(total_steps: int, rise: float = 0.3, div: float = 25.0, final_div:
 
 
 def step_decay(step_size: int, gamma: float = 0.1) -> Schedule:
-    """Multiply the rate by ``gamma`` after every ``step_size`` updates (see :class:`StepDecay`).
+    """Multiply the rate by ``gamma`` after every ``step_size`` updates (see ``StepDecay``).
 
     Raises:
         ConfigError: ``step_size`` not a whole number ≥ 1, or ``gamma`` outside (0, 1].

@@ -41,7 +41,7 @@ def make_train_step(
         precision: ``"bf16"`` runs the forward pass under bf16 autocast (the loss, gradients
             and update stay float32); ``"fp32"`` does not.
         average: ``average(grads, loss, state) -> (grads, loss, state)``, applied before the update:
-            the means over data-parallel processes (see :func:`mnistfx.training.distributed.make_average`).
+            the means over data-parallel processes (see ``mnistfx.training.distributed.make_average``).
 
     Returns:
         The step; ``x`` and ``noise`` come from :func:`batch_inputs`.

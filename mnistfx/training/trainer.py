@@ -130,8 +130,8 @@ class Trainer:
         )
 
     def check(self, state: TrainState) -> None:
-        """:func:`~mnistfx.training.step.check_trainable` on the state's (first member's) parameters and
-        :func:`check_optimizer` on its optimiser: a model or optimiser that cannot train fails here, in one
+        """``check_trainable`` on the state's (first member's) parameters and
+        ``check_optimizer`` on its optimiser: a model or optimiser that cannot train fails here, in one
         line, before a step is compiled."""
         first = (lambda tree: unstack(tree)[0] if tree else tree) if self.members else (lambda tree: tree)
         check_trainable(
