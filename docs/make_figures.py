@@ -53,7 +53,7 @@ import numpy as np
 SEED = 0
 ENSEMBLE = 3
 ENSEMBLE_EPOCHS = 3
-NUMBER = "2024"  # the number in the synthetic photo (as in the README's example of `mnistfx read`)
+NUMBER = "2024"  # the number in the synthetic photo
 DRAWN = 2  # the digit drawn on the page
 MAX_BYTES = 200_000  # a figure larger than this is re-encoded with fewer colours
 

@@ -68,7 +68,8 @@ def page_files(trained_tuned, mnist, tmp_path_factory):
     if notebook.is_file():
         shutil.copyfile(notebook, pth)
     else:  # a checkpoint in the notebook's own format, where the published one is not beside the repository
-        mnistfx.export_notebook_checkpoint(trained_tuned, pth)
+        weights = mnistfx.load_model_weights(trained_tuned)
+        mnistfx.export_notebook_checkpoint(pth, weights.model, weights.params)
     return folder
 
 
