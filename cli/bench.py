@@ -10,6 +10,7 @@ from mnistfx.constants import (
     BENCH_MAX_SECONDS,
     MAX_BATCH_SIZE,
     MAX_ENSEMBLE,
+    MODELS,
     PRECISIONS,
 )
 
@@ -19,7 +20,7 @@ from .options import console, data_root_option, device_option, json_option, name
 @click.command()
 @device_option
 @click.option(
-    "--model", default="tuned", show_default=True, help="tuned, cnn, resnet, or MODULE:ATTR (a model of your own)."
+    "--model", default="tuned", show_default=True, help=f"{', '.join(MODELS)}, or MODULE:ATTR (a model of your own)."
 )
 @click.option(
     "--ensemble",

@@ -14,7 +14,7 @@ import click
 from click.core import ParameterSource
 
 import mnistfx
-from mnistfx.constants import MAX_CHECKPOINT_EVERY, MAX_NPROC, OPTIMIZERS, OWN_OPTIMIZER
+from mnistfx.constants import MAX_CHECKPOINT_EVERY, MAX_NPROC, MODELS, OPTIMIZERS, OWN_OPTIMIZER
 from mnistfx.training.config import RECIPES
 
 from .flags import in_flags
@@ -164,7 +164,7 @@ def train(model, recipe_name, out, checkpoint_every, resume_dir, overwrite, no_t
         _refuse_settings_with_resume(click.get_current_context())
     elif model is None:
         raise click.UsageError(
-            "Missing argument 'MODEL': name a model (tuned, cnn, resnet or MODULE:ATTR), or pass --resume FOLDER."
+            f"Missing argument 'MODEL': name a model ({', '.join(MODELS)} or MODULE:ATTR), or pass --resume FOLDER."
         )
     model = None if model is None else named_model(model)
     spec = settings["optimizer"]

@@ -132,7 +132,7 @@ def benchmark(
     """Measure images per second, eager and compiled, for each kind and batch size.
 
     Arguments:
-        model: one of :data:`mnistfx.MODELS`.
+        model: the name of a built-in model (:data:`mnistfx.MODELS`) or of a registered one.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         batch_sizes: the batch sizes to measure.
         kinds: ``"train"`` (the whole train step with its batch preparation) and/or ``"infer"``.

@@ -89,7 +89,14 @@ def test_plot_mistakes_draws_float_images_as_it_draws_uint8_ones(tuned, u8, mnis
     labels, probs = mnist.test_labels[:500], tuned.probabilities(u8)
     titles = []
     save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: titles.append(fig._suptitle.get_text()) or save(fig, path))
+    tiles = []
+
+    def keep(fig, path):
+        titles.append(fig._suptitle.get_text())
+        tiles.append([ax.get_title() for ax in fig.axes if ax.get_title()])
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
     a = mnistfx.plot_mistakes(u8, labels, probs, tmp_path / "u8.png", most=16)
     b = mnistfx.plot_mistakes(u8.double() / 255, labels, probs, tmp_path / "f.png", most=16, data_name="PGD images")
     pixels = [np.asarray(Image.open(p).convert("L"), dtype=np.int16) for p in (a, b)]
@@ -99,6 +106,10 @@ def test_plot_mistakes_draws_float_images_as_it_draws_uint8_ones(tuned, u8, mnis
     assert np.abs(pixels[0][body] - pixels[1][body]).max() <= 1
     assert (pixels[1][body] > 200).sum() > 1000  # white ink on the tiles, not all-black tiles
     assert "on the test set" in titles[0] and "on the PGD images (500 images)" in titles[1]
+    # each tile says true→predicted and the probability given to the prediction, most confident first
+    conf, pred = probs.max(1)
+    wrong = sorted((i for i in range(500) if pred[i] != labels[i]), key=lambda i: -float(conf[i]))[:16]
+    assert tiles[0] == tiles[1] == [f"{labels[i]}→{pred[i]} {100 * float(conf[i]):.0f}%" for i in wrong]
 
 
 def test_top_mistakes_are_the_most_confident_wrong_predictions(tuned, u8, mnist):

@@ -34,7 +34,9 @@ def random_affine(
     Arguments:
         x: float images of shape (N, 1, H, W).
         key: an ``int`` seed or a ``torch.Generator`` on ``x.device``.
-        degrees, translate, scale: the ranges, as above.
+        degrees: the largest rotation, in degrees either way.
+        translate: the largest shift, as a fraction of the image's side, either way.
+        scale: the range ``(low, high)`` of the scale factor.
         fill: the value of pixels that come from outside the image.
         rows, n: ``x`` holds these rows of a batch of ``n`` images: the random numbers are drawn for
             all ``n`` and these rows warped (a data-parallel rank's shard of a global batch).

@@ -168,9 +168,12 @@ def evaluate(model: Model, params: dict, images: torch.Tensor, labels: torch.Ten
     """Accuracy, loss, per-class precision / recall / F1 and the confusion matrix.
 
     Arguments:
-        model, params, images: as :func:`logits` (keyword arguments are passed on); an ensemble
-            (``members=K``) is scored on the mean of its members' probabilities.
+        model: the :class:`~mnistfx.Model`.
+        params: its parameters (an ensemble's stacked, with ``members=K``: scored on the mean of its
+            members' probabilities).
+        images: uint8 images of 0-255, or float images in [0, 1], as :func:`logits` takes them.
         labels: int64 tensor (N,) of digits 0-9.
+        kwargs: passed on to :func:`logits` (``state``, ``members``, ``batch_size``, ...).
 
     Returns:
         A :class:`Metrics`; its loss is the cross-entropy (an ensemble's: of the mean probabilities).
@@ -222,8 +225,11 @@ def evaluate_members(
     """Each ensemble member's :class:`Metrics` (``params`` and ``state`` stacked, as :func:`evaluate`).
 
     Arguments:
-        model, images, labels: as :func:`evaluate` (uint8 images of 0-255, or float images in [0, 1]).
-        params, state: the ensemble's, stacked on a leading member axis.
+        model: the :class:`~mnistfx.Model`.
+        params: the ensemble's parameters, stacked on a leading member axis.
+        images: uint8 images of 0-255, or float images in [0, 1].
+        labels: int64 tensor (N,) of digits 0-9.
+        state: the ensemble's model state, stacked likewise (``None``: none).
         members: the ensemble's size.
 
     Returns:

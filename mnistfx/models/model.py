@@ -194,7 +194,7 @@ def check_finite(tensors: dict, *, source: str, fix: str = "the run diverged: tr
 
 
 class Model:
-    """A model as pure functions over a flat parameter dict (see the module's docstring).
+    """A model as pure functions over a flat parameter dict (the contract: docs/library/models.md).
 
     Arguments:
         name: what runs, weights files and the command line call it (letters, digits, ``_.-``).

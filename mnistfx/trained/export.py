@@ -74,7 +74,8 @@ def export_onnx(weights: Weights | StrPath, path: StrPath, *, overwrite: bool = 
     """Write ``weights`` as one self-contained ONNX file (weights embedded) with torch's dynamo exporter.
 
     The graph takes ``images``, uint8 (N, 28, 28) with any N, and gives ``logits``, float32 (N, 10)
-    (see the module's docstring); the file's metadata names the model and its ensemble size.
+    (the model's own input scaling inside, eval mode, an ensemble's log mean probability); the file's
+    metadata names the model and its ensemble size.
 
     Arguments:
         weights: a :class:`~mnistfx.Weights`, or the path of a weights file (as

@@ -145,9 +145,11 @@ def plot_mistakes(
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i, true, pred, conf in zip(axes.flat, *(t.tolist() for t in mistakes[:4]), strict=False):
+    m = mistakes
+    tiles = zip(m.indices.tolist(), m.true.tolist(), m.predicted.tolist(), m.confidence.tolist(), strict=True)
+    for ax, (i, true, predicted, confidence) in zip(axes.flat, tiles, strict=False):
         ax.imshow(images[i].reshape(28, 28).float().cpu().numpy(), cmap="gray", vmin=0, vmax=top)
-        ax.set_title(f"{true}→{pred} {100 * conf:.0f}%", fontsize=8, color="C3")
+        ax.set_title(f"{true}→{predicted} {100 * confidence:.0f}%", fontsize=8, color="C3")
     fig.suptitle(
         f"{mistakes.total} mistakes on the {data_name} ({len(images):,} images), most confident first "
         "(true→predicted, probability)",

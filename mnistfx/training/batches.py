@@ -55,8 +55,10 @@ def batch_inputs(
         model: the model.
         images: uint8 images (N, 28, 28), (N, 1, 28, 28) or (N, 784), on the device the step runs on.
         idx: the batch's indices into ``images``.
-        aug_key, drop_key: ``torch.Generator`` (or seeds) for the augmentation and dropout.
-        augment, faithful_fill: as in :class:`~mnistfx.TrainConfig`.
+        aug_key: a ``torch.Generator`` (or seed) for the augmentation.
+        drop_key: a ``torch.Generator`` (or seed) for the dropout noise.
+        augment: whether to augment, as in :class:`~mnistfx.TrainConfig`.
+        faithful_fill: the notebook's fill, as in :class:`~mnistfx.TrainConfig`.
         members: for an ensemble step, draw this many members' noise (stacked on a leading axis);
             the images are shared.
         rows: make only these positions of ``idx`` (a data-parallel rank's shard); the random numbers

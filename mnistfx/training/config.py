@@ -64,8 +64,8 @@ class TrainConfig:
     is available is checked when training starts.
 
     Attributes:
-        model: the model's name (``"tuned"``, ``"cnn"``, or one registered with
-            :func:`~mnistfx.register_model`).
+        model: the model's name: a built-in one (:data:`~mnistfx.MODELS`) or one registered with
+            :func:`~mnistfx.register_model`.
         epochs: passes over the training split.
         batch_size: images per step (the last partial batch of each epoch is dropped).
         lr: the optimiser's (peak) learning rate; for an ensemble, a tuple of one per member trains them
