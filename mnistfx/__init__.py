@@ -18,6 +18,7 @@ _MODULES = {
     "data.mnist": "load_mnist MNIST train_val_split verify_mnist",
     "data.augment": "random_affine",
     "data.digit_images": "decode_image prepare_digit read_digit_images",
+    "data.corruptions": "corrupt CORRUPTIONS",
     "constants": "MODELS",
     "rng": "as_generator fold_in",
     "models.model": "check_images check_model check_params check_state Model num_params",
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .bench import benchmark, benchmark_ensemble
     from .constants import MODELS
     from .data.augment import random_affine
+    from .data.corruptions import CORRUPTIONS, corrupt
     from .data.digit_images import decode_image, prepare_digit, read_digit_images
     from .data.fetch import fetch_mnist
     from .data.idx import default_root

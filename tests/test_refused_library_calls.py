@@ -269,6 +269,30 @@ class _Modules:
             "random_affine takes float images of shape",
         ),
         (
+            lambda c: mnistfx.corrupt(c.u8, "snow", seed=0),
+            mnistfx.ConfigError,
+            r"^`name` must be one of shot_noise, impulse_noise, .*, canny_edges, not 'snow'$",
+        ),
+        (
+            lambda c: mnistfx.corrupt(c.x.squeeze(1), "fog", seed=0),
+            TypeError,
+            r"^images must be a uint8 tensor \(0-255\), not torch.float32: convert float images in \[0, 1\] with",
+        ),
+        (lambda c: mnistfx.corrupt(c.u8.numpy(), "fog", seed=0), TypeError, "uint8 tensor .*, not ndarray"),
+        (
+            lambda c: mnistfx.corrupt(c.u8[:, None], "fog", seed=0),
+            ValueError,
+            r"^images must have shape \(N, 28, 28\), not \(2, 1, 28, 28\)$",
+        ),
+        (
+            lambda c: mnistfx.corrupt(c.u8[:1].expand(70_001, 28, 28), "stripe", seed=0),
+            ValueError,
+            "at most 70,000 images a call, not 70,001: pass them in slices, each with its `start`",
+        ),
+        (lambda c: mnistfx.corrupt(c.u8, "fog", seed=-1), mnistfx.ConfigError, "`seed` must be a whole number from 0"),
+        (lambda c: mnistfx.corrupt(c.u8, "fog", seed=1.5), mnistfx.ConfigError, "`seed` must be a whole number"),
+        (lambda c: mnistfx.corrupt(c.u8, "fog", seed=0, start=-2), mnistfx.ConfigError, "`start` must be a whole"),
+        (
             lambda c: mnistfx.adam(1e-3).update({"w": c.x}, mnistfx.adam(1e-3).init(c.params), c.params),
             ValueError,
             "must have the same names",
