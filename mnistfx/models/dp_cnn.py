@@ -13,9 +13,11 @@ apart), and 26,010 parameters::
     max pool 2x2, stride 1                                             -> 4 (4)
     fc1    512 -> 32, activation;  fc2  32 -> 10
 
-Every parameter starts as PyTorch's layers start (uniform in ±1/sqrt(fan_in), biases too), drawn
-from the given generator. :class:`DPConvNet` is the same network as an ``nn.Module`` with the same
-parameter names, for comparisons with libraries that take modules (``benchmarks/dp_opacus.py``).
+Each starts as its published code starts, drawn from the given generator: ``dpcnn`` as TF Privacy's
+tutorial (Keras's defaults: weights Glorot-uniform, in ±sqrt(6 / (fan_in + fan_out)), biases 0),
+``dpcnn_tanh`` as Tramèr & Boneh's (PyTorch's defaults: weights and biases uniform in
+±1/sqrt(fan_in)). :class:`DPConvNet` is the same network as an ``nn.Module`` with the same parameter
+names, for comparisons with libraries that take modules (``benchmarks/dp_opacus.py``).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ class DPArch:
 
     activation: str  # "relu" or "tanh"
     padding: int  # of conv1 (8x8, stride 2)
+    init: str  # "glorot" (Keras's default) or "torch" (PyTorch's default)
 
 
-DP_ARCHS = {"dpcnn": DPArch("relu", 3), "dpcnn_tanh": DPArch("tanh", 2)}
+DP_ARCHS = {"dpcnn": DPArch("relu", 3, "glorot"), "dpcnn_tanh": DPArch("tanh", 2, "torch")}
 
 SHAPES: dict[str, tuple[int, ...]] = {
     "conv1.weight": (16, 1, 8, 8),
@@ -54,11 +57,20 @@ SHAPES: dict[str, tuple[int, ...]] = {
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 
 
-def _init(g: torch.Generator) -> dict[str, torch.Tensor]:
-    """Every weight and bias ~ Uniform(±1/sqrt(fan_in)), PyTorch's default for these layers."""
+def _init(g: torch.Generator, how: str) -> dict[str, torch.Tensor]:
+    """``how="torch"``: every weight and bias ~ Uniform(±1/sqrt(fan_in)), PyTorch's default for these
+    layers; ``"glorot"``: weights ~ Uniform(±sqrt(6 / (fan_in + fan_out))) and biases 0, Keras's."""
     params = {}
     for key, shape in SHAPES.items():
-        bound = 1.0 / math.sqrt(math.prod(SHAPES[key.rpartition(".")[0] + ".weight"][1:]))
+        weight = SHAPES[key.rpartition(".")[0] + ".weight"]  # (out, in, *kernel)
+        fan_in, fan_out = math.prod(weight[1:]), weight[0] * math.prod(weight[2:])
+        if how == "torch":
+            bound = 1.0 / math.sqrt(fan_in)
+        elif key.endswith(".bias"):
+            params[key] = torch.zeros(shape)
+            continue
+        else:
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
         params[key] = torch.empty(shape).uniform_(-bound, bound, generator=g)
     return params
 
@@ -80,14 +92,18 @@ def make_dp_cnn(name: str = "dpcnn") -> Model:
     def apply(params, x):
         return _forward(params, x, arch)
 
-    model = Model(name, _init, apply)
+    def init(g: torch.Generator) -> dict[str, torch.Tensor]:
+        return _init(g, arch.init)
+
+    model = Model(name, init, apply)
     model._shapes = dict(SHAPES)  # known without drawing any numbers
     return model
 
 
 class DPConvNet(nn.Module):
     """``dpcnn`` (or ``dpcnn_tanh``) as an ``nn.Module`` with PyTorch's default initialisation (from the
-    global generator); ``load_state_dict(params)`` takes mnistfx parameters as they are."""
+    global generator, whatever the model's own); ``load_state_dict(params)`` takes mnistfx parameters
+    as they are."""
 
     def __init__(self, name: str = "dpcnn"):
         super().__init__()
