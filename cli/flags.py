@@ -33,6 +33,8 @@ _NO_FLAG = {
     "div",
     "final_div",
     "step_size",
+    "name",  # corrupt's corruption (no command yet)
+    "start",  # corrupt's position of the first image
 }
 _PHRASES = {
     "start the run again with `train(config)`": "start the run again without --resume",
