@@ -20,6 +20,7 @@ from .notebook import export_notebook, import_notebook
 from .options import printable
 from .plot import plot
 from .read import read
+from .robustness import robustness
 from .serve import serve
 from .train import train
 
@@ -30,7 +31,20 @@ def cli():
     """Handwritten-digit recognition (MNIST) with pure-function PyTorch models."""
 
 
-for command in (data, train, eval_, predict, read, export, serve, bench, plot, import_notebook, export_notebook):
+for command in (
+    data,
+    train,
+    eval_,
+    predict,
+    read,
+    robustness,
+    export,
+    serve,
+    bench,
+    plot,
+    import_notebook,
+    export_notebook,
+):
     cli.add_command(command)
 
 

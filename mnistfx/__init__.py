@@ -18,8 +18,9 @@ _MODULES = {
     "data.mnist": "load_mnist MNIST train_val_split verify_mnist",
     "data.augment": "random_affine",
     "data.digit_images": "decode_image prepare_digit read_digit_images",
-    "data.corruptions": "corrupt CORRUPTIONS",
-    "constants": "MODELS",
+    "data.corruptions": "corrupt",
+    "data.mnist_c": "load_mnist_c",
+    "constants": "CORRUPTIONS MODELS",
     "rng": "as_generator fold_in",
     "models.model": "check_images check_model check_params check_state Model num_params",
     "models.registry": "get_model import_model model_names register_model",
@@ -27,6 +28,7 @@ _MODULES = {
     "models.torch_module": "from_module to_module",
     "models.notebook_checkpoint": "export_notebook_checkpoint import_notebook_checkpoint",
     "models.weights_file": "load_weights save_weights",
+    "models.attacks": "fgsm make_attack_step pgd",
     "models.evaluation": "evaluate evaluate_members logits Metrics metrics_from_predictions Mistakes predict "
     "probabilities top_mistakes",
     "training.config": "recipe RECIPES TrainConfig",
@@ -47,7 +49,8 @@ _MODULES = {
     "trained.numbers": "find_digits FoundDigit read_number ReadDigit Reading",
     "trained.export": "export_onnx export_program load_program",
     "trained.server": "DigitServer make_server",
-    "trained.plots": "plot_confusion plot_history plot_members plot_mistakes plot_run",
+    "trained.robustness": "robustness Robustness",
+    "trained.plots": "plot_confusion plot_corruptions plot_history plot_members plot_mistakes plot_robustness plot_run",
     "runtime.device": "environment keep_freed_memory resolve_device",
     "runtime.cpu": "cpu_description",
     "bench": "benchmark benchmark_ensemble",
@@ -75,14 +78,16 @@ def __dir__():
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
     from ._io import to_json
     from .bench import benchmark, benchmark_ensemble
-    from .constants import MODELS
+    from .constants import CORRUPTIONS, MODELS
     from .data.augment import random_affine
-    from .data.corruptions import CORRUPTIONS, corrupt
+    from .data.corruptions import corrupt
     from .data.digit_images import decode_image, prepare_digit, read_digit_images
     from .data.fetch import fetch_mnist
     from .data.idx import default_root
     from .data.mnist import MNIST, load_mnist, train_val_split, verify_mnist
+    from .data.mnist_c import load_mnist_c
     from .errors import ConfigError, DataError, MnistfxError, ModelError, RunFolderError, WeightsError
+    from .models.attacks import fgsm, make_attack_step, pgd
     from .models.ensemble import make_ensemble_step, member_seed, stack, unstack
     from .models.evaluation import (
         Metrics,
@@ -105,7 +110,16 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .runtime.device import environment, keep_freed_memory, resolve_device
     from .trained.export import export_onnx, export_program, load_program
     from .trained.numbers import FoundDigit, ReadDigit, Reading, find_digits, read_number
-    from .trained.plots import plot_confusion, plot_history, plot_members, plot_mistakes, plot_run
+    from .trained.plots import (
+        plot_confusion,
+        plot_corruptions,
+        plot_history,
+        plot_members,
+        plot_mistakes,
+        plot_robustness,
+        plot_run,
+    )
+    from .trained.robustness import Robustness, robustness
     from .trained.server import DigitServer, make_server
     from .trained.weights import Weights, load_model_weights
     from .training.batches import augment_batch, batch_inputs

@@ -19,6 +19,24 @@ OPTIMIZERS = ("adam", "adamw", "sgd")  # as mnistfx.training.optim defines them
 OWN_OPTIMIZER = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # an optimiser of one's own, as MODULE:ATTR
 OPTIMIZER_NAME = re.compile(r"[A-Za-z_][\w.-]{0,63}")  # what an optimiser passed to train() may be called
 SCHEDULES = ("linear", "cosine", "one-cycle", "step")  # the schedules a TrainConfig names
+# MNIST-C's 15 corruptions (Mu & Gilmer 2019), in its order and spelling: mnistfx.data.corruptions makes them
+CORRUPTIONS = (
+    "shot_noise",
+    "impulse_noise",
+    "glass_blur",
+    "motion_blur",
+    "shear",
+    "scale",
+    "rotate",
+    "brightness",
+    "translate",
+    "stripe",
+    "fog",
+    "spatter",
+    "dotted_line",
+    "zigzag",
+    "canny_edges",
+)
 PER_MEMBER = ("lr", "weight_decay", "momentum", "label_smoothing")  # may differ between an ensemble's members
 PRECISIONS = ("fp32", "bf16")  # of the training forward pass
 MAX_ENSEMBLE = 64  # members trained in one step

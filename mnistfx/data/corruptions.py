@@ -83,27 +83,10 @@ import torch
 from torch.nn import functional as F
 
 from .._checks import check_choice, check_whole
-from ..constants import MAX_SEED
+from ..constants import CORRUPTIONS, MAX_SEED
 from ..errors import MnistfxError
 from ..rng import fold_in
 
-CORRUPTIONS = (
-    "shot_noise",
-    "impulse_noise",
-    "glass_blur",
-    "motion_blur",
-    "shear",
-    "scale",
-    "rotate",
-    "brightness",
-    "translate",
-    "stripe",
-    "fog",
-    "spatter",
-    "dotted_line",
-    "zigzag",
-    "canny_edges",
-)
 MAX_CORRUPT_IMAGES = 70_000  # all of MNIST in one call; more in slices, each with its `start`
 _INSTALL = "pip install 'mnistfx[robustness]'"
 _SIDE = 28

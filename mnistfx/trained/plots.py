@@ -1,4 +1,5 @@
-"""Pictures of a run: its learning curves, its confusion matrix and the test digits it gets wrong.
+"""Pictures of a run: its learning curves, its confusion matrix and the test digits it gets wrong; and of
+its robustness: accuracy under corruptions and attacks, and what the corruptions look like.
 
 matplotlib is the optional ``plot`` extra (``pip install 'mnistfx[plot]'``), imported only here
 and only when a plot is drawn; without it the error says how to install it.
@@ -15,12 +16,15 @@ import torch
 from .._checks import check_whole, is_finite
 from .._io import atomic_write_bytes
 from .._types import StrPath
+from ..constants import CORRUPTIONS
+from ..data.corruptions import corrupt
 from ..data.mnist import MNIST, load_mnist
 from ..errors import MnistfxError
 from ..models.evaluation import Metrics, evaluate_members, metrics_from_predictions, top_mistakes
 from ..models.model import check_images
 from ..runtime.device import resolve_device
 from ..training.runs import WEIGHTS_FILE, existing_run_folder, load_history
+from .robustness import Robustness
 from .weights import load_model_weights
 
 
@@ -158,6 +162,20 @@ def plot_mistakes(
     return _save(fig, path)
 
 
+def figure_folder(out: StrPath) -> Path:
+    """``out`` as a folder for pictures: made if it is new and its parent exists; a one-line
+    :class:`~mnistfx.MnistfxError` if it cannot be."""
+    out = Path(out)
+    if not os.path.lexists(out) and out.parent.is_dir():
+        try:
+            out.mkdir()  # the folder named for the pictures (its parent must exist)
+        except OSError as e:
+            raise MnistfxError(f"cannot make the folder {out} ({e.strerror}): pass a folder you can write to") from None
+    if not out.is_dir():
+        raise MnistfxError(f"{out} is not a folder, nor a new one in a folder: pass a folder to `out`")
+    return out
+
+
 def _check_data_name(data_name) -> str:
     if not isinstance(data_name, str) or not data_name.strip() or len(data_name) > 80 or not data_name.isprintable():
         raise ValueError(f"data_name must be a short line of text (e.g. 'test set'), not {data_name!r:.60}")
@@ -254,14 +272,7 @@ def plot_run(
     _pyplot()  # before any work: say how to install it
     weights = load_model_weights(folder / WEIGHTS_FILE, model=model)
     history = load_history(folder)
-    out = Path(out) if out is not None else folder
-    if not os.path.lexists(out) and out.parent.is_dir():
-        try:
-            out.mkdir()  # the folder named for the pictures (its parent must exist)
-        except OSError as e:
-            raise MnistfxError(f"cannot make the folder {out} ({e.strerror}): pass a folder you can write to") from None
-    if not out.is_dir():
-        raise MnistfxError(f"{out} is not a folder, nor a new one in a folder: pass a folder to `out`")
+    out = figure_folder(out if out is not None else folder)
     data = data or load_mnist()
     weights = weights.to(dev)
     probs = weights.probabilities(data.test_images).cpu()
@@ -282,3 +293,93 @@ def plot_run(
         )
         paths.append(plot_members([m.accuracy for m in members], metrics.accuracy, out / "members.png"))
     return paths
+
+
+def plot_robustness(result: Robustness, path: StrPath, *, title: str = "") -> Path:
+    """A :func:`~mnistfx.robustness` result as a PNG: a bar per corruption (clean first, the mean over
+    the corruptions as a line) and, beside it, accuracy under each attack against ε.
+
+    Arguments:
+        result: what :func:`~mnistfx.robustness` returned.
+        path: the PNG to write (atomically).
+        title: a line above both panels (e.g. the weights' name).
+
+    Returns:
+        ``path``.
+    """
+    if not isinstance(result, Robustness):
+        raise TypeError(f"result must be a mnistfx.Robustness (from robustness()), not {type(result).__name__}")
+    if title:
+        title = _check_data_name(title)
+    plt = _pyplot()
+    panels = (1 if result.corruptions else 0) + (1 if result.attacks else 0)
+    fig, axes = plt.subplots(
+        1, max(panels, 1), figsize=(12 if panels == 2 else 8, 4.2), squeeze=False, width_ratios=[3, 1][:panels] or None
+    )
+    axes = list(axes.flat)
+    if result.corruptions:
+        ax = axes.pop(0)
+        names = ["clean", *result.corruptions]
+        values = [100 * result.clean, *(100 * v for v in result.corruptions.values())]
+        bars = ax.bar(range(len(names)), values, color=["C2", *["C0"] * len(result.corruptions)])
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        mean = 100 * (result.mean_corruption or 0)
+        ax.axhline(mean, color="C3", lw=1, ls="--", label=f"mean over corruptions {mean:.1f}%")
+        ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=45, ha="right", fontsize=8)
+        ax.set(ylim=(0, 108), ylabel="accuracy (%)", title=f"MNIST-C corruptions ({result.images:,} test images)")
+        ax.legend(loc="lower left", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    if result.attacks:
+        ax = axes.pop(0)
+        for i, (attack, scores) in enumerate(result.attacks.items()):
+            eps = [0.0, *map(float, scores)]
+            ax.plot(
+                eps, [100 * result.clean, *(100 * v for v in scores.values())], "o-", color=f"C{i + 4}", label=attack
+            )
+        steps = result.settings.get("pgd_steps")
+        ax.set(
+            xlabel="ε (L∞, pixel units)",
+            ylabel="accuracy (%)",
+            ylim=(-3, 103),
+            title="attacks" + (f" (PGD: {steps} steps)" if steps and "pgd" in result.attacks else ""),
+        )
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_corruptions(images: torch.Tensor, path: StrPath, *, seed: int = 0) -> Path:
+    """Digits under each of MNIST-C's corruptions (:func:`~mnistfx.corrupt`), as a PNG grid: one row
+    per digit, the clean image first.
+
+    Arguments:
+        images: uint8 digits (N, 28, 28) of 0-255, N from 1 to 10 (or one digit, (28, 28)).
+        path: the PNG to write (atomically).
+        seed: the corruptions' seed.
+
+    Returns:
+        ``path``.
+    """
+    if isinstance(images, torch.Tensor) and images.dim() == 2:
+        images = images[None]
+    images = check_images(images).reshape(-1, 28, 28)
+    if not 1 <= len(images) <= 10:
+        raise ValueError(f"images must hold 1 to 10 digits (one row each), not {len(images)}")
+    rows = [
+        [images[i]] + [corrupt(images[i : i + 1], n, seed=seed, start=i)[0] for n in CORRUPTIONS]
+        for i in range(len(images))
+    ]
+    plt = _pyplot()
+    cols = 1 + len(CORRUPTIONS)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.95, len(rows) * 1.1 + 0.4), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            ax = axes[r][c]
+            ax.imshow(image.cpu().numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(("clean", *CORRUPTIONS)[c].replace("_", "\n"), fontsize=7)
+    return _save(fig, path)
