@@ -72,6 +72,11 @@ def _radii(ctx, param, value):
     help="Score MNIST-C's published files in this folder (the unpacked mnist_c.zip) instead of making the corruptions.",
 )
 @click.option(
+    "--transfer-from",
+    type=click.Path(),
+    help="Also score PGD examples crafted on these other weights (a transfer attack: a check for masked gradients).",
+)
+@click.option(
     "--plot", "plot_dir", type=click.Path(), help="Also draw robustness.png and corruptions.png in this folder."
 )
 @click.option("--compile/--no-compile", default=True, help="Compile the attack step (default) or run it eagerly.")

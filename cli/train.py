@@ -121,7 +121,8 @@ def _config_options(command):
     default="default",
     show_default=True,
     help="default: the notebook's recipe (15 epochs for tuned); fast: tuned to 99.1 % in under a minute; "
-    "dp: DP-SGD's published recipes for dpcnn and dpcnn_tanh. The options below override single values.",
+    "dp: DP-SGD's published recipes for dpcnn and dpcnn_tanh; adversarial: FGSM training of smallcnn at "
+    "eps 0.3. The options below override single values.",
 )
 @_config_options
 @click.option("--out", type=click.Path(), help="Output folder (default: runs/MODEL-seedN, runs/MODEL-RECIPE-seedN).")
@@ -148,7 +149,7 @@ def _config_options(command):
 def train(model, recipe_name, out, checkpoint_every, resume_dir, overwrite, no_test, nproc, as_json, **settings):
     """Train MODEL with a recipe; write weights, history and a checkpoint.
 
-    MODEL is tuned, cnn, resnet, dpcnn or dpcnn_tanh, or a model of your own as MODULE:ATTR (e.g.
+    MODEL is tuned, cnn, resnet, dpcnn, dpcnn_tanh, smallcnn or madrycnn, or a model of your own as MODULE:ATTR (e.g.
     mymodels:mlp, the Model mlp in ./mymodels.py; only name code you trust). The checkpoint
     (checkpoint.safetensors in the output folder) is written after every epoch; `mnistfx train --resume
     FOLDER` continues an interrupted run from it, bit for bit (name MODULE:ATTR again for a model of

@@ -21,6 +21,8 @@ What it does, in order (each step prints what it wrote and how long it took):
    ``mnistfx read --json`` reads it with step 1's weights; ``read.png`` draws the boxes and digits it
    reported, and below them the 28×28 images the model saw (``mnistfx.find_digits``). The figure is made
    only when the reading is right.
+5. ``mnistfx robustness`` on step 1's weights (all 10,000 test images, the 15 corruptions, FGSM and
+   PGD-40 at ε 0.1, 0.2, 0.3; a few minutes) with ``--plot``: ``robustness.png`` and ``corruptions.png``.
 
 Everything is seeded, so a rerun draws the same figures (training is bit for bit reproducible on the
 CPU), except the server's time in ``serve.png`` ("answered in ... ms"). Files are written only into
@@ -504,6 +506,15 @@ def make_all(out: Path, work: Path, browser: str, driver: str) -> dict[str, Any]
     with step(f"a synthetic photo of {NUMBER}, read: number.jpg, read.png") as made:
         facts["read"] = read_figure(work / "tuned" / "weights.safetensors", work, out)
         made += [out / "number.jpg", out / "read.png"]
+    with step("tuned under corruptions and attacks: robustness.png, corruptions.png") as made:
+        weights = work / "tuned" / "weights.safetensors"
+        pictures = work / "robustness"
+        report = run(
+            [*mnistfx_command(), "robustness", str(weights), "--plot", str(pictures), "--json"], "mnistfx robustness"
+        )
+        facts["robustness"] = {k: v for k, v in json.loads(report).items() if k != "settings"}
+        for name in ("robustness.png", "corruptions.png"):
+            made.append(publish(pictures / name, out, name))
     return facts
 
 

@@ -36,6 +36,7 @@ _MODULES = {
     "training.optim": "adam adamw add_decayed_weights chain clip_by_global_norm config_optimizer lr_schedule "
     "import_optimizer Optimizer scale_by_adam sgd trace Transform",
     "training.state": "TrainState",
+    "training.adversarial": "make_adversarial_step",
     "training.privacy": "make_private_step noise_for_epsilon privacy_spent",
     "training.step": "make_multi_step make_train_step",
     "training.batches": "augment_batch batch_inputs",
@@ -122,6 +123,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .trained.robustness import Robustness, robustness
     from .trained.server import DigitServer, make_server
     from .trained.weights import Weights, load_model_weights
+    from .training.adversarial import make_adversarial_step
     from .training.batches import augment_batch, batch_inputs
     from .training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from .training.compiling import compile_step, use_compile_cache

@@ -13,7 +13,7 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
     VERSION = "0+unknown"
 
 NOTEBOOK_MODELS = ("tuned", "cnn")  # the notebook's two models, as mnistfx.models.notebook_cnns defines them
-MODELS = (*NOTEBOOK_MODELS, "resnet", "dpcnn", "dpcnn_tanh")  # built-in (resnet, dpcnn*: mnistfx.models.*)
+MODELS = (*NOTEBOOK_MODELS, "resnet", "dpcnn", "dpcnn_tanh", "smallcnn", "madrycnn")  # built-in: mnistfx.models.*
 MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")  # what a model may be called
 OPTIMIZERS = ("adam", "adamw", "sgd")  # as mnistfx.training.optim defines them
 OWN_OPTIMIZER = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # an optimiser of one's own, as MODULE:ATTR

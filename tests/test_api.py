@@ -132,11 +132,12 @@ def test_the_version_lives_in_one_place():
 def test_the_builtin_model_names_are_the_models():
     from mnistfx.constants import NOTEBOOK_MODELS
     from mnistfx.constants import OPTIMIZERS as OPTIMIZER_NAMES
+    from mnistfx.models.adversarial_cnns import ADV_ARCHS
     from mnistfx.models.dp_cnn import DP_ARCHS
     from mnistfx.models.notebook_cnns import ARCHS
     from mnistfx.training.optim import OPTIMIZERS
 
-    assert mnistfx.MODELS == (*NOTEBOOK_MODELS, "resnet", *DP_ARCHS) == mnistfx.model_names()[:5]
+    assert mnistfx.MODELS == (*NOTEBOOK_MODELS, "resnet", *DP_ARCHS, *ADV_ARCHS) == mnistfx.model_names()[:7]
     assert NOTEBOOK_MODELS == tuple(ARCHS)
     assert OPTIMIZER_NAMES == tuple(OPTIMIZERS)
 

@@ -89,7 +89,10 @@ def test_dropout_is_keyed_and_drops_at_its_rate(synthetic):
 
 @pytest.mark.fast
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model .lenet.: choose one of tuned, cnn, resnet, dpcnn, dpcnn_tanh"):
+    with pytest.raises(
+        ValueError,
+        match="unknown model .lenet.: choose one of tuned, cnn, resnet, dpcnn, dpcnn_tanh, smallcnn, madrycnn",
+    ):
         mnistfx.get_model("lenet")
 
 

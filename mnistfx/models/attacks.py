@@ -138,8 +138,8 @@ def pgd(
 
     An image counts as broken once the clean image or any point the attack reaches is
     misclassified, and that point is returned; each restart (a new random start) attacks only the
-    images no earlier one broke. The random starts come from ``seed`` and each image's position, so a
-    slice is attacked as it would be within the whole set.
+    images no earlier one broke. The random starts come from ``seed`` and each image's position, so
+    the first N images of a set start where they start within the whole set.
 
     Arguments:
         model: the model attacked, in evaluation mode.
@@ -237,9 +237,16 @@ def _attack(model, params, images, labels, eps, steps, step_size, restarts, seed
 
 
 def _random_start(seed: int, restart: int, n: int, eps: float) -> torch.Tensor:
-    """Uniform noise in [-eps, eps] for ``n`` images: the same for an image whatever the batch size."""
-    g = torch.Generator().manual_seed(fold_in(seed, f"pgd/start/{restart}"))
-    return (torch.rand(n, 1, 28, 28, generator=g) * 2 - 1) * eps
+    """Uniform noise in [-eps, eps] for ``n`` images, drawn in blocks of ``_START_BLOCK`` images from
+    generators of their own: image ``i``'s depends on ``i``, not on ``n`` or the batch size."""
+    blocks = []
+    for b in range(0, n, _START_BLOCK):
+        g = torch.Generator().manual_seed(fold_in(seed, f"pgd/start/{restart}/{b}"))
+        blocks.append(torch.rand(_START_BLOCK, 1, 28, 28, generator=g))
+    return (torch.cat(blocks)[:n] * 2 - 1) * eps if blocks else torch.empty(0, 1, 28, 28)
+
+
+_START_BLOCK = 256
 
 
 def _pad(t: torch.Tensor, size: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .._imports import import_attr
 from ..constants import MODELS, NOTEBOOK_MODELS
 from ..errors import ConfigError, WeightsError
+from .adversarial_cnns import ADV_ARCHS, make_adversarial_cnn
 from .dp_cnn import DP_ARCHS, make_dp_cnn
 from .model import Model
 from .notebook_cnns import reference_model
@@ -19,6 +20,7 @@ _REGISTRY: dict[str, Model] = {
     **{name: reference_model(name) for name in NOTEBOOK_MODELS},
     "resnet": make_resnet(),
     **{name: make_dp_cnn(name) for name in DP_ARCHS},
+    **{name: make_adversarial_cnn(name) for name in ADV_ARCHS},
 }
 
 

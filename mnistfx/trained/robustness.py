@@ -142,11 +142,11 @@ def robustness(
     say = progress or (lambda line: None)
     n = len(images)
     seconds: dict[str, float] = {}
+    files = load_mnist_c(mnist_c, corruptions) if mnist_c is not None and corruptions else None
     tic = time.perf_counter()
     clean = weights.evaluate(images, labels).accuracy
     scores: dict[str, float] = {}
     if corruptions:
-        files = load_mnist_c(mnist_c, corruptions) if mnist_c is not None else None
         for i, name in enumerate(corruptions):
             say(f"corruption {i + 1}/{len(corruptions)}: {name}")
             if files is None:

@@ -110,6 +110,14 @@ class TrainConfig:
             The privacy spent, ε at ``dp_delta``, is reported after each epoch.
         dp_clip: the largest L2 norm of one image's gradient.
         dp_delta: the δ of the (ε, δ) privacy reported.
+        adv_eps: train adversarially (see :func:`~mnistfx.make_adversarial_step`): each batch replaced by
+            adversarial examples within this L∞ radius, in [0, 1] pixel units (None: ordinary training).
+        adv_steps: the attack's steps from a random start: 1 is FGSM with a random start (Wong, Rice &
+            Kolter 2020), more is PGD (Madry et al. 2018).
+        adv_step_size: the attack's step (default: 1.25 ``adv_eps`` for one step, ``2.5 adv_eps /
+            adv_steps`` for more).
+        adv_warmup: the fraction of steps, at the start, over which the radius (and the attack's step)
+            rises linearly to ``adv_eps`` (0: ``adv_eps`` from the first step).
         recipe: the name of the recipe the config started from (informational).
 
     Each field's metadata says how the command line offers it (its flag's help, range or choices):
@@ -174,6 +182,19 @@ class TrainConfig:
         hi=1,
         open_lo=True,
         open_hi=True,
+    )
+    adv_eps: float | None = _field(
+        None, "Train on adversarial examples within this L∞ radius (pixel units, e.g. 0.3)", lo=0, hi=1, open_lo=True
+    )
+    adv_steps: int = _field(
+        1, "Adversarial training: the attack's steps (1: FGSM with a random start; more: PGD)", lo=1, hi=100
+    )
+    adv_step_size: float | None = _field(
+        None, "Adversarial training: the attack's step (default 1.25 eps for 1 step, else 2.5 eps / steps)",
+        lo=0, hi=1, open_lo=True,
+    )  # fmt: skip
+    adv_warmup: float = _field(
+        0.0, "Adversarial training: the fraction of steps over which the radius rises to --adv-eps", lo=0, hi=1
     )
     ensemble: int = _field(
         1, "Train this many members in one vmapped step (default 1: a single model)", lo=1, hi=MAX_ENSEMBLE
@@ -250,6 +271,24 @@ class TrainConfig:
         if not (is_finite(self.dp_delta) and 0 < self.dp_delta < 1):
             raise ConfigError(f"`dp_delta` must be a number between 0 and 1 (e.g. 1e-5), not {self.dp_delta!r}")
         fix("dp_delta", float(self.dp_delta))
+        if self.adv_eps is not None:
+            if not (is_finite(self.adv_eps) and 0 < self.adv_eps <= 1):
+                raise ConfigError(
+                    f"`adv_eps` must be a radius above 0 and at most 1 (pixel units), not {self.adv_eps!r}"
+                )
+            fix("adv_eps", float(self.adv_eps))
+            if self.dp_noise is not None:
+                raise ConfigError("train with DP-SGD (`dp_noise`) or adversarially (`adv_eps`), not both at once")
+        fix("adv_steps", check_whole("`adv_steps`", self.adv_steps, 1, 100))
+        if self.adv_step_size is not None:
+            if not (is_finite(self.adv_step_size) and 0 < self.adv_step_size <= 1):
+                raise ConfigError(f"`adv_step_size` must be above 0 and at most 1, not {self.adv_step_size!r}")
+            fix("adv_step_size", float(self.adv_step_size))
+        fix("adv_warmup", check_fraction("`adv_warmup`", self.adv_warmup))
+        if self.adv_eps is None and (self.adv_steps != 1 or self.adv_step_size is not None or self.adv_warmup):
+            raise ConfigError(
+                "`adv_steps`, `adv_step_size` and `adv_warmup` belong to adversarial training: set `adv_eps` too"
+            )
         most = MNIST_TRAIN_SIZE - self.val_size
         if self.train_size is not None:
             if not is_whole(self.train_size) or not 0 < self.train_size <= most:
@@ -382,6 +421,8 @@ RECIPES = {
         "cnn": TrainConfig(model="cnn", epochs=10, decay=0.2),
         "dpcnn": TrainConfig(model="dpcnn"),  # trained without privacy (see "dp" for DP-SGD)
         "dpcnn_tanh": TrainConfig(model="dpcnn_tanh"),
+        "smallcnn": TrainConfig(model="smallcnn"),  # trained clean (see "adversarial")
+        "madrycnn": TrainConfig(model="madrycnn"),
         "resnet": TrainConfig(
             model="resnet",
             epochs=15,
@@ -425,6 +466,21 @@ RECIPES = {
             dp_noise=1.23,
             dp_clip=0.1,
             recipe="dp",
+        ),
+    },
+    "adversarial": {  # docs/robustness.md: FGSM with a random start at ε 0.3 (Wong, Rice & Kolter 2020)
+        # their MNIST recipe: step 1.25 ε, 10 epochs, batch 100, Adam with a cyclic rate peaking at 5e-3
+        # after 40 % of the steps, no augmentation
+        "smallcnn": TrainConfig(
+            model="smallcnn",
+            epochs=10,
+            batch_size=100,
+            lr=5e-3,
+            warmup=0.4,
+            decay=0.6,
+            augment=False,
+            adv_eps=0.3,
+            recipe="adversarial",
         ),
     },
     "fast": {

@@ -37,6 +37,7 @@ from ..models.registry import get_model
 from ..rng import fold_in
 from ..runtime.device import keep_freed_memory, resolve_device
 from . import distributed
+from .adversarial import make_adversarial_step
 from .batches import batch_inputs
 from .checkpoint import GENERATORS, Checkpoint
 from .compiling import compile_step
@@ -374,6 +375,18 @@ def make_trainer(
     own_step = step is not None
     if step is None and cfg.dp_noise is not None:
         step = make_private_step(model, opt, clip=cfg.dp_clip, noise_multiplier=cfg.dp_noise, precision=cfg.precision)
+    if step is None and cfg.adv_eps is not None:
+        step = make_adversarial_step(
+            model,
+            opt,
+            eps=cfg.adv_eps,
+            batch_size=cfg.batch_size,
+            steps=cfg.adv_steps,
+            step_size=cfg.adv_step_size,
+            ramp_steps=round(cfg.adv_warmup * cfg.epochs * cfg.steps_per_epoch),
+            label_smoothing=cfg.first("label_smoothing"),
+            precision=cfg.precision,
+        )
     if step is None:
         step = make_train_step(
             model,
@@ -384,11 +397,12 @@ def make_trainer(
             average=None if parallel is None else distributed.make_average(parallel.world),
         )
     gaussian = getattr(step, "gaussian_size", 0)
-    most = 16 * sum(math.prod(shape) for shape in model.shapes().values())  # DP-SGD needs one per parameter
+    # DP-SGD needs one per parameter, adversarial training one per pixel of the batch
+    most = 16 * sum(math.prod(shape) for shape in model.shapes().values()) + 784 * cfg.batch_size
     if isinstance(gaussian, bool) or not isinstance(gaussian, int) or not 0 <= gaussian <= most:
         raise ConfigError(
             f"the step's gaussian_size attribute must be a whole number from 0 to {most:,} (16 per parameter of "
-            f"{model.name}), not {gaussian!r}"
+            f"{model.name} and 784 per image of the batch), not {gaussian!r}"
         )
     multi = make_multi_step(step, cfg.group)
     if members:
@@ -454,6 +468,16 @@ def check_settings(
             "`dp_noise` trains with the built-in DP-SGD step (and reports its privacy): leave out `step`, or "
             "`dp_noise` to train with a step of your own"
         )
+    if config.adv_eps is not None:
+        if step is not None:
+            raise ConfigError(
+                "`adv_eps` trains with the built-in adversarial step: leave out `step`, or `adv_eps` to train "
+                "with a step of your own"
+            )
+        if parallel is not None:
+            raise ConfigError("adversarial training runs in one process here: train without data parallelism")
+        if loss is not None:
+            raise ConfigError("adversarial training attacks and trains with cross-entropy: leave out `loss`")
     if config.dp_noise is not None:
         if parallel is not None:
             raise ConfigError(
