@@ -33,8 +33,9 @@ _NO_FLAG = {
     "div",
     "final_div",
     "step_size",
-    "name",  # corrupt's corruption (no command yet)
+    "name",  # corrupt's corruption
     "start",  # corrupt's position of the first image
+    "ramp_steps",  # make_adversarial_step's; the command line's is --adv-warmup, a fraction
 }
 _PHRASES = {
     "start the run again with `train(config)`": "start the run again without --resume",

@@ -214,7 +214,8 @@ def _attack(model, params, images, labels, eps, steps, step_size, restarts, seed
                 idx = left[i : i + batch_size]
                 x0, y = x0_all[idx], y_all[idx]
                 x = x0 if start is None else project(x0 + start[idx.cpu()].to(device), x0, eps)
-                if pad and len(idx) < batch_size:
+                k = len(idx)
+                if pad and k < batch_size:
                     x0, y, x = (_pad(t, batch_size) for t in (x0, y, x))
                 hit = torch.zeros(len(x), dtype=torch.bool, device=device)
                 found = x.clone()
@@ -222,6 +223,7 @@ def _attack(model, params, images, labels, eps, steps, step_size, restarts, seed
                     with blaming(model, "apply"):
                         _, ok = step(params, state, x0, x0, y, eps_t, size_t)
                     hit, found = ~ok, x0.clone()
+                hit[k:] = True  # the padding: never waited for
                 for j in range(steps + 1):  # the last pass only checks the last point
                     with blaming(model, "apply"):
                         nxt, ok = step(params, state, x, x0, y, eps_t, size_t)
@@ -231,7 +233,6 @@ def _attack(model, params, images, labels, eps, steps, step_size, restarts, seed
                         break
                     x = nxt
                 found[~hit] = x[~hit]
-                k = len(idx)
                 adv[idx], broken[idx] = found[:k], hit[:k]
     return adv.reshape(shape)
 

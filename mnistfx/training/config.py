@@ -194,7 +194,7 @@ class TrainConfig:
         lo=0, hi=1, open_lo=True,
     )  # fmt: skip
     adv_warmup: float = _field(
-        0.0, "Adversarial training: the fraction of steps over which the radius rises to --adv-eps", lo=0, hi=1
+        0.0, "Adversarial training: the fraction of steps over which the radius rises to its full size", lo=0, hi=1
     )
     ensemble: int = _field(
         1, "Train this many members in one vmapped step (default 1: a single model)", lo=1, hi=MAX_ENSEMBLE

@@ -477,7 +477,10 @@ def check_settings(
         if parallel is not None:
             raise ConfigError("adversarial training runs in one process here: train without data parallelism")
         if loss is not None:
-            raise ConfigError("adversarial training attacks and trains with cross-entropy: leave out `loss`")
+            raise ConfigError(
+                "adversarial training attacks and trains with cross-entropy, not a loss function of your own "
+                "(or train without `adv_eps`)"
+            )
     if config.dp_noise is not None:
         if parallel is not None:
             raise ConfigError(
