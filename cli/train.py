@@ -121,7 +121,7 @@ def _config_options(command):
     default="default",
     show_default=True,
     help="default: the notebook's recipe (15 epochs for tuned); fast: tuned to 99.1 % in under a minute; "
-    "dp: DP-SGD's published recipes for dpcnn and dpcnn_tanh; adversarial: FGSM training of smallcnn at "
+    "dp: DP-SGD's published recipes for dpcnn and dpcnn_tanh; adversarial: PGD training of smallcnn at "
     "eps 0.3. The options below override single values.",
 )
 @_config_options

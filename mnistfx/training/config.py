@@ -468,9 +468,12 @@ RECIPES = {
             recipe="dp",
         ),
     },
-    "adversarial": {  # docs/robustness.md: FGSM with a random start at ε 0.3 (Wong, Rice & Kolter 2020)
-        # their MNIST recipe: step 1.25 ε, 10 epochs, batch 100, Adam with a cyclic rate peaking at 5e-3
-        # after 40 % of the steps, no augmentation
+    "adversarial": {  # docs/robustness.md: PGD training at ε 0.3 (Madry et al. 2018) in Wong, Rice & Kolter's
+        # (2020) MNIST schedule: 10 epochs, batch 100, Adam with a rate rising to 5e-3 over 40 % of the steps
+        # and falling to 0 over the rest, no augmentation. Chosen on the validation split (seed 0, PGD-40 at
+        # ε 0.3 on 2,000 validation images): their FGSM with a random start overfitted (27.3 %, 98.1 % clean);
+        # PGD with 5 steps of 2.5 ε / 5, the radius rising over the first 30 % of the steps, kept 95.2 %
+        # (99.4 % clean). At ε 0.3 from the first step, PGD training stayed at chance.
         "smallcnn": TrainConfig(
             model="smallcnn",
             epochs=10,
@@ -480,6 +483,8 @@ RECIPES = {
             decay=0.6,
             augment=False,
             adv_eps=0.3,
+            adv_steps=5,
+            adv_warmup=0.3,
             recipe="adversarial",
         ),
     },
