@@ -24,22 +24,31 @@ if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
-# The files that take longest, longest first (measured with --durations on a cold compile cache). Two
-# workers each take the next file when they finish one, so the long ones start first and the short ones
-# fill in at the end; test_serve.py builds `trained_tuned` while the other worker is busy elsewhere, and
-# the other files that use it find it built.
+# The files that take longest, longest first, with their CPU seconds on a cold compile cache (2 cores, one torch
+# thread a worker; 2026-12-03). Each worker takes the next file when it is almost done with one (pytest-xdist 3.8
+# with --no-loadscope-reorder, pyproject.toml: without it xdist orders the files by their number of tests, and
+# this order is lost), so the long ones start first and the short ones fill in at the end. test_serve.py comes
+# first: its first test trains `trained_tuned` while the other worker runs test_distributed.py, and the other
+# files that use it (test_docs.py, test_export.py, test_read.py, test_serve_page.py) come after it and find it
+# trained, instead of waiting for its lock with a core idle (85 s of the suite when test_docs.py came first).
 _LONGEST_FIRST = (
-    "test_serve.py",
-    "test_resume.py",
-    "test_distributed.py",
-    "test_ensemble.py",
-    "test_resnet.py",
-    "test_docs.py",
-    "test_export.py",
-    "test_open_training.py",
-    "test_own_models.py",
-    "test_train.py",
-    "test_seams.py",
+    "test_serve.py",  # 92, of which trained_tuned 86
+    "test_distributed.py",  # 178, two ranks at a time
+    "test_resume.py",  # 107
+    "test_resnet.py",  # 85
+    "test_ensemble.py",  # 80
+    "test_robustness.py",  # about 70
+    "test_docs.py",  # 64
+    "test_adversarial_training.py",  # about 45
+    "test_open_training.py",  # 43
+    "test_own_models.py",  # 31
+    "test_train.py",  # 26
+    "test_privacy.py",  # 12
+    "test_serve_page.py",  # 5, in 20 s of a browser's time: not the last file
+    "test_export.py",  # 9
+    "test_seams.py",  # 9
+    "test_cli.py",  # 8
+    "test_optim.py",  # 7
 )
 
 

@@ -257,6 +257,12 @@ def test_headers_are_capped_in_all_not_only_line_by_line(served):
     ).startswith(b"HTTP/1.1 200 ")
 
 
+def _waiting(server, client: socket.socket) -> bool:
+    """Whether ``server`` has a thread waiting on ``client`` (for its request, or for it to take an answer)."""
+    with server.lock:
+        return any(h.client_address[:2] == client.getsockname()[:2] for h in server.waiting)
+
+
 def test_slow_clients_on_every_slot_do_not_keep_a_real_client_out(served, mnist, monkeypatch):
     """Every slot taken by a client that sends a byte and waits: a new client is still answered,
     each time, and the client that waited longest for its request is the one cut off."""
@@ -270,7 +276,12 @@ def test_slow_clients_on_every_slot_do_not_keep_a_real_client_out(served, mnist,
             s = socket.create_connection(served.server_address[:2], timeout=10)
             s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n\x89")
             slow.append(s)
-        time.sleep(0.5)  # all are in, each with its thread
+            # in, its thread waiting on it, before the next: their waits then begin in the list's order (threads
+            # started together begin in the order the machine runs them: on a loaded one, slow[1] before slow[0])
+            deadline = time.monotonic() + 60
+            while not _waiting(served, s):
+                assert time.monotonic() < deadline, "the server never waited on a connection it accepted"
+                time.sleep(0.001)
         for i in range(5):
             t0 = time.perf_counter()
             status, answer, _ = request(served, "POST", "/api/predict", png(mnist.test_images[i]))

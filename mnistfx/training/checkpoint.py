@@ -225,7 +225,29 @@ def load_checkpoint(path: StrPath, *, data: bytes | None = None, optimizer: Opti
     problem = _position_problem(ckpt) or _state_problem(ckpt)
     if problem:
         raise WeightsError(f"checkpoint {path} does not fit its run ({problem}): the file is damaged; {_RESTART}")
+    _in_fresh_order(ckpt, model, opt)
     return ckpt
+
+
+def _in_fresh_order(ckpt: Checkpoint, model, opt: Optimizer | None) -> None:
+    """Put the checkpoint's dicts in the order a fresh run's state has them (``Trainer.init_state``).
+
+    safetensors reads a file's tensors in an order of its own, another in each process, and the compiled step
+    traces its input dicts in their order: in the file's order a resumed run compiled a graph of its own in
+    every process (the compile cache never found it), and compiled again after the first call, whose outputs
+    (in the step's order) failed the first graph's guards. The keys were checked above."""
+    order = list(model.shapes())
+    ckpt.params = {k: ckpt.params[k] for k in order}
+    ckpt.state = {k: ckpt.state[k] for k in model.state_shapes()}
+    hyper = ckpt.opt_state["hyper"]
+    first = [*opt.hyper, "label_smoothing"] if opt is not None else []  # init's order; a per-member smoothing last
+    hyper_order = [k for k in first if k in hyper] + sorted(set(hyper) - set(first))
+    buffers = opt.buffers if opt is not None else sorted(set(ckpt.opt_state) - {"step", "hyper"})
+    ckpt.opt_state = {
+        "step": ckpt.opt_state["step"],
+        "hyper": {k: hyper[k] for k in hyper_order},
+        **{part: {k: ckpt.opt_state[part][k] for k in order} for part in buffers},
+    }
 
 
 def _optimizer_of(path: Path, ckpt: Checkpoint, given: Optimizer | None) -> Optimizer | None:
