@@ -53,7 +53,7 @@ def _radii(ctx, param, value):
     "--attacks",
     default="fgsm,pgd",
     show_default=True,
-    callback=_names(("fgsm", "pgd")),
+    callback=_names(mnistfx.constants.ATTACKS),
     help="fgsm, pgd, both or none.",
 )
 @click.option("--eps", default="0.1,0.2,0.3", show_default=True, callback=_radii, help="L∞ radii of the attacks.")

@@ -37,6 +37,8 @@ CORRUPTIONS = (
     "zigzag",
     "canny_edges",
 )
+ATTACKS = ("fgsm", "pgd")  # what `mnistfx robustness` attacks with (mnistfx.models.attacks)
+MAX_ADV_STEPS = 100  # adversarial training's attack steps: each is unrolled into the compiled graph
 PER_MEMBER = ("lr", "weight_decay", "momentum", "label_smoothing")  # may differ between an ensemble's members
 PRECISIONS = ("fp32", "bf16")  # of the training forward pass
 MAX_ENSEMBLE = 64  # members trained in one step

@@ -17,7 +17,7 @@ import torch
 
 from .._checks import check_whole, is_finite
 from .._types import StrPath
-from ..constants import CORRUPTIONS, MAX_SEED
+from ..constants import ATTACKS, CORRUPTIONS, MAX_SEED
 from ..data.corruptions import corrupt
 from ..data.mnist_c import load_mnist_c
 from ..errors import ConfigError
@@ -27,7 +27,6 @@ from ..models.model import check_images
 from ..training.compiling import compile_step
 from .weights import Weights
 
-ATTACKS = ("fgsm", "pgd")
 DEFAULT_EPS = (0.1, 0.2, 0.3)
 _ATTACK_BATCH = 500  # images attacked at once: the compiled step's one shape
 

@@ -19,14 +19,12 @@ import torch
 from torch.func import grad
 
 from .._checks import check_choice, check_whole, is_finite
-from ..constants import PRECISIONS
+from ..constants import MAX_ADV_STEPS, PRECISIONS
 from ..errors import ConfigError
 from ..models.attacks import attack_loss, project
 from ..models.model import Model
 from .optim import Optimizer
 from .step import make_train_step
-
-MAX_ATTACK_STEPS = 100  # each is unrolled into the compiled graph
 
 
 def default_step_size(eps: float, steps: int) -> float:
@@ -81,7 +79,7 @@ def make_adversarial_step(
         raise TypeError(f"model must be a mnistfx.Model, not {type(model).__name__}")
     if not (is_finite(eps) and 0 < eps <= 1):
         raise ConfigError(f"`adv_eps` must be a radius above 0 and at most 1 (pixel units), not {eps!r}")
-    steps = check_whole("`adv_steps`", steps, 1, MAX_ATTACK_STEPS)
+    steps = check_whole("`adv_steps`", steps, 1, MAX_ADV_STEPS)
     batch_size = check_whole("`batch_size`", batch_size, 1)
     ramp_steps = check_whole("`ramp_steps`", ramp_steps, 0)
     step_size = default_step_size(eps, steps) if step_size is None else step_size

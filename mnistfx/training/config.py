@@ -13,6 +13,7 @@ from typing import Any
 
 from .._checks import check_choice, check_fraction, check_positive, check_whole, is_finite, is_whole
 from ..constants import (
+    MAX_ADV_STEPS,
     MAX_BATCH_SIZE,
     MAX_ENSEMBLE,
     MAX_EPOCHS,
@@ -187,7 +188,7 @@ class TrainConfig:
         None, "Train on adversarial examples within this L∞ radius (pixel units, e.g. 0.3)", lo=0, hi=1, open_lo=True
     )
     adv_steps: int = _field(
-        1, "Adversarial training: the attack's steps (1: FGSM with a random start; more: PGD)", lo=1, hi=100
+        1, "Adversarial training: the attack's steps (1: FGSM with a random start; more: PGD)", lo=1, hi=MAX_ADV_STEPS
     )
     adv_step_size: float | None = _field(
         None, "Adversarial training: the attack's step (default 1.25 eps for 1 step, else 2.5 eps / steps)",
@@ -279,7 +280,7 @@ class TrainConfig:
             fix("adv_eps", float(self.adv_eps))
             if self.dp_noise is not None:
                 raise ConfigError("train with DP-SGD (`dp_noise`) or adversarially (`adv_eps`), not both at once")
-        fix("adv_steps", check_whole("`adv_steps`", self.adv_steps, 1, 100))
+        fix("adv_steps", check_whole("`adv_steps`", self.adv_steps, 1, MAX_ADV_STEPS))
         if self.adv_step_size is not None:
             if not (is_finite(self.adv_step_size) and 0 < self.adv_step_size <= 1):
                 raise ConfigError(f"`adv_step_size` must be above 0 and at most 1, not {self.adv_step_size!r}")
