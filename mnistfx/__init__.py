@@ -16,7 +16,7 @@ _MODULES = {
     "data.idx": "default_root",
     "data.fetch": "fetch_mnist",
     "data.mnist": "load_mnist MNIST train_val_split verify_mnist",
-    "data.augment": "random_affine",
+    "data.augment": "Augmentation random_affine",
     "data.digit_images": "decode_image prepare_digit read_digit_images",
     "data.corruptions": "corrupt",
     "data.mnist_c": "load_mnist_c",
@@ -80,7 +80,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from ._io import to_json
     from .bench import benchmark, benchmark_ensemble
     from .constants import CORRUPTIONS, MODELS
-    from .data.augment import random_affine
+    from .data.augment import Augmentation, random_affine
     from .data.corruptions import corrupt
     from .data.digit_images import decode_image, prepare_digit, read_digit_images
     from .data.fetch import fetch_mnist

@@ -44,6 +44,16 @@ def a_one_cycle_without_steps_to_rise(tmp_path):
     return _train(tmp_path, "tuned", "--schedule", "one-cycle", "--warmup", "0.01")
 
 
+@case("--aug-noise, --aug-erase and --aug-elastic follow the default warp", "--no-augment or --faithful-fill")
+def augmentations_without_the_warp(tmp_path):
+    return _train(tmp_path, "tuned", "--aug-erase", "0.5", "--no-augment")
+
+
+@case("--aug-elastic-sigma", "7.0 is not in the range 0<x<=6")
+def an_elastic_field_too_smooth_for_the_image(tmp_path):
+    return _train(tmp_path, "tuned", "--aug-elastic", "34", "--aug-elastic-sigma", "7")
+
+
 @case("--dp-noise must be 0", "between 0.1 and 1000, not 1e-300")
 def a_noise_the_accountant_cannot_take(tmp_path):
     return _train(tmp_path, "dpcnn", "--dp-noise", "1e-300")

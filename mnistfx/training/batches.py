@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .._types import Key
-from ..data.augment import check_rows, random_affine
+from ..data.augment import Augmentation, check_rows, random_affine
 from ..models.ensemble import stack
 from ..models.model import Model, check_images
 from ..rng import as_generator
@@ -21,6 +21,7 @@ def augment_batch(
     *,
     key: Key,
     faithful_fill: bool = False,
+    extra: Augmentation | None = None,
     rows: torch.Tensor | None = None,
     n: int | None = None,
 ) -> torch.Tensor:
@@ -28,11 +29,15 @@ def augment_batch(
 
     By default one warp (rotation, shift and scale together) fills with the background. With
     ``faithful_fill`` the notebook's order is kept: rotate, normalise, then shift and scale,
-    whose fill 0 is mid-grey in normalised space. With ``rows``, ``x01`` holds those rows of a batch
+    whose fill 0 is mid-grey in normalised space. ``extra`` augmentations follow the warp (not with
+    ``faithful_fill``), from the same generator. With ``rows``, ``x01`` holds those rows of a batch
     of ``n`` images, and the random numbers are drawn for all ``n``.
     """
     if not faithful_fill:
-        return model.normalize_input(random_affine(x01, key=key, rows=rows, n=n))
+        x01 = random_affine(x01, key=key, rows=rows, n=n)
+        return model.normalize_input(x01 if extra is None else extra(x01, key=key, rows=rows, n=n))
+    if extra:
+        raise ValueError("the notebook's warp (faithful_fill) takes no other augmentation")
     x = model.normalize_input(random_affine(x01, key=key, translate=0.0, scale=(1.0, 1.0), rows=rows, n=n))
     return random_affine(x, key=key, degrees=0.0, rows=rows, n=n)
 
@@ -46,6 +51,7 @@ def batch_inputs(
     drop_key: Key,
     augment: bool = True,
     faithful_fill: bool = False,
+    extra: Augmentation | None = None,
     members: int | None = None,
     rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Any]:
@@ -59,6 +65,7 @@ def batch_inputs(
         drop_key: a ``torch.Generator`` (or seed) for the dropout noise.
         augment: whether to augment, as in :class:`~mnistfx.TrainConfig`.
         faithful_fill: the notebook's fill, as in :class:`~mnistfx.TrainConfig`.
+        extra: the augmentations after the warp (``TrainConfig``'s ``aug_*`` fields), when ``augment``.
         members: for an ensemble step, draw this many members' noise (stacked on a leading axis);
             the images are shared.
         rows: make only these positions of ``idx`` (a data-parallel rank's shard); the random numbers
@@ -72,7 +79,7 @@ def batch_inputs(
         check_rows(rows, n, rows.numel() if isinstance(rows, torch.Tensor) else -1)
     x = check_images(images)[idx if rows is None else idx[rows]].reshape(-1, 1, 28, 28).float() / 255.0
     x = (
-        augment_batch(model, x, key=aug_key, faithful_fill=faithful_fill, rows=rows, n=n)
+        augment_batch(model, x, key=aug_key, faithful_fill=faithful_fill, extra=extra, rows=rows, n=n)
         if augment
         else model.normalize_input(x)
     )

@@ -92,6 +92,10 @@ class TrainConfig:
         clean_epochs: the last this many epochs train on unaugmented images.
         faithful_fill: warp as the notebook did, rotation then normalise then affine, so
             the affine's fill is mid-grey for ``tuned``; default: one warp, background fill.
+        aug_noise, aug_erase, aug_elastic, aug_elastic_sigma: augmentations after the warp, none of them one
+            of MNIST-C's corruptions (see :class:`~mnistfx.Augmentation`): Gaussian noise of a
+            standard deviation up to ``aug_noise``, random erasing with probability ``aug_erase``, elastic
+            distortion of strength ``aug_elastic`` and smoothness ``aug_elastic_sigma`` (0: each off).
         precision: ``"fp32"``, or ``"bf16"`` to run the training forward pass under bf16
             autocast (weights, gradients and Adam stay float32; evaluation is float32).
         val_size: training images held out for validation (chosen by the seed); 0 trains on all 60,000
@@ -168,6 +172,18 @@ class TrainConfig:
     augment: bool = _field(True, "Train on the images as they are")
     clean_epochs: int = _field(0, "Train the last N epochs without augmentation", lo=0, recipes=True)
     faithful_fill: bool = _field(False, "Augment as the notebook did (affine fill mid-grey for tuned)")
+    aug_noise: float = _field(
+        0.0, "Augment: Gaussian noise, its std up to this (pixel units, e.g. 0.3)", lo=0, hi=1, recipes=True
+    )
+    aug_erase: float = _field(
+        0.0, "Augment: the probability of erasing a random rectangle (random erasing)", lo=0, hi=1, recipes=True
+    )
+    aug_elastic: float = _field(
+        0.0, "Augment: elastic distortion of this alpha (as torchvision's ElasticTransform)", lo=0, hi=500, recipes=True
+    )
+    aug_elastic_sigma: float = _field(
+        5.0, "Augment: the elastic field's smoothness sigma, in pixels (default 5)", lo=0, hi=6, open_lo=True
+    )
     precision: str = _field("fp32", "bf16: autocast the training forward pass", choices=PRECISIONS, recipes=True)
     val_size: int = _field(5000, "Training images held out for validation (default 5000; 0: none)", lo=0)
     train_size: int | None = _field(None, "Train on only this many images (smoke runs)", lo=1)
@@ -289,6 +305,18 @@ class TrainConfig:
         if self.adv_eps is None and (self.adv_steps != 1 or self.adv_step_size is not None or self.adv_warmup):
             raise ConfigError(
                 "`adv_steps`, `adv_step_size` and `adv_warmup` belong to adversarial training: set `adv_eps` too"
+            )
+        for name in ("aug_noise", "aug_erase", "aug_elastic", "aug_elastic_sigma"):
+            meta = _METADATA[name]
+            value = getattr(self, name)
+            if not (is_finite(value) and meta["lo"] <= value <= meta["hi"]) or (meta["open_lo"] and value == 0):
+                low = f"above {meta['lo']}" if meta["open_lo"] else f"from {meta['lo']}"
+                raise ConfigError(f"`{name}` must be a number {low} to {meta['hi']}, not {value!r}")
+            fix(name, float(value))
+        if (self.aug_noise or self.aug_erase or self.aug_elastic) and (not self.augment or self.faithful_fill):
+            raise ConfigError(
+                "`aug_noise`, `aug_erase` and `aug_elastic` follow the default warp: they do not go with "
+                "`augment=False` or `faithful_fill=True`"
             )
         most = MNIST_TRAIN_SIZE - self.val_size
         if self.train_size is not None:

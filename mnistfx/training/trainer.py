@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.augment import Augmentation
 from ..data.mnist import MNIST, train_val_split
 from ..errors import ConfigError, MnistfxError, WeightsError
 from ..models.ensemble import make_ensemble_step, member_seed, stack, unstack
@@ -84,6 +85,12 @@ class Trainer:
     parallel: distributed.Parallel | None = None
     loss: Callable | None = None
     own_step: bool = False
+
+    @property
+    def augmentation(self) -> Augmentation:
+        """The augmentations after the warp, from the config's ``aug_*`` fields."""
+        cfg = self.config
+        return Augmentation(cfg.aug_noise, cfg.aug_erase, cfg.aug_elastic, cfg.aug_elastic_sigma)
 
     def init_state(self) -> TrainState:
         """The state before the first step: parameters from the seed (each member's from its own), model and
@@ -183,6 +190,7 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
         params, model_state, opt_state = state.params, state.model_state, state.opt_state
         augment = cfg.augment and epoch <= cfg.epochs - cfg.clean_epochs
+        extra = self.augmentation
         compile_seconds, t_epoch = 0.0, time.perf_counter()
         report_every = max(1, n_steps // 100)
 
@@ -201,6 +209,7 @@ class Trainer:
                 drop_key=g["dropout"],
                 augment=augment,
                 faithful_fill=cfg.faithful_fill,
+                extra=extra,
                 members=self.members,
                 rows=self.rows,
             )
