@@ -39,8 +39,11 @@ def _radii(ctx, param, value):
 
 @click.command()
 @click.argument("weights", type=click.Path())
+@click.option("--images", "count", type=click.IntRange(1, 10_000), help="Score only the first N images (a quick look).")
 @click.option(
-    "--images", "count", type=click.IntRange(1, 10_000), help="Score only the first N test images (a quick look)."
+    "--validation",
+    is_flag=True,
+    help="Score the run's validation images (those its seed held out) instead of the test images: to choose a recipe.",
 )
 @click.option(
     "--corruptions",
@@ -85,17 +88,20 @@ def _radii(ctx, param, value):
 @click.option("--model", "model_spec", metavar="MODEL", help="The weights' model when it is your own: MODULE:ATTR.")
 @json_option("Print the accuracies as JSON (fractions).")
 def robustness(
-    weights, count, corruptions, attacks, eps, pgd_steps, pgd_step_size, restarts, seed, mnist_c, transfer_from,
-    plot_dir, compile, device, data_root, model_spec, as_json,
+    weights, count, validation, corruptions, attacks, eps, pgd_steps, pgd_step_size, restarts, seed, mnist_c,
+    transfer_from, plot_dir, compile, device, data_root, model_spec, as_json,
 ):  # fmt: skip
-    """Score WEIGHTS on the test images under MNIST-C's 15 corruptions (made from the test set with the
-    benchmark's parameters, or read with --mnist-c) and under FGSM and PGD attacks (L∞)."""
+    """Score WEIGHTS on the test images (or its run's validation images) under MNIST-C's 15 corruptions (made with
+    the benchmark's parameters, or read with --mnist-c) and under FGSM and PGD attacks (L∞)."""
     quiet_torch_logs()
     dev = mnistfx.resolve_device(device)
     w = load_trained(weights, model_spec).to(dev)
     source = mnistfx.load_model_weights(transfer_from).to(dev) if transfer_from is not None else None
+    if validation and mnist_c is not None:
+        raise click.UsageError("--mnist-c holds corrupted test images: score them without --validation")
     ds = mnistfx.load_mnist(data_root)
-    n = count or len(ds.test_images)
+    images, labels = (ds.test_images, ds.test_labels) if not validation else _validation(w, ds)
+    n = min(count or len(images), len(images))
     out = console(stderr=True)
     folder = None
     if plot_dir is not None:
@@ -104,8 +110,8 @@ def robustness(
         folder = figure_folder(plot_dir)
     result = mnistfx.robustness(
         w,
-        ds.test_images[:n],
-        ds.test_labels[:n],
+        images[:n],
+        labels[:n],
         corruptions=corruptions,
         attacks=attacks,
         eps=eps,
@@ -122,11 +128,14 @@ def robustness(
     if folder is not None:
         name = w.model.name if w.members is None else f"ensemble of {w.members} {w.model.name}"
         written.append(mnistfx.plot_robustness(result, folder / "robustness.png", title=f"{name}: {weights}"[:80]))
-        written.append(mnistfx.plot_corruptions(ds.test_images[:1], folder / "corruptions.png", seed=seed))
+        written.append(mnistfx.plot_corruptions(images[:1], folder / "corruptions.png", seed=seed))
     if as_json:
-        click.echo(mnistfx.to_json({"weights": str(weights), "model": w.model.name, **result.to_dict()}))
+        split = "validation" if validation else "test"
+        click.echo(
+            mnistfx.to_json({"weights": str(weights), "model": w.model.name, "split": split, **result.to_dict()})
+        )
         return
-    _table(result)
+    _table(result, "validation" if validation else "test")
     if result.masked:
         click.echo(
             f"warning: PGD crafted on {printable(transfer_from)} broke more images than white-box PGD at ε "
@@ -138,10 +147,25 @@ def robustness(
         click.echo(printable(f"wrote {path}"))
 
 
-def _table(result) -> None:
+def _validation(w, ds):
+    """The validation images and labels of the run that made weights ``w``: its seed's split."""
+    values = w.metadata.get("config")
+    if not isinstance(values, dict):
+        raise click.UsageError("these weights carry no run config (mnistfx train's do): --validation needs its split")
+    try:
+        config = mnistfx.TrainConfig.from_dict(values)
+    except mnistfx.ConfigError as e:
+        raise click.UsageError(f"the weights' run config cannot be read ({e}): --validation needs its split") from None
+    if not config.val_size:
+        raise click.UsageError("this run trained on all 60,000 training images: it has no validation images")
+    _, val = mnistfx.train_val_split(config.seed, config.val_size)
+    return ds.train_images[val], ds.train_labels[val]
+
+
+def _table(result, split: str) -> None:
     from rich.table import Table
 
-    table = Table("images", "accuracy", title=f"robustness on {result.images:,} test images")
+    table = Table("images", "accuracy", title=f"robustness on {result.images:,} {split} images")
     table.add_row("clean", f"{100 * result.clean:.2f}%")
     for name, acc in result.corruptions.items():
         table.add_row(name, f"{100 * acc:.2f}%")

@@ -263,6 +263,38 @@ def test_the_command_prints_the_issue_s_json_and_draws(trained_tuned, tmp_path, 
     assert code == 0 and "mean over corruptions" in out and "canny_edges" in out and "pgd" not in out
 
 
+def test_the_command_scores_the_run_s_own_validation_images(trained_tuned, mnist, capsys):
+    """--validation scores the images the run's seed held out (what a recipe is chosen on), never seen in training."""
+    code, out, err = run_cli(
+        capsys, "robustness", str(trained_tuned), "--validation", "--images", "300", "--corruptions", "fog",
+        "--attacks", "none", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    d = json.loads(out)
+    _, val = mnistfx.train_val_split(0, 5000)
+    w = mnistfx.load_model_weights(trained_tuned)
+    x, y = mnist.train_images[val[:300]], mnist.train_labels[val[:300]]
+    assert d["split"] == "validation" and d["images"] == 300
+    assert d["clean"] == w.evaluate(x, y).accuracy
+    assert d["corruptions"]["fog"] == w.evaluate(mnistfx.corrupt(x, "fog", seed=0), y).accuracy
+    code, out, err = run_cli(capsys, "robustness", str(trained_tuned), "--images", "300", "--corruptions", "none",
+                             "--attacks", "none", "--json")  # fmt: skip
+    assert json.loads(out)["split"] == "test" and json.loads(out)["images"] == 300
+
+
+def test_validation_needs_a_run_with_a_validation_split(tmp_path, mnist, weights, capsys):
+    code, _, err = run_cli(capsys, "robustness", str(weights), "--validation", "--mnist-c", str(tmp_path))
+    assert_one_line_error(code, err, "--mnist-c holds corrupted test images: score them without --validation")
+    code, _, err = run_cli(capsys, "robustness", str(weights), "--validation")
+    assert_one_line_error(code, err, "these weights carry no run config (mnistfx train's do)")
+    run = mnistfx.train(
+        mnistfx.recipe("tuned", epochs=1, train_size=64, val_size=0, compile=False), data=mnist, test=False
+    )
+    mnistfx.save_run(run, tmp_path / "all")
+    code, _, err = run_cli(capsys, "robustness", str(tmp_path / "all" / "weights.safetensors"), "--validation")
+    assert_one_line_error(code, err, "trained on all 60,000 training images: it has no validation images")
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
