@@ -92,10 +92,11 @@ class TrainConfig:
         clean_epochs: the last this many epochs train on unaugmented images.
         faithful_fill: warp as the notebook did, rotation then normalise then affine, so
             the affine's fill is mid-grey for ``tuned``; default: one warp, background fill.
-        aug_noise, aug_erase, aug_elastic, aug_elastic_sigma: augmentations after the warp, none of them one
-            of MNIST-C's corruptions (see :class:`~mnistfx.Augmentation`): Gaussian noise of a
-            standard deviation up to ``aug_noise``, random erasing with probability ``aug_erase``, elastic
-            distortion of strength ``aug_elastic`` and smoothness ``aug_elastic_sigma`` (0: each off).
+        aug_noise: after the warp, Gaussian noise of a standard deviation up to this (0: none). This and the
+            next three are augmentations none of MNIST-C's corruptions is (see :class:`~mnistfx.Augmentation`).
+        aug_erase: the probability of random erasing (0: none).
+        aug_elastic: the strength of an elastic distortion (0: none).
+        aug_elastic_sigma: the smoothness of the elastic distortion, in pixels.
         precision: ``"fp32"``, or ``"bf16"`` to run the training forward pass under bf16
             autocast (weights, gradients and Adam stay float32; evaluation is float32).
         val_size: training images held out for validation (chosen by the seed); 0 trains on all 60,000
