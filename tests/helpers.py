@@ -63,3 +63,18 @@ def optimiser_trajectories(data, opt, make_torch_opt, steps, before_torch_step=N
             before_torch_step(list(theirs.values()))
         reference.step()
     return params, {k: p.detach() for k, p in theirs.items()}, state
+
+
+def train_and_resume_from_step_4(cfg, data, tmp_path):
+    """``cfg`` trained whole (checkpointing every 4 steps), and resumed from its checkpoint at step 4:
+    ``(full, resumed)``, to be compared bit for bit."""
+    import shutil
+
+    import mnistfx
+
+    def keep(kind, **info):
+        if kind == "checkpoint" and info["step"] == 4:
+            shutil.copytree(tmp_path / "run", tmp_path / "at-4")
+
+    full = mnistfx.train(cfg, data=data, checkpoint_dir=tmp_path / "run", checkpoint_every=4, on_event=keep, test=False)
+    return full, mnistfx.resume(tmp_path / "at-4", data=data, test=False)

@@ -2,11 +2,10 @@
 through the loop, resumes bit for bit, and makes a model that withstands PGD far better than clean training."""
 
 import math
-import shutil
 
 import pytest
 import torch
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, train_and_resume_from_step_4
 
 import mnistfx
 from mnistfx.models.attacks import project
@@ -78,15 +77,7 @@ def test_an_adversarial_run_resumes_bit_for_bit(mnist, tmp_path):
     cfg = mnistfx.recipe(
         "smallcnn", epochs=1, train_size=1200, val_size=500, batch_size=100, adv_eps=0.2, adv_steps=2, compile=False
     )
-
-    def keep(kind, **info):
-        if kind == "checkpoint" and info["step"] == 4:
-            shutil.copytree(tmp_path / "run", tmp_path / "at-4")
-
-    full = mnistfx.train(
-        cfg, data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=4, on_event=keep, test=False
-    )
-    again = mnistfx.resume(tmp_path / "at-4", data=mnist, test=False)
+    full, again = train_and_resume_from_step_4(cfg, mnist, tmp_path)
     assert all(torch.equal(again.params[k], full.params[k]) for k in full.params)
 
 

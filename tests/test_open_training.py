@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import optimiser_trajectories
+from helpers import optimiser_trajectories, train_and_resume_from_step_4
 from torch.nn import functional as F
 
 import mnistfx
@@ -273,7 +273,6 @@ def test_a_step_of_ones_own_trains_compiled_and_resumes(mnist, tmp_path):
 
 def test_private_training_reports_its_privacy_and_resumes_as_it_started(mnist, tmp_path):
     import json
-    import shutil
     import subprocess
     import sys
 
@@ -319,15 +318,7 @@ def test_private_training_reports_its_privacy_and_resumes_as_it_started(mnist, t
         decay=0.0,
         compile=False,
     )
-
-    def keep(kind, **info):
-        if kind == "checkpoint" and info["step"] == 4:
-            shutil.copytree(tmp_path / "run", tmp_path / "at-4")
-
-    full = mnistfx.train(
-        cfg, data=mnist, checkpoint_dir=tmp_path / "run", checkpoint_every=4, on_event=keep, test=False
-    )
-    again = mnistfx.resume(tmp_path / "at-4", data=mnist, test=False)
+    full, again = train_and_resume_from_step_4(cfg, mnist, tmp_path)
     assert all(torch.equal(again.params[k], full.params[k]) for k in full.params)
     assert again.history[-1]["epsilon"] == full.history[-1]["epsilon"]
 
