@@ -102,6 +102,23 @@ def test_the_compiled_step_is_the_eager_one(w, few):
     assert (adv.reshape(-1, 1, 28, 28) - unit(x)).abs().max() <= 0.3 + 1e-6
 
 
+def test_models_with_other_parameters_are_attacked_compiled_in_one_process(w, few):
+    """The attack steps of two models come from one factory (one code object): compiling the second
+    once failed inside torch.compile (KeyError 'fc3.bias', scoring several runs in one process)."""
+    x, y = few[0][:64], few[1][:64]
+    small = mnistfx.get_model("smallcnn")
+    other = mnistfx.Weights(small, small.init(3), small.init_state(small.init(3)), {})
+    for weights in (w, other, w):
+        step = mnistfx.make_attack_step(weights.model)
+        compiled = mnistfx.compile_step(step, "cpu")
+        mask = clear(input_gradient(weights, x, y))
+        x0 = unit(x)
+        for start in (x0, x0.clone()):  # as pgd calls it: the clean image (aliased), then another tensor
+            args = (weights.params, weights.state, start, x0, y, torch.tensor(0.3), torch.tensor(0.1))
+            (a, _), (b, _) = step(*args), compiled(*args)
+            torch.testing.assert_close(a[mask], b[mask], atol=1e-6, rtol=0)
+
+
 def test_an_ensemble_is_attacked_through_its_mean(w, few):
     x, y = few
     twins = mnistfx.stack([w.params, w.params])

@@ -4,6 +4,7 @@ as one line that says what to do, and the on-disk cache that keeps compiled kern
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def compile_step(fn: Callable, device: Device) -> Callable:
     be written, ...), that call raises a one-line :class:`~mnistfx.MnistfxError` that says so.
     """
     options = CPU_COMPILE_OPTIONS if torch.device(device).type == "cpu" else None
-    compiled = torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+    compiled = torch.compile(_own_code(fn), fullgraph=True, dynamic=False, options=options)
     ready = False
 
     def call(*args):
@@ -58,6 +59,23 @@ def compile_step(fn: Callable, device: Device) -> Callable:
         return out
 
     return call
+
+
+def _own_code(fn: Callable) -> Callable:
+    """``fn`` as a function with a code object of its own (a callable that is not a plain function as
+    it is).
+
+    Dynamo keeps its compiled graphs on the code object, so every step a factory makes (one code
+    object, many closures) shares one cache: compiling steps of several models in one process piles
+    their graphs up to the recompile limit, and torch 2.14 fails while explaining a recompile whose
+    dict arguments changed keys (``KeyError: 'fc3.bias'`` scoring a second model; pytorch#176211).
+    """
+    if not isinstance(fn, types.FunctionType):
+        return fn
+    own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    own.__kwdefaults__ = fn.__kwdefaults__
+    own.__qualname__, own.__doc__, own.__module__ = fn.__qualname__, fn.__doc__, fn.__module__
+    return own
 
 
 def _causes(e: BaseException) -> list[BaseException]:
