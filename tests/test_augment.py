@@ -123,14 +123,14 @@ def test_bad_augmentation_settings_are_refused(fields, words):
 @pytest.mark.fast
 def test_the_robust_recipe_is_the_default_with_noise_erasing_and_clean_epochs():
     """What docs/robustness.md says the recipe is: the default for `tuned`, plus noise and erasing (no MNIST-C
-    corruption among them), 20 epochs with the last 2 clean."""
+    corruption among them), 20 epochs with the last 4 (the decay) clean."""
     robust, default = mnistfx.RECIPES["robust"]["tuned"], mnistfx.RECIPES["default"]["tuned"]
     changed = {
         f: getattr(robust, f)
         for f in mnistfx.TrainConfig.__dataclass_fields__
         if getattr(robust, f) != getattr(default, f)
     }
-    assert changed == {"epochs": 20, "clean_epochs": 2, "aug_noise": 0.5, "aug_erase": 0.5, "recipe": "robust"}
+    assert changed == {"epochs": 20, "clean_epochs": 4, "aug_noise": 0.5, "aug_erase": 0.5, "recipe": "robust"}
     assert mnistfx.recipe("tuned", "robust", seed=3).aug_noise == 0.5
     for bad in ("cnn", "resnet"):
         with pytest.raises(
