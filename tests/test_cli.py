@@ -131,6 +131,17 @@ def test_weights_of_the_other_model(tmp_path):
         mnistfx.load_model_weights(_saved(tmp_path, cnn, "cnn"), model="tuned")
 
 
+def test_weights_load_in_the_model_s_order(tmp_path):
+    """Not the file's (safetensors reads its tensors in another order in each process): a compiled graph
+    traces its input dicts in their order, so the compile cache finds it again only in the same order."""
+    model = mnistfx.get_model("resnet")
+    params = model.init(0)
+    state = {"state/" + k: v for k, v in model.init_state(params).items()}
+    path = _saved(tmp_path, dict(reversed([*params.items(), *state.items()])), "resnet")
+    w = mnistfx.load_model_weights(path)
+    assert list(w.params) == list(model.shapes()) and list(w.state) == list(model.state_shapes())
+
+
 def _saved(tmp_path, params, name):
     path = tmp_path / f"{name}.safetensors"
     mnistfx.save_weights(path, params, {"model": name})

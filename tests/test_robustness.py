@@ -108,7 +108,7 @@ def test_models_with_other_parameters_are_attacked_compiled_in_one_process(w, fe
     x, y = few[0][:64], few[1][:64]
     small = mnistfx.get_model("smallcnn")
     other = mnistfx.Weights(small, small.init(3), small.init_state(small.init(3)), {})
-    for weights in (w, other, w):
+    for weights in (w, other):
         step = mnistfx.make_attack_step(weights.model)
         compiled = mnistfx.compile_step(step, "cpu")
         mask = clear(input_gradient(weights, x, y))

@@ -158,4 +158,8 @@ def load_model_weights(path: StrPath, model: str | None = None) -> Weights:
     for part in (params, {STATE_PREFIX + k: v for k, v in state.items()}):
         check_finite(part, source=str(path), fix="the file is damaged, or the run that wrote it diverged")
     check_state_usable(m, state, source=str(path), fix="the file is damaged: use other weights")
+    # the model's own order, not the file's (safetensors reads another in each process): a compiled graph
+    # traces its input dicts in their order, and the compile cache finds it again only in the same order
+    params = {k: params[k] for k in m.shapes()}
+    state = {k: state[k] for k in m.state_shapes()}
     return Weights(m, params, state, meta, members)
