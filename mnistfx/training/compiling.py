@@ -62,8 +62,8 @@ def compile_step(fn: Callable, device: Device) -> Callable:
 
 
 def _own_code(fn: Callable) -> Callable:
-    """``fn`` as a function with a code object of its own (a callable that is not a plain function as
-    it is).
+    """``fn`` copied onto a code object of its own (a callable that is not a plain Python function is
+    returned as it is).
 
     Dynamo keeps its compiled graphs on the code object, so every step a factory makes (one code
     object, many closures) shares one cache: compiling steps of several models in one process piles
