@@ -2,6 +2,7 @@
 docs/robustness.md.
 
     python benchmarks/robustness.py RUN [RUN ...] [--images 10000] [--json FILE]
+    python benchmarks/robustness.py --table FILE [FILE ...]
 
 Each RUN is a folder ``mnistfx train`` wrote. Every run is scored on the first ``--images`` test images:
 clean, each of MNIST-C's 15 corruptions (made once, by ``mnistfx.corrupt`` with seed 0, and written in
@@ -11,6 +12,7 @@ runs are grouped by model, recipe and ensemble size, and a Markdown table printe
 deviation over the group's seeds, and the range of the runs' training times (from their weights' metadata:
 the machine they trained on gives the times their meaning). ``--json`` also writes one line per run.
 Needs the ``robustness`` extra. Takes about a minute per run of ``tuned`` on 2 cores.
+``--table`` prints the table of runs scored before, from the lines ``--json`` wrote (scoring nothing).
 """
 
 import argparse
@@ -27,10 +29,18 @@ import mnistfx
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--json", type=Path, help="also write one JSON line per run here")
+    ap.add_argument("--table", nargs="+", type=Path, metavar="FILE", help="tabulate the lines --json wrote")
     args = ap.parse_args()
+    if args.table:
+        if args.runs:
+            ap.error("give runs to score, or --table FILE ... to tabulate runs scored before, not both")
+        print(table([json.loads(line) for f in args.table for line in f.read_text().splitlines() if line.strip()]))
+        return
+    if not args.runs:
+        ap.error("give at least one run folder to score (or --table FILE ...)")
     data = mnistfx.load_mnist()
     images, labels = data.test_images[: args.images], data.test_labels[: args.images]
     rows = []
@@ -77,8 +87,9 @@ def table(rows: list[dict]) -> str:
 
     def stat(group: list[dict], key: str) -> str:
         values = [100 * r[key] for r in group]
-        spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-        return f"{statistics.mean(values):.2f} ± {spread:.2f} %"
+        if len(values) == 1:
+            return f"{values[0]:.2f} %"
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} %"
 
     for (model, recipe, ensemble), group in groups.items():
         seconds = [r["train_seconds"] for r in group]
