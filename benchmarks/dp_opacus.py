@@ -1,13 +1,14 @@
 """DP-SGD steps per second: Opacus against mnistfx's private step, same model, batch, data and machine.
 
-    python benchmarks/dp_opacus.py [--batch 256] [--rounds 7] [--steps 10] [--model dpcnn] [--bf16]
+    python benchmarks/dp_opacus.py [--batch 256] [--rounds 7] [--steps 10] [--model dpcnn] [--bf16] [--layout]
 
 Opacus (1.x): ``GradSampleModule`` of :class:`~mnistfx.models.dp_cnn.DPConvNet` (the JAX / TF Privacy /
 Opacus example CNN) and ``DPOptimizer`` over ``torch.optim.SGD`` (lr 0.15, no momentum), σ 1.1, clip 1.0,
 expected batch size ``--batch``. mnistfx: :func:`~mnistfx.training.privacy.make_private_step` of the
 same model with ``mnistfx.sgd(0.15, momentum=0)``, eager and compiled (:func:`mnistfx.compile_step`),
-and compiled with two steps per call (:func:`~mnistfx.training.step.make_multi_step`); its standard
-normal noise is drawn each step, inside the timing, as Opacus draws its own. Every variant trains on
+and compiled with two steps per call (:func:`~mnistfx.training.step.make_multi_step`); ``--layout`` also
+times it compiled with inductor's channels-last layout optimisation, which the private step turns off. Its
+standard normal noise is drawn each step, inside the timing, as Opacus draws its own. Every variant trains on
 the same real MNIST batches (the first ``8 x batch`` training images, cycled). One process; the
 variants take turns for ``--rounds`` rounds of ``--steps`` steps each, after warm-up steps (and
 compiling) that are not timed; the figure is the median round's img/s.
@@ -57,14 +58,18 @@ def opacus_runner(name: str, batches, batch: int):
     return run
 
 
-def mnistfx_runner(name: str, batches, *, compiled: bool, k: int = 1, precision: str = "fp32"):
-    """``k`` private steps per call (one call of the pure step), on the next ``k`` batches."""
+def mnistfx_runner(
+    name: str, batches, *, compiled: bool, k: int = 1, precision: str = "fp32", layout: bool | None = None
+):
+    """``k`` private steps per call (one call of the pure step), on the next ``k`` batches; ``layout``
+    overrides the step's ``layout_optimization``."""
     model = mnistfx.get_model(name)
     opt = mnistfx.sgd(LR, momentum=0.0)
     step = make_private_step(model, opt, clip=CLIP, noise_multiplier=SIGMA, precision=precision)
     size = step.gaussian_size
     fn = make_multi_step(step, k) if k > 1 else step
-    fn = compile_step(fn, torch.device("cpu")) if compiled else fn
+    layout = step.layout_optimization if layout is None else layout
+    fn = compile_step(fn, torch.device("cpu"), layout_optimization=layout) if compiled else fn
     params = model.init(0)
     carry = [params, {}, opt.init(params)]
     g = torch.Generator().manual_seed(2)
@@ -91,6 +96,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10, help="steps per timed round")
     ap.add_argument("--bf16", action="store_true", help="also time the compiled step with a bf16 forward pass")
+    ap.add_argument("--layout", action="store_true", help="also time the step compiled with channels-last layout")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message="(Full backward hook|Secure RNG|Optimal order)")  # Opacus's notes
     data = mnistfx.load_mnist()
@@ -104,6 +110,8 @@ def main():
     runners["mnistfx eager"] = mnistfx_runner(args.model, batches, compiled=False)
     runners["mnistfx compiled"] = mnistfx_runner(args.model, batches, compiled=True)
     runners["mnistfx compiled, 2 steps per call"] = mnistfx_runner(args.model, batches, compiled=True, k=2)
+    if args.layout:
+        runners["mnistfx compiled, channels-last"] = mnistfx_runner(args.model, batches, compiled=True, layout=True)
     if args.bf16:
         runners["mnistfx compiled, bf16 forward"] = mnistfx_runner(args.model, batches, compiled=True, precision="bf16")
     for run in runners.values():  # warm-up, compiling included

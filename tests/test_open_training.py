@@ -344,6 +344,12 @@ def test_an_optimiser_or_step_of_ones_own_that_cannot_train_is_refused_in_one_li
     with pytest.raises(mnistfx.ConfigError, match="gaussian_size attribute must be a whole number from 0 to"):
         mnistfx.make_trainer(cfg, data=mnist, step=step)
     step.gaussian_size = 0
+    step.layout_optimization = "no"
+    with pytest.raises(mnistfx.ConfigError, match="layout_optimization attribute must be True or False, not 'no'"):
+        mnistfx.make_trainer(cfg, data=mnist, step=step)
+    with pytest.raises(TypeError, match="layout_optimization must be True or False, not 0"):
+        mnistfx.compile_step(step, "cpu", layout_optimization=0)
+    del step.layout_optimization
     private = mnistfx.recipe("dpcnn", epochs=1, train_size=640, val_size=500, dp_noise=1.1, compile=False)
     with pytest.raises(mnistfx.ConfigError, match="`dp_noise` trains with the built-in DP-SGD step"):
         mnistfx.make_trainer(private, data=mnist, step=step)

@@ -29,13 +29,24 @@ CPU_COMPILE_OPTIONS: dict[str, str | int | bool | Callable] = {
 }
 
 
-def compile_step(fn: Callable, device: Device) -> Callable:
+def compile_step(fn: Callable, device: Device, *, layout_optimization: bool = True) -> Callable:
     """``fn`` as one ``torch.compile``\\ d graph with static shapes, compiled for ``device``.
 
     Compiling happens at the first call; if it fails (no C++ compiler, a cache folder that cannot
     be written, ...), that call raises a one-line :class:`~mnistfx.MnistfxError` that says so.
+
+    Arguments:
+        fn: the function (e.g. a train step) to compile.
+        device: the device it runs on (CPU steps get :data:`CPU_COMPILE_OPTIONS`).
+        layout_optimization: let inductor turn convolutions' tensors channels-last where it judges
+            that faster (its default); ``False`` keeps the layout ``fn`` gives them. Steps say which
+            they want by a ``layout_optimization`` attribute (DP-SGD's: ``False``).
     """
-    options = CPU_COMPILE_OPTIONS if torch.device(device).type == "cpu" else None
+    if not isinstance(layout_optimization, bool):
+        raise TypeError(f"layout_optimization must be True or False, not {layout_optimization!r}")
+    options: dict | None = dict(CPU_COMPILE_OPTIONS) if torch.device(device).type == "cpu" else None
+    if not layout_optimization:
+        options = {**(options or {}), "layout_optimization": False}
     compiled = torch.compile(_own_code(fn), fullgraph=True, dynamic=False, options=options)
     ready = False
 

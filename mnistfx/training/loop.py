@@ -288,7 +288,8 @@ def train(
             the run's optimiser (``optimizer``, or :func:`mnistfx.config_optimizer` of the config). It is
             compiled, vmapped over an ensemble, checkpointed and resumed as the built-in one. A step
             with a ``gaussian_size`` attribute receives that many standard normal numbers per step in
-            ``noise["gaussian"]``, from a generator of the run (e.g. DP-SGD's noise).
+            ``noise["gaussian"]``, from a generator of the run (e.g. DP-SGD's noise); one whose
+            ``layout_optimization`` attribute is ``False`` is compiled so (:func:`~mnistfx.compile_step`).
         on_epoch: called as ``on_epoch(state, metrics)`` after each epoch (once its checkpoint is written)
             with the run's :class:`~mnistfx.TrainState` and the epoch's history entry.
 

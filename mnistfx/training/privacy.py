@@ -69,9 +69,11 @@ def make_private_step(
             required, and the batch size of all processes together.
 
     Returns:
-        The step, with the attribute ``gaussian_size`` (the number of parameters, the length of
-        ``noise["gaussian"]``). :func:`~mnistfx.training.step.make_multi_step` of it takes ``k`` such
-        vectors one after another (``k * gaussian_size`` numbers).
+        The step, with the attributes ``gaussian_size`` (the number of parameters, the length of
+        ``noise["gaussian"]``) and ``layout_optimization`` (``False``: compiled without inductor's
+        channels-last layout, see :func:`~mnistfx.compile_step`).
+        :func:`~mnistfx.training.step.make_multi_step` of it takes ``k`` such vectors one after another
+        (``k * gaussian_size`` numbers).
 
     Raises:
         TypeError: ``model`` is not a :class:`~mnistfx.Model` or ``opt`` not an optimiser.
@@ -140,6 +142,10 @@ def make_private_step(
         return params, state, opt_state, loss, {"clipped": clipped}
 
     step.gaussian_size = size  # type: ignore[attr-defined]
+    # Inductor would store the convolutions' tensors channels-last, and the per-example (grouped)
+    # weight gradients copy them back and forth: dpcnn's compiled private step ran 1.20-1.42x as
+    # many images a second without (benchmarks/dp_opacus.py --layout, 2 EPYC cores, 2026-12-03).
+    step.layout_optimization = False  # type: ignore[attr-defined]
     return step
 
 

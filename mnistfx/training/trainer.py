@@ -413,6 +413,9 @@ def make_trainer(
             f"the step's gaussian_size attribute must be a whole number from 0 to {most:,} (16 per parameter of "
             f"{model.name} and 784 per image of the batch), not {gaussian!r}"
         )
+    layout = getattr(step, "layout_optimization", True)
+    if not isinstance(layout, bool):
+        raise ConfigError(f"the step's layout_optimization attribute must be True or False, not {layout!r}")
     multi = make_multi_step(step, cfg.group)
     if members:
         multi = make_ensemble_step(multi)
@@ -420,7 +423,7 @@ def make_trainer(
         config=cfg,
         model=model,
         opt=opt,
-        step=compile_step(multi, device) if cfg.compile else multi,
+        step=compile_step(multi, device, layout_optimization=layout) if cfg.compile else multi,
         device=device,
         train_x=data.train_images[train_idx].to(device),
         train_y=data.train_labels[train_idx].to(device),
