@@ -37,7 +37,7 @@ def compile_step(fn: Callable, device: Device, *, layout_optimization: bool = Tr
 
     Arguments:
         fn: the function (e.g. a train step) to compile.
-        device: the device it runs on (CPU steps get :data:`CPU_COMPILE_OPTIONS`).
+        device: the device it runs on (on the CPU, with ``CPU_COMPILE_OPTIONS``).
         layout_optimization: let inductor turn convolutions' tensors channels-last where it judges
             that faster (its default); ``False`` keeps the layout ``fn`` gives them. Steps say which
             they want by a ``layout_optimization`` attribute (DP-SGD's: ``False``).
