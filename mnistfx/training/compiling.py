@@ -44,10 +44,10 @@ def compile_step(fn: Callable, device: Device, *, layout_optimization: bool = Tr
     """
     if not isinstance(layout_optimization, bool):
         raise TypeError(f"layout_optimization must be True or False, not {layout_optimization!r}")
-    options: dict | None = dict(CPU_COMPILE_OPTIONS) if torch.device(device).type == "cpu" else None
+    options = dict(CPU_COMPILE_OPTIONS) if torch.device(device).type == "cpu" else {}
     if not layout_optimization:
-        options = {**(options or {}), "layout_optimization": False}
-    compiled = torch.compile(_own_code(fn), fullgraph=True, dynamic=False, options=options)
+        options["layout_optimization"] = False
+    compiled = torch.compile(_own_code(fn), fullgraph=True, dynamic=False, options=options or None)
     ready = False
 
     def call(*args):
